@@ -1,0 +1,179 @@
+"""A scripted OpenAI-compatible HTTP server on 127.0.0.1, for offline tests and benchmarks.
+
+It lets the real client path run without an API key: `dspy.LM("openai/...", api_base=server.base_url)`
+goes through DSPy's own engine, `engine="litellm"` through litellm, and both reach this server over
+real HTTP. Replies come from a function of the request, so a test decides what "the model" says,
+how long it takes, and which faults it injects.
+
+>>> with OpenAICompatibleServer(lambda request: "[[ ## answer ## ]]\\n42") as server:
+...     server.base_url.startswith("http://127.0.0.1:")
+True
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = ["Reply", "OpenAICompatibleServer", "last_user_text"]
+
+
+@dataclass
+class Reply:
+    """What the server sends back for one request.
+
+    `status` other than 200 sends an OpenAI-style error body; `raw_body` sends bytes as they are
+    (a malformed body); `delay` holds the reply back, in seconds.
+    """
+
+    text: str = ""
+    status: int = 200
+    delay: float = 0.0
+    raw_body: bytes | None = None
+    finish_reason: str = "stop"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Responder = Callable[[dict[str, Any]], "str | Reply"]
+
+
+def last_user_text(request: dict[str, Any]) -> str:
+    """The text of the last user message of a chat-completions request."""
+    for message in reversed(request.get("messages", [])):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+            return content or ""
+    return ""
+
+
+class OpenAICompatibleServer:
+    """Serve `/v1/chat/completions` (and `/v1/models`) from `responder`, on a free loopback port.
+
+    Every request body is kept in `requests`, in arrival order. Use as a context manager; the server
+    thread stops on exit. Bind to 127.0.0.1 only.
+    """
+
+    def __init__(self, responder: Responder, *, delay: float = 0.0, model: str = "scripted"):
+        self.responder = responder
+        self.delay = delay
+        self.model = model
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("The server is not running; use it as a context manager or call start().")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    @property
+    def call_count(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def start(self) -> OpenAICompatibleServer:
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> OpenAICompatibleServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _reply_for(self, request: dict[str, Any]) -> Reply:
+        with self._lock:
+            self.requests.append(request)
+        reply = self.responder(request)
+        return reply if isinstance(reply, Reply) else Reply(text=str(reply))
+
+
+def _completion_body(server: OpenAICompatibleServer, request: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    prompt_words = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+    completion_words = len(reply.text.split())
+    return {
+        "id": f"chatcmpl-{len(server.requests)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model", server.model),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply.text},
+                "finish_reason": reply.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_words,
+            "completion_tokens": completion_words,
+            "total_tokens": prompt_words + completion_words,
+        },
+    }
+
+
+def _make_handler(server: OpenAICompatibleServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format, *args):  # keep test output clean
+            pass
+
+        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path.rstrip("/").endswith("/models"):
+                body = {"object": "list", "data": [{"id": server.model, "object": "model"}]}
+                self._send(200, json.dumps(body).encode())
+            else:
+                self._send(404, b'{"error": {"message": "not found"}}')
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                request = json.loads(self.rfile.read(length) or b"{}")
+            except json.JSONDecodeError:
+                self._send(400, b'{"error": {"message": "request body is not JSON"}}')
+                return
+            if not self.path.rstrip("/").endswith("/chat/completions"):
+                self._send(404, b'{"error": {"message": "only /chat/completions is served"}}')
+                return
+            reply = server._reply_for(request)
+            wait = reply.delay or server.delay
+            if wait:
+                time.sleep(wait)
+            if reply.raw_body is not None:
+                self._send(reply.status, reply.raw_body, reply.headers)
+            elif reply.status != 200:
+                error = {"error": {"message": reply.text or f"scripted status {reply.status}", "type": "scripted",
+                                   "code": reply.status}}
+                self._send(reply.status, json.dumps(error).encode(), reply.headers)
+            else:
+                self._send(200, json.dumps(_completion_body(server, request, reply)).encode(), reply.headers)
+
+    return Handler
