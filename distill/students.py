@@ -1,0 +1,538 @@
+"""Trained students at work: the decomposer + solver pipeline, the CoT student, and their DSPy modules.
+
+`StudentPipeline` answers a problem as the paper's students do: the decomposer writes all the
+sub-questions, then the solver answers them one at a time, each answer fed back into its context,
+and the final answer is read from the last step. Decoding is greedy unless a temperature is given.
+
+Two things make it fast on a CPU. Problems are decoded in batches (one forward call per token for
+the whole batch). And each problem's key/value cache is kept across its steps: step k only encodes
+the new sub-question, not the problem and the k-1 earlier steps again. `benchmarks/bench_students.py`
+measures both against a loop that re-encodes the context at every step with batch size 1.
+
+The prompts come from `distill.formats`, the same functions that built the training rows. The token
+sequence a solver sees is the prompt tokens plus the tokens it generated itself (up to and including
+the newline that ends an answer); a reply that ends in EOS or runs out of tokens gets a newline
+appended, so the next sub-question always starts on a new line.
+
+`StudentModule` wraps either student as a `dspy.Module` with `forward(question) -> dspy.Prediction(
+answer, subquestions, subanswers, ...)`, the same outputs as `dd_prompting.DecomposedSolver`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import dspy
+
+from dd_prompting.answers import INVALID, extract_answer
+from distill.formats import (
+    cot_prompt,
+    decomposer_prompt,
+    parse_cot,
+    parse_subanswer,
+    parse_subquestions,
+    solver_question,
+    solver_start,
+)
+from distill.tokenization import encode
+from distill.train import read_student_metadata
+
+__all__ = [
+    "StudentResult",
+    "CoTResult",
+    "StudentPipeline",
+    "CoTStudent",
+    "StudentModule",
+    "read_step_answer",
+    "load_student",
+]
+
+logger = logging.getLogger(__name__)
+
+_RESULT_RE = re.compile(r"=\s*(-?\s*[$€£]?\s*\d[\d,]*(?:\.\d+)?)")
+
+
+@dataclass
+class StudentResult:
+    """What the student pair did with one problem.
+
+    `answer` is a canonical number string or `INVALID`; `fallback` is None when the decomposer's
+    sub-questions were used, else why not (the problem's question sentence was asked instead).
+    """
+
+    question: str
+    subquestions: list[str]
+    subanswers: list[str]
+    answer: str
+    decomposition: str = ""
+    fallback: str | None = None
+    truncated: bool = False
+
+
+@dataclass
+class CoTResult:
+    """What the CoT student did with one problem: its steps, its final answer, its raw text."""
+
+    question: str
+    steps: list[str]
+    answer: str
+    text: str = ""
+    truncated: bool = False
+
+
+def read_step_answer(subanswer: str) -> str:
+    """The number a step computed: the first number after its last "=", else its last number.
+
+    >>> read_step_answer("Sam reads 60 + 24 = 84 pages in 3 days.")
+    '84'
+    >>> read_step_answer("She has 12 apples."), read_step_answer("No idea.")
+    ('12', '[invalid]')
+    """
+    matches = list(_RESULT_RE.finditer(subanswer))
+    if matches:
+        return extract_answer(matches[-1].group(1))
+    return extract_answer(subanswer)
+
+
+def load_student(directory: str | Path, *, role: str):
+    """Load a saved student (model in eval mode, tokenizer), checking its role and format version."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    read_student_metadata(directory, role=role)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    model.eval()
+    return model, tokenizer
+
+
+class _Decoder:
+    """Greedy (or sampled) decoding of a batch of rows with one model, fed in chunks.
+
+    Rows are left-padded inside each chunk, so the padding of a long-running batch sits between
+    chunks; the attention mask hides it and the position ids count real tokens only, so every row
+    is computed exactly as it would be alone. With `reuse_cache`, the key/value cache lives across
+    `feed` calls; without it, every `restart` drops the cache and the next `feed` re-encodes each
+    row's whole history (the naive baseline).
+    """
+
+    def __init__(self, model, tokenizer, *, rows: int, reuse_cache: bool, temperature: float, generator):
+        import torch
+
+        self.torch = torch
+        self.model, self.tokenizer = model, tokenizer
+        self.rows, self.reuse_cache = rows, reuse_cache
+        self.temperature, self.generator = temperature, generator
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.limit = _context_limit(model)
+        self.history: list[list[int]] = [[] for _ in range(rows)]
+        self.cache = None
+        self.mask = None
+        self.lengths = torch.zeros(rows, dtype=torch.long)
+        self.forward_tokens = 0  # tokens run through the model (real and padding), for the benchmarks
+
+    def restart(self) -> None:
+        """Forget the cache (naive mode only): the next `feed` re-encodes every row's history."""
+        if not self.reuse_cache:
+            self.cache, self.mask = None, None
+            self.lengths.zero_()
+
+    def room(self, row: int) -> int:
+        """Tokens row `row` may still add before the model's position table runs out."""
+        return self.limit - len(self.history[row])
+
+    def feed(self, chunks: Sequence[Sequence[int]]):
+        """Run the model on each row's new tokens; returns the next-token logits of every row ([rows, vocab])."""
+        torch = self.torch
+        inputs = list(chunks)
+        if not self.reuse_cache and self.cache is None:
+            inputs = [history + list(chunk) for history, chunk in zip(self.history, chunks)]
+        width = max(len(chunk) for chunk in inputs)
+        ids = torch.full((self.rows, width), self.pad_id, dtype=torch.long)
+        real = torch.zeros((self.rows, width), dtype=torch.long)
+        for row, chunk in enumerate(inputs):
+            if chunk:
+                ids[row, width - len(chunk) :] = torch.tensor(chunk, dtype=torch.long)
+                real[row, width - len(chunk) :] = 1
+        positions = self.lengths[:, None] + (real.cumsum(1) - 1).clamp(min=0)
+        mask = real if self.mask is None else torch.cat([self.mask, real], dim=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.cache, self.mask = out.cache, mask
+        self.lengths += real.sum(1)
+        self.forward_tokens += ids.numel()
+        for history, chunk in zip(self.history, chunks):
+            history.extend(chunk)
+        return out.logits[:, -1, :]
+
+    def next_tokens(self, logits):
+        torch = self.torch
+        if self.temperature <= 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+
+
+def _context_limit(model) -> int:
+    config = model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
+
+
+class _Vocab:
+    """Which token ids end a line, and the ids of a newline, for one tokenizer."""
+
+    def __init__(self, tokenizer):
+        import torch
+
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        self.ends_line = torch.tensor(["\n" in text for text in texts])
+        self.newline = encode(tokenizer, "\n", first=False)
+        self.eos = tokenizer.eos_token_id
+
+
+def _generate(decoder: _Decoder, vocab: _Vocab, chunks, *, active, max_new_tokens: int, stop_at_newline: bool):
+    """Decode from `chunks` until each active row stops; returns (generated ids, pending ids, truncated) per row.
+
+    A row stops at EOS (not kept), at a token holding a newline when `stop_at_newline` (kept), after
+    `max_new_tokens`, or when its context is full. `pending` is what must be fed before the row's
+    next chunk: the last generated token (never fed yet), plus a newline if the reply did not end one.
+    """
+    torch = decoder.torch
+    rows = decoder.rows
+    generated: list[list[int]] = [[] for _ in range(rows)]
+    pending: list[list[int]] = [[] for _ in range(rows)]
+    truncated = [False] * rows
+    running = list(active)
+    for row in range(rows):
+        if running[row] and decoder.room(row) - len(chunks[row]) < 2:
+            running[row], truncated[row] = False, True
+    if not any(running):
+        return generated, pending, truncated
+    logits = decoder.feed([chunk if run else [] for chunk, run in zip(chunks, running)])
+    for step in range(max_new_tokens):
+        tokens = decoder.next_tokens(logits).tolist()
+        feed = [[] for _ in range(rows)]
+        for row in range(rows):
+            if not running[row]:
+                continue
+            token = tokens[row]
+            if token == vocab.eos:
+                running[row] = False
+                pending[row] = list(vocab.newline)
+                continue
+            generated[row].append(token)
+            if stop_at_newline and vocab.ends_line[token]:
+                running[row] = False
+                pending[row] = [token]
+            elif step == max_new_tokens - 1 or decoder.room(row) <= len(vocab.newline) + 1:
+                running[row], truncated[row] = False, True
+                pending[row] = [token] + list(vocab.newline)
+            else:
+                feed[row] = [token]
+        if not any(running):
+            break
+        logits = decoder.feed(feed)
+    return generated, pending, truncated
+
+
+class _Student:
+    """Shared loading and batching for both students."""
+
+    @staticmethod
+    def _torch_generator(seed: int | None):
+        import torch
+
+        generator = torch.Generator()
+        if seed is not None:
+            generator.manual_seed(seed)
+        return generator
+
+    @staticmethod
+    def _batches(items: Sequence, batch_size: int, progress: bool, desc: str):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        starts = range(0, len(items), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=desc, unit="batch")
+        for start in starts:
+            yield items[start : start + batch_size]
+
+
+class StudentPipeline(_Student):
+    """A decomposer and a solver answering problems together (see the module docstring).
+
+    >>> pipeline = StudentPipeline.from_pretrained("runs/x/decomposer", "runs/x/solver")  # doctest: +SKIP
+    >>> pipeline.solve(["Ann has 3 apples and buys 5 more. How many does she have?"])[0].answer  # doctest: +SKIP
+    '8'
+    """
+
+    def __init__(
+        self,
+        *,
+        decomposer,
+        decomposer_tokenizer,
+        solver,
+        solver_tokenizer,
+        max_subquestions: int = 8,
+        max_decomposition_tokens: int = 160,
+        max_answer_tokens: int = 48,
+    ):
+        self.decomposer, self.decomposer_tokenizer = decomposer, decomposer_tokenizer
+        self.solver, self.solver_tokenizer = solver, solver_tokenizer
+        self.max_subquestions = max_subquestions
+        self.max_decomposition_tokens = max_decomposition_tokens
+        self.max_answer_tokens = max_answer_tokens
+        self._decomposer_vocab = _Vocab(decomposer_tokenizer)
+        self._solver_vocab = _Vocab(solver_tokenizer)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        decomposer_dir: str | Path,
+        solver_dir: str | Path,
+        *,
+        max_subquestions: int = 8,
+        max_decomposition_tokens: int = 160,
+        max_answer_tokens: int = 48,
+    ) -> StudentPipeline:
+        """Load the two students saved by `distill.train.train_student` (roles are checked)."""
+        decomposer, decomposer_tokenizer = load_student(decomposer_dir, role="decomposer")
+        solver, solver_tokenizer = load_student(solver_dir, role="solver")
+        return cls(
+            decomposer=decomposer,
+            decomposer_tokenizer=decomposer_tokenizer,
+            solver=solver,
+            solver_tokenizer=solver_tokenizer,
+            max_subquestions=max_subquestions,
+            max_decomposition_tokens=max_decomposition_tokens,
+            max_answer_tokens=max_answer_tokens,
+        )
+
+    def decompose(self, questions: Sequence[str], *, temperature: float = 0.0, generator=None) -> list[str]:
+        """The decomposer's raw outputs for a batch of problems (decoded in one batch)."""
+        import torch
+
+        tokenizer = self.decomposer_tokenizer
+        chunks = [encode(tokenizer, decomposer_prompt(q), first=True) for q in questions]
+        decoder = _Decoder(
+            self.decomposer, tokenizer, rows=len(questions), reuse_cache=True, temperature=temperature, generator=generator
+        )
+        with torch.inference_mode():
+            generated, _, _ = _generate(
+                decoder,
+                self._decomposer_vocab,
+                chunks,
+                active=[True] * len(questions),
+                max_new_tokens=self.max_decomposition_tokens,
+                stop_at_newline=False,
+            )
+        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in generated]
+
+    def answer(
+        self,
+        questions: Sequence[str],
+        subquestions: Sequence[Sequence[str]],
+        *,
+        reuse_cache: bool = True,
+        temperature: float = 0.0,
+        generator=None,
+    ) -> tuple[list[list[str]], list[bool]]:
+        """The solver's sub-answers for a batch of problems with given sub-questions, and which ran out of room."""
+        import torch
+
+        tokenizer, vocab = self.solver_tokenizer, self._solver_vocab
+        rows = len(questions)
+        decoder = _Decoder(
+            self.solver, tokenizer, rows=rows, reuse_cache=reuse_cache, temperature=temperature, generator=generator
+        )
+        answers: list[list[str]] = [[] for _ in range(rows)]
+        pending: list[list[int]] = [[] for _ in range(rows)]
+        truncated = [False] * rows
+        steps = max((len(sqs) for sqs in subquestions), default=0)
+        with torch.inference_mode():
+            for k in range(steps):
+                active = [k < len(subquestions[row]) and not truncated[row] for row in range(rows)]
+                chunks = []
+                for row in range(rows):
+                    if not active[row]:
+                        chunks.append([])
+                    elif k == 0:
+                        text = solver_start(questions[row]) + solver_question(subquestions[row][0])
+                        chunks.append(encode(tokenizer, text, first=True))
+                    else:
+                        chunks.append(pending[row] + encode(tokenizer, solver_question(subquestions[row][k]), first=False))
+                decoder.restart()
+                generated, step_pending, step_truncated = _generate(
+                    decoder, vocab, chunks, active=active, max_new_tokens=self.max_answer_tokens, stop_at_newline=True
+                )
+                for row in range(rows):
+                    if active[row]:
+                        answers[row].append(parse_subanswer(tokenizer.decode(generated[row], skip_special_tokens=True)))
+                        pending[row] = step_pending[row]
+                        truncated[row] |= step_truncated[row]
+        return answers, truncated
+
+    def solve(
+        self,
+        questions: Sequence[str],
+        *,
+        batch_size: int = 32,
+        reuse_cache: bool = True,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> list[StudentResult]:
+        """Answer each problem: decompose, answer the sub-questions in order, read the final answer.
+
+        `batch_size` problems are decoded together. `reuse_cache=False` re-encodes each problem's
+        whole context at every step (slower, same greedy outputs; for benchmarks and checks).
+        `temperature` 0 is greedy; above 0 samples, seeded by `seed`.
+        """
+        generator = self._torch_generator(seed)
+        questions = [str(q) for q in questions]
+        results: list[StudentResult] = []
+        for batch in self._batches(questions, batch_size, progress, "student pair"):
+            texts = self.decompose(batch, temperature=temperature, generator=generator)
+            plans, fallbacks = [], []
+            for question, text in zip(batch, texts):
+                subquestions = parse_subquestions(text)[: self.max_subquestions]
+                fallback = None
+                if not subquestions:
+                    fallback = "the decomposer wrote no sub-questions; asked the problem's question instead"
+                    subquestions = [_question_sentence(question)]
+                plans.append(subquestions)
+                fallbacks.append(fallback)
+            answers, truncated = self.answer(
+                batch, plans, reuse_cache=reuse_cache, temperature=temperature, generator=generator
+            )
+            for question, text, subquestions, subanswers, fallback, cut in zip(
+                batch, texts, plans, answers, fallbacks, truncated
+            ):
+                complete = len(subanswers) == len(subquestions)
+                final = read_step_answer(subanswers[-1]) if subanswers and complete else INVALID
+                results.append(
+                    StudentResult(
+                        question=question,
+                        subquestions=subquestions,
+                        subanswers=subanswers,
+                        answer=final,
+                        decomposition=text,
+                        fallback=fallback,
+                        truncated=cut,
+                    )
+                )
+        return results
+
+
+def _question_sentence(question: str) -> str:
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", question.strip()) if s.strip()]
+    asked = [s for s in sentences if s.endswith("?")]
+    return (asked or sentences or [question])[-1]
+
+
+class CoTStudent(_Student):
+    """A chain-of-thought student: problem -> steps -> "The answer is N." in one generation."""
+
+    def __init__(self, *, model, tokenizer, max_new_tokens: int = 200):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_new_tokens = max_new_tokens
+        self._vocab = _Vocab(tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, max_new_tokens: int = 200) -> CoTStudent:
+        """Load a CoT student saved by `distill.train.train_student` (role "cot")."""
+        model, tokenizer = load_student(directory, role="cot")
+        return cls(model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens)
+
+    def solve(
+        self,
+        questions: Sequence[str],
+        *,
+        batch_size: int = 32,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> list[CoTResult]:
+        """Answer each problem with one generation; the answer is read from "The answer is ..." (flexibly)."""
+        import torch
+
+        generator = self._torch_generator(seed)
+        questions = [str(q) for q in questions]
+        results: list[CoTResult] = []
+        for batch in self._batches(questions, batch_size, progress, "CoT student"):
+            chunks = [encode(self.tokenizer, cot_prompt(q), first=True) for q in batch]
+            decoder = _Decoder(
+                self.model, self.tokenizer, rows=len(batch), reuse_cache=True, temperature=temperature, generator=generator
+            )
+            with torch.inference_mode():
+                generated, _, truncated = _generate(
+                    decoder,
+                    self._vocab,
+                    chunks,
+                    active=[True] * len(batch),
+                    max_new_tokens=self.max_new_tokens,
+                    stop_at_newline=False,
+                )
+            for question, ids, cut in zip(batch, generated, truncated):
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                steps, answer_text = parse_cot(text)
+                results.append(
+                    CoTResult(question=question, steps=steps, answer=extract_answer(answer_text), text=text, truncated=cut)
+                )
+        return results
+
+
+class StudentModule(dspy.Module):
+    """A trained student as a DSPy module: `forward(question=...)` -> `dspy.Prediction`.
+
+    The prediction has `answer`, `subquestions`, `subanswers`, `fallback` and `parse_failures`, like
+    `dd_prompting.DecomposedSolver`; a CoT student leaves `subquestions` empty, puts its steps in
+    `subanswers` and its text in `reasoning`. No LM needs to be configured: the student is the model.
+    Calls are serialised with a lock, so a threaded `dspy.Evaluate` is safe (if not parallel).
+    """
+
+    def __init__(self, *, student: StudentPipeline | CoTStudent, temperature: float = 0.0):
+        super().__init__()
+        if not isinstance(student, (StudentPipeline, CoTStudent)):
+            raise TypeError(f"student must be a StudentPipeline or a CoTStudent, got {type(student).__name__}.")
+        self.student = student
+        self.temperature = temperature
+        self._lock = threading.Lock()
+
+    def forward(self, question: str) -> dspy.Prediction:
+        with self._lock:
+            [result] = self.student.solve([question], batch_size=1, temperature=self.temperature)
+        if isinstance(result, CoTResult):
+            return dspy.Prediction(
+                answer=result.answer,
+                subquestions=[],
+                subanswers=result.steps,
+                reasoning=result.text,
+                fallback=None,
+                parse_failures=[] if result.answer != INVALID else ["no final answer in the CoT output"],
+            )
+        return dspy.Prediction(
+            answer=result.answer,
+            subquestions=result.subquestions,
+            subanswers=result.subanswers,
+            fallback=result.fallback,
+            parse_failures=[] if result.answer != INVALID else ["no number in the last sub-answer"],
+        )
+
+    def __deepcopy__(self, memo):
+        # dspy copies programs (reset_copy, optimizers); the models are shared, not copied.
+        return StudentModule(student=self.student, temperature=self.temperature)
+

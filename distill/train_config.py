@@ -1,0 +1,132 @@
+"""`TrainConfig`: how one student is trained (model, tokenizer, optimisation, packing, checkpoints).
+
+The defaults are the offline `tiny` preset, tuned on this project's 2-core CPU: a 4-layer x 128
+GPT-2 built from a config, with a BPE tokenizer trained on the rows that keeps every whole number as
+one token, learning rate 3e-3, packed batches. For a pretrained model (`model="gpt2"`, a local
+directory, a GGUF file) the learning rate defaults to 5e-5 instead; see the `help` of each field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["TINY", "TrainConfig"]
+
+TINY = "tiny"
+"""The `model` value that builds a small GPT-2 from a config instead of loading a checkpoint."""
+
+
+@dataclass
+class TrainConfig:
+    """Configuration of one student's training run (fields map one to one to `dd-distill train` flags)."""
+
+    model: str = field(
+        default=TINY,
+        metadata={
+            "help": "'tiny' (a GPT-2 built from a config, tokenizer trained on the rows), a model name on the "
+            "Hugging Face hub ('gpt2', 'gpt2-medium', ...) or a local directory."
+        },
+    )
+    gguf_file: str | None = field(
+        default=None,
+        metadata={"help": "A GGUF file name inside `model` (a directory) to load, e.g. SmolLM2's Q4_1 file."},
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Where to load the tokenizer from (default: `model`). Ignored for 'tiny'."}
+    )
+    tiny_layers: int = field(default=4, metadata={"help": "'tiny' preset: transformer layers."})
+    tiny_hidden: int = field(default=128, metadata={"help": "'tiny' preset: hidden size."})
+    tiny_heads: int = field(default=4, metadata={"help": "'tiny' preset: attention heads."})
+    tiny_vocab_size: int = field(
+        default=1024,
+        metadata={"help": "'tiny' preset: BPE vocabulary for text; whole numbers get their own tokens on top."},
+    )
+    tiny_max_number: int = field(
+        default=9999, metadata={"help": "'tiny' preset: largest whole number kept as a single token."}
+    )
+    max_length: int = field(
+        default=256,
+        metadata={"help": "Longest row in tokens (longer rows are truncated, and counted); 'tiny' position table size."},
+    )
+    packing: bool = field(
+        default=True,
+        metadata={
+            "help": "Pack several rows into each sequence of `pack_length` tokens (attention does not cross rows) "
+            "instead of padding every row to the longest in its batch."
+        },
+    )
+    pack_length: int | None = field(
+        default=None, metadata={"help": "Tokens per packed sequence (default: `max_length`)."}
+    )
+    batch_size: int = field(default=32, metadata={"help": "Rows per device per step (before packing)."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps to accumulate per update."})
+    epochs: float = field(default=1.0, metadata={"help": "Passes over the rows (ignored when max_steps > 0)."})
+    max_steps: int = field(default=-1, metadata={"help": "Optimizer updates to run; -1 uses `epochs`."})
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Peak learning rate (default: 3e-3 for 'tiny', 5e-5 for a pretrained model)."},
+    )
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Fraction of the steps spent warming up."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    dropout: float = field(default=0.0, metadata={"help": "'tiny' preset: dropout (fresh problems rarely overfit)."})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (autocast on CPU too)."})
+    seed: int = field(default=0, metadata={"help": "Seed for the model init and the data order."})
+    logging_steps: int = field(default=10, metadata={"help": "Log the loss every this many updates."})
+    save_steps: int = field(default=200, metadata={"help": "Write a checkpoint every this many updates."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints to keep."})
+    resume: bool = field(
+        default=True,
+        metadata={"help": "Resume from the last checkpoint in the output directory, if any; reuse a finished student."},
+    )
+    max_train_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop training (and save) after this many seconds; the learning-rate schedule is not shortened."
+        },
+    )
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+
+    def __post_init__(self):
+        positive = {
+            "tiny_layers": self.tiny_layers,
+            "tiny_hidden": self.tiny_hidden,
+            "tiny_heads": self.tiny_heads,
+            "max_length": self.max_length,
+            "batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "logging_steps": self.logging_steps,
+            "save_steps": self.save_steps,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"TrainConfig.{name} must be at least 1, got {value}.")
+        if self.tiny_hidden % self.tiny_heads:
+            raise ValueError(
+                f"TrainConfig.tiny_hidden ({self.tiny_hidden}) must be divisible by tiny_heads ({self.tiny_heads})."
+            )
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ValueError(f"TrainConfig: set epochs > 0 or max_steps > 0; got epochs={self.epochs}, max_steps={self.max_steps}.")
+        if self.pack_length is not None and self.pack_length < self.max_length:
+            raise ValueError(
+                f"TrainConfig.pack_length ({self.pack_length}) must be at least max_length ({self.max_length}), "
+                "or every long row would need a sequence of its own."
+            )
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise ValueError(f"TrainConfig.learning_rate must be positive, got {self.learning_rate}.")
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.model == TINY
+
+    @property
+    def resolved_learning_rate(self) -> float:
+        """`learning_rate`, or the preset's default when it is unset."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 3e-3 if self.is_tiny else 5e-5
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
