@@ -1,0 +1,296 @@
+"""Problems to evaluate: the bundled GSM8K, or a JSON/JSONL/CSV file mapped onto question and answer.
+
+A question may be built from several fields (SVAMP's `Body` + `Question`). A bad row fails the load
+with the file, line and field named, before any model is called.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import re
+import string
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+from evals.config import DatasetConfig
+
+__all__ = ["Problem", "Dataset", "load_dataset", "load_demo_pool", "read_rows", "select_problems"]
+
+_CALCULATOR = re.compile(r"<<[^>]*>>")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One question with its canonical gold answer, and what few-shot demos need if it serves as one."""
+
+    id: str
+    question: str
+    gold: str
+    solution: str | None = None
+    subquestions: tuple[str, ...] = ()
+    subanswers: tuple[str, ...] = ()
+
+
+@dataclass
+class Dataset:
+    name: str
+    problems: list[Problem]
+    source: str
+    sha256: str
+    total: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def selection_sha256(self) -> str:
+        """A hash of exactly the problems evaluated (ids, questions, golds), to tell samples apart."""
+        digest = hashlib.sha256()
+        for problem in self.problems:
+            digest.update(json.dumps([problem.id, problem.question, problem.gold], ensure_ascii=False).encode())
+        return digest.hexdigest()
+
+
+def _file_sha256(path: Path | Any) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _gsm8k_file(split: str):
+    return resources.files("dd_prompting") / "data" / "gsm8k" / f"{split}.jsonl"
+
+
+def select_problems(problems: list[Problem], *, limit: int | None, seed: int) -> list[Problem]:
+    """`limit` problems sampled with `seed`, kept in file order; all of them without a limit."""
+    if limit is None or limit >= len(problems):
+        return list(problems)
+    chosen = sorted(random.Random(seed).sample(range(len(problems)), limit))
+    return [problems[index] for index in chosen]
+
+
+def load_dataset(config: DatasetConfig, *, limit: int | None = None, seed: int = 0) -> Dataset:
+    """Load and validate every row, then sample `limit` of them with `seed`."""
+    if config.kind == "gsm8k":
+        problems = _gsm8k_problems(config.split)
+        source = f"dd_prompting/data/gsm8k/{config.split}.jsonl (bundled)"
+        sha = _file_sha256(_gsm8k_file(config.split))
+    else:
+        path = Path(config.path)
+        problems = _file_problems(path, config)
+        source, sha = str(path), _file_sha256(path)
+    selected = select_problems(problems, limit=limit, seed=seed)
+    return Dataset(name=config.name, problems=selected, source=source, sha256=sha, total=len(problems))
+
+
+def load_demo_pool(config: DatasetConfig, *, socratic: bool, exclude: set[str]) -> tuple[list[Problem], str]:
+    """Solved problems to draw few-shot demos from, and a note saying where they come from.
+
+    GSM8K demos come from the train split; demos with sub-questions (for decomposition) come from the
+    Socratic test annotations, leaving out every problem being evaluated. A file dataset draws its
+    demos from `demos_path`.
+    """
+    if config.kind == "gsm8k":
+        if socratic:
+            pool = [p for p in _gsm8k_problems("test_socratic") if p.id.replace("test_socratic", "test") not in exclude
+                    and p.id not in exclude]
+            return pool, "GSM8K test_socratic rows that are not evaluated in this run"
+        split = "train" if config.split != "train" else "test"
+        pool = [p for p in _gsm8k_problems(split) if p.id not in exclude]
+        return pool, f"GSM8K {split} split"
+    if socratic:
+        raise ValueError(
+            f"datasets[{config.name}]: decomposition demos need sub-questions, which only GSM8K's Socratic split "
+            "has; use demos = 'builtin' or 0 for this dataset"
+        )
+    if not config.demos_path:
+        raise ValueError(
+            f"datasets[{config.name}]: few-shot demos need demos_path, a file of solved examples with the same "
+            "field mapping"
+        )
+    pool = [p for p in _file_problems(Path(config.demos_path), config) if p.id not in exclude]
+    return pool, f"{config.demos_path}"
+
+
+def _gsm8k_problems(split: str) -> list[Problem]:
+    from dd_prompting import load_gsm8k
+
+    problems = []
+    for index, example in enumerate(load_gsm8k(split)):
+        solution = example.get("solution")
+        problems.append(Problem(
+            id=f"{split}-{index}",
+            question=example.question,
+            gold=example.answer,
+            solution=_clean_solution(solution) if solution else None,
+            subquestions=tuple(example.get("subquestions") or ()),
+            subanswers=tuple(example.get("steps") or ()),
+        ))
+    return problems
+
+
+def _clean_solution(solution: str) -> str:
+    """A GSM8K solution as reasoning: without calculator annotations and the '#### N' line."""
+    lines = [line for line in solution.strip().splitlines() if not line.strip().startswith("####")]
+    text = _CALCULATOR.sub("", "\n".join(lines))
+    return "\n".join(line.split(" ** ", 1)[-1] for line in text.splitlines()).strip()
+
+
+def read_rows(path: Path, fmt: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) for every record of a .jsonl, .json (a list of objects) or .csv file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"Dataset file not found: {path}")
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    if fmt == "jsonl":
+        yield from _read_jsonl(path)
+    elif fmt == "json":
+        yield from _read_json(path)
+    elif fmt == "csv":
+        yield from _read_csv(path)
+    else:
+        raise ValueError(f"{path}: unknown dataset format {fmt!r}; use a .json, .jsonl or .csv file")
+
+
+def _read_jsonl(path: Path):
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            yield number, row
+
+
+def _read_json(path: Path):
+    text = path.read_text(encoding="utf-8")
+    decoder = json.JSONDecoder()
+    position = _skip_space(text, 0)
+    if position >= len(text) or text[position] != "[":
+        raise ValueError(f"{path}:1: a .json dataset must be a list of objects ([{{...}}, ...])")
+    position = _skip_space(text, position + 1)
+    if position < len(text) and text[position] == "]":
+        return
+    while True:
+        line = text.count("\n", 0, position) + 1
+        try:
+            row, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from err
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
+        yield line, row
+        position = _skip_space(text, position)
+        if position < len(text) and text[position] == ",":
+            position = _skip_space(text, position + 1)
+            continue
+        if position < len(text) and text[position] == "]":
+            return
+        line = text.count("\n", 0, position) + 1
+        raise ValueError(f"{path}:{line}: expected ',' or ']' between list items")
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def _read_csv(path: Path):
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None:
+            return
+        width = len(reader.fieldnames)
+        for row in reader:
+            if None in row or any(value is None for value in row.values()):
+                got = width + len(row.get(None) or []) - sum(value is None for value in row.values())
+                raise ValueError(f"{path}:{reader.line_num}: the row has {got} fields, the header has {width}")
+            yield reader.line_num, row
+
+
+def _file_problems(path: Path, config: DatasetConfig) -> list[Problem]:
+    template = config.question_template
+    template_fields = _template_fields(template, path) if template else []
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for line, row in read_rows(path):
+        where = f"{path}:{line}"
+        if template:
+            for name in template_fields:
+                _require(row, name, where)
+            question = template.format_map({key: _text(value) for key, value in row.items()}).strip()
+        else:
+            question = " ".join(_text(_require(row, name, where)).strip() for name in config.question).strip()
+        if not question:
+            fields = template_fields or config.question
+            raise ValueError(f"{where}: field {fields[0]!r}: the question is empty")
+        raw_answer = _require(row, config.answer, where)
+        gold = _gold(raw_answer, config.answer_format, f"{where}: field {config.answer!r}")
+        example_id = _text(_require(row, config.id, where)).strip() if config.id else f"line-{line}"
+        if not example_id:
+            raise ValueError(f"{where}: field {config.id!r}: the id is empty")
+        if example_id in seen:
+            raise ValueError(f"{where}: field {config.id!r}: id {example_id!r} repeats line {seen[example_id]}")
+        seen[example_id] = line
+        solution = None
+        if config.solution:
+            solution = _text(_require(row, config.solution, where))
+        elif config.answer_format == "gsm8k":
+            solution = _clean_solution(_text(raw_answer))
+        problems.append(Problem(id=example_id, question=question, gold=gold, solution=solution))
+    if not problems:
+        raise ValueError(f"{path}: the file has no rows")
+    return problems
+
+
+def _template_fields(template: str, path: Path) -> list[str]:
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        raise ValueError(f"question_template {template!r} for {path} is not a valid format string: {err}") from err
+    if not names or any(not name or not name.isidentifier() and not name.replace(" ", "_").isidentifier()
+                        for name in names):
+        raise ValueError(f"question_template {template!r} for {path} must name fields, e.g. '{{Body}} {{Question}}'")
+    return names
+
+
+def _require(row: dict[str, Any], name: str, where: str) -> Any:
+    if name not in row:
+        raise ValueError(f"{where}: field {name!r} is missing (the row has {sorted(row)})")
+    value = row[name]
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"{where}: field {name!r} is empty")
+    return value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _gold(value: Any, answer_format: str, where: str) -> str:
+    from dd_prompting import INVALID, canonical_number, extract_gold
+
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: {value!r} is not a number")
+    if answer_format == "gsm8k":
+        try:
+            return extract_gold(_text(value))
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from err
+    gold = canonical_number(_text(value))
+    text = _text(value).strip()
+    # The whole field must be the number (units and currency allowed), not merely start with one.
+    if gold == INVALID or re.search(r"\d", re.sub(r"^[-−]?\s*[$€£]?\s*[\d,./]+", "", text)):
+        raise ValueError(f"{where}: {value!r} is not a number")
+    return gold

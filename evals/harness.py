@@ -1,0 +1,536 @@
+"""Run every (dataset, model, strategy) cell of a config, concurrently, resumably, within a budget.
+
+Each example runs in a worker thread under `dspy.context(lm=..., adapter=...)`. When it ends, its row
+is appended to results.jsonl and flushed, so a killed run loses at most the examples in flight, and
+their calls are already in the call cache. A rerun skips finished rows and retries rows that ended
+in an API error.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from evals.cache import CallCache
+from evals.config import DatasetConfig, EvalConfig, ModelConfig, StrategyConfig
+from evals.datasets import Dataset, Problem, load_dataset, load_demo_pool
+from evals.estimate import Estimate, estimate_example
+from evals.models import CachedLM, CallIdentity, CallLog, Pricing, build_lm, identity_for, lookup_pricing, recording, redact
+from evals.results import ResultStore
+from evals.strategies import (
+    build_program,
+    choose_demos,
+    describe_program,
+    load_student_program,
+    make_adapter,
+    program_fingerprint,
+)
+
+__all__ = ["Cell", "Harness", "RunSummary", "evaluate_example"]
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.jsonl"
+RUN_FILE = "run.json"
+
+
+@dataclass
+class Cell:
+    """One (dataset, model, strategy) combination and everything needed to run it."""
+
+    dataset: Dataset
+    dataset_config: DatasetConfig
+    model: ModelConfig
+    strategy: StrategyConfig
+    program: dspy.Module | None
+    prompts: list[dict[str, Any]]
+    demo_source: str | None
+    adapter_name: str
+    fingerprint: str = ""
+    lm: dspy.BaseLM | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset.name} | {self.model.name} | {self.strategy.name}"
+
+    @property
+    def workers_cap(self) -> int | None:
+        if self.model.kind in ("local", "student"):
+            return 1  # one CPU model generates one reply at a time
+        return self.model.threads
+
+
+@dataclass
+class RunSummary:
+    """What a run did: rows written, calls made, money spent, failures, and why it stopped early."""
+
+    rows_written: int = 0
+    examples_skipped: int = 0
+    new_calls: int = 0
+    cached_calls: int = 0
+    spent: float = 0.0
+    failed: int = 0
+    parse_failures: int = 0
+    stopped: str | None = None
+    wall_s: float = 0.0
+    report_files: list[str] = field(default_factory=list)
+    estimates: dict[str, Estimate] = field(default_factory=dict)
+
+
+class _Budget:
+    """Keeps spent + reserved + the next example's estimate within `limit`."""
+
+    def __init__(self, limit: float | None):
+        self.limit = limit
+        self.spent = 0.0
+        self.reserved = 0.0
+
+    def try_reserve(self, amount: float) -> bool:
+        if self.limit is None:
+            return True
+        if self.spent + self.reserved + amount > self.limit + 1e-12:
+            return False
+        self.reserved += amount
+        return True
+
+    def settle(self, reserved: float, actual: float) -> None:
+        self.reserved = max(0.0, self.reserved - reserved)
+        self.spent += actual
+
+
+def _secrets(config: EvalConfig) -> list[str]:
+    """Values that must never be written: configured keys and anything in a key-like environment variable."""
+    names = {model.api_key_env for model in config.models if model.api_key_env}
+    names |= {name for name in os.environ if any(part in name.upper() for part in ("KEY", "TOKEN", "SECRET"))}
+    return sorted({os.environ[name] for name in names if len(os.environ.get(name) or "") >= 8}, key=len,
+                  reverse=True)
+
+
+def _hash(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def evaluate_example(cell: Cell, problem: Problem, *, secrets: list[str] = ()) -> dict[str, Any]:
+    """Run one problem through a cell's program and score it; never raises for model or API faults."""
+    from dd_prompting import INVALID, answers_match, extract_answer
+    from dspy.utils.exceptions import AdapterParseError
+
+    prediction = None
+    error = None
+    unparsed = False
+    started = time.perf_counter()
+    with recording() as log:
+        try:
+            with dspy.context(lm=cell.lm, adapter=make_adapter(cell.adapter_name) if cell.lm else None):
+                prediction = cell.program(question=problem.question)
+        except AdapterParseError:
+            unparsed = True
+        except Exception as err:  # API errors after retries, time-outs, malformed replies: recorded, not raised
+            error = f"{type(err).__name__}: {err}"
+    latency = time.perf_counter() - started
+    if error is None and log.errors:
+        # A call failed for good but the program carried on without it; the row still failed.
+        error = log.errors[-1]
+
+    answer_text = _field(prediction, "answer")
+    stage_failures = list(_field(prediction, "parse_failures") or [])
+    if prediction is not None and answer_text is None and stage_failures:
+        unparsed = True
+    strict = extract_answer(answer_text, strict=True) if not unparsed else INVALID
+    flexible = extract_answer(answer_text) if not unparsed else INVALID
+    if error:
+        status = "error"
+    elif unparsed:
+        status = "unparsed"
+    elif flexible == INVALID:
+        status = "no_number"
+    else:
+        status = "ok"
+    return {
+        "cell": cell.fingerprint,
+        "dataset": cell.dataset.name,
+        "model": cell.model.name,
+        "strategy": cell.strategy.name,
+        "example_id": problem.id,
+        "question": problem.question,
+        "gold": problem.gold,
+        "prediction": flexible,
+        "prediction_strict": strict,
+        "answer_text": None if answer_text is None else str(answer_text),
+        "correct": (not error) and answers_match(flexible, problem.gold),
+        "correct_strict": (not error) and answers_match(strict, problem.gold),
+        "parse_status": status,
+        "subquestions": _field(prediction, "subquestions"),
+        "subanswers": _field(prediction, "subanswers"),
+        "reasoning": _field(prediction, "reasoning"),
+        "fallback": _field(prediction, "fallback"),
+        "stage_parse_failures": stage_failures,
+        "raw_outputs": [redact(call.output, secrets) for call in log.calls],
+        "calls": len(log.calls),
+        "cached_calls": sum(call.cached for call in log.calls),
+        "retries": log.retries,
+        "prompt_tokens": sum(call.prompt_tokens for call in log.calls),
+        "completion_tokens": sum(call.completion_tokens for call in log.calls),
+        "cost": _total_cost(log),
+        "new_cost": sum(call.cost or 0.0 for call in log.calls if not call.cached),
+        "latency_s": round(latency, 4),
+        "error": redact(error, secrets)[:2000] if error else None,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _total_cost(log: CallLog) -> float | None:
+    costs = [call.cost for call in log.calls]
+    if any(cost is None for cost in costs):
+        return None
+    return sum(costs)
+
+
+def _field(prediction: Any, name: str) -> Any:
+    if prediction is None:
+        return None
+    value = prediction.get(name) if hasattr(prediction, "get") else getattr(prediction, name, None)
+    if isinstance(value, tuple):
+        value = list(value)
+    return value
+
+
+class Harness:
+    """Plans, estimates and runs an `EvalConfig`.
+
+    Args:
+        config: The run.
+        on_row: Called with each row after it is written (progress hooks, tests).
+    """
+
+    def __init__(self, config: EvalConfig, *, on_row: Callable[[dict[str, Any]], None] | None = None):
+        config.check_runnable()
+        self.config = config
+        self.on_row = on_row
+        self.output_dir = Path(config.output_dir)
+        self.secrets = _secrets(config)
+        self._cells: list[Cell] | None = None
+        self._cache: CallCache | None = None
+        self._pricing: dict[str, Pricing] = {}
+        self._lms: dict[str, dspy.BaseLM] = {}
+        self._datasets: dict[str, Dataset] = {}
+        self._demo_sources: dict[str, str] = {}
+
+    # ---------------------------------------------------------------- planning
+    @property
+    def cache(self) -> CallCache:
+        if self._cache is None:
+            self._cache = CallCache(self.config.cache_path)
+        return self._cache
+
+    def pricing(self, model: ModelConfig) -> Pricing:
+        if model.name not in self._pricing:
+            self._pricing[model.name] = lookup_pricing(model)
+        return self._pricing[model.name]
+
+    def cells(self) -> list[Cell]:
+        """Every runnable (dataset, model, strategy): students pair only with the student strategy."""
+        if self._cells is not None:
+            return self._cells
+        config = self.config
+        strategies = list(config.strategies)
+        if any(m.kind == "student" for m in config.models) and not any(s.kind == "student" for s in strategies):
+            strategies.append(StrategyConfig(kind="student"))
+        cells = []
+        for dataset_config in config.datasets:
+            dataset = load_dataset(dataset_config, limit=config.limit, seed=config.seed)
+            self._datasets[dataset.name] = dataset
+            evaluated = {problem.id for problem in dataset.problems}
+            for strategy in strategies:
+                program, prompts, demo_source = None, [], None
+                if strategy.kind != "student":
+                    demos: list[Problem] = []
+                    if isinstance(strategy.demos, int) and strategy.demos > 0:
+                        pool, demo_source = load_demo_pool(dataset_config, socratic=strategy.kind == "decomposed",
+                                                           exclude=evaluated)
+                        demos = choose_demos(pool, strategy.demos, seed=config.seed)
+                    elif strategy.demos == "builtin":
+                        demo_source = "dd_prompting.demos.WORKED_EXAMPLES"
+                    program = build_program(strategy, demos)
+                    prompts = describe_program(program)
+                for model in config.models:
+                    if (model.kind == "student") != (strategy.kind == "student"):
+                        continue
+                    cell = Cell(dataset=dataset, dataset_config=dataset_config, model=model, strategy=strategy,
+                                program=program, prompts=prompts, demo_source=demo_source,
+                                adapter_name=model.default_adapter)
+                    cell.fingerprint = self._fingerprint(cell)
+                    cells.append(cell)
+        if not cells:
+            raise ValueError("No (dataset, model, strategy) combination to run: student models run only the "
+                             "'student' strategy and other models only the other strategies.")
+        self._cells = cells
+        return cells
+
+    def _fingerprint(self, cell: Cell) -> str:
+        model = {key: value for key, value in asdict(cell.model).items()
+                 if key not in ("name", "threads", "api_key_env", "input_cost_per_million",
+                                "output_cost_per_million", "api_base")}
+        dataset = {key: value for key, value in asdict(cell.dataset_config).items() if key not in ("name",)}
+        dataset["sha256"] = cell.dataset.sha256
+        strategy = program_fingerprint(cell.prompts) if cell.program is not None else asdict(cell.strategy)
+        return _hash({"model": model, "dataset": dataset, "strategy": strategy, "adapter": cell.adapter_name})
+
+    def _lm_for(self, cell: Cell) -> None:
+        """Build the cell's LM (or student program) on first use, wrapped in the call cache."""
+        model = cell.model
+        if model.kind == "student":
+            if model.name not in self._lms:
+                program = load_student_program(model.run_dir)
+                for name, predictor in program.named_predictors():
+                    if predictor.lm is not None:
+                        predictor.lm = CachedLM(
+                            predictor.lm, cache=self.cache, pricing=self.pricing(model),
+                            identity=CallIdentity(model=f"student:{model.run_dir}:{name}",
+                                                  settings=identity_for(model).settings),
+                            retries=self.config.retries, backoff=self.config.retry_backoff,
+                        )
+                self._lms[model.name] = program
+            cell.program = self._lms[model.name]
+            cell.prompts = describe_program(cell.program)
+            return
+        if model.name not in self._lms:
+            self._lms[model.name] = CachedLM(
+                build_lm(model, timeout=self.config.timeout), cache=self.cache, pricing=self.pricing(model),
+                identity=identity_for(model), retries=self.config.retries, backoff=self.config.retry_backoff,
+            )
+        cell.lm = self._lms[model.name]
+
+    # ---------------------------------------------------------------- estimating
+    def estimate(self, *, skip_done: bool = True) -> dict[str, Estimate]:
+        """Calls, tokens and cost per cell for the examples still to run; no model is called."""
+        done = ResultStore(self.output_dir / RESULTS_FILE).completed() if skip_done else {}
+        estimates = {}
+        for cell in self.cells():
+            total = Estimate(cost=0.0)
+            for problem in cell.dataset.problems:
+                if (cell.fingerprint, problem.id) in done:
+                    continue
+                total.add(self._estimate_one(cell, problem))
+            estimates[cell.label] = total
+        return estimates
+
+    def _estimate_one(self, cell: Cell, problem: Problem) -> Estimate:
+        if cell.model.kind == "student":
+            return Estimate(examples=1, calls=2, cost=0.0)  # decomposer + solver, run locally for free
+        return estimate_example(
+            cell.program, {"question": problem.question}, adapter=make_adapter(cell.adapter_name),
+            token_model=cell.model.model, identity=identity_for(cell.model), cache=self.cache,
+            pricing=self.pricing(cell.model),
+        )
+
+    # ---------------------------------------------------------------- running
+    def run(self) -> RunSummary:
+        """Run (or with `dry_run`, only estimate) every cell; write results, then the report."""
+        from evals.report import write_report
+
+        summary = RunSummary()
+        if self.config.dry_run:
+            summary.estimates = self.estimate()
+            return summary
+        cells = self.cells()
+        store = ResultStore(self.output_dir / RESULTS_FILE)
+        done = store.completed()
+        self._check_budget_prices(cells, done)
+        budget = _Budget(self.config.max_cost)
+        wall = _load_wall_times(self.output_dir / RUN_FILE)
+        started = time.perf_counter()
+        try:
+            for cell in cells:
+                todo = [p for p in cell.dataset.problems if (cell.fingerprint, p.id) not in done]
+                summary.examples_skipped += len(cell.dataset.problems) - len(todo)
+                if not todo:
+                    continue
+                cell_started = time.perf_counter()
+                try:
+                    self._run_cell(cell, todo, store, budget, summary, done)
+                finally:
+                    wall[cell.fingerprint] = wall.get(cell.fingerprint, 0.0) + time.perf_counter() - cell_started
+                if summary.stopped:
+                    break
+        except KeyboardInterrupt:
+            summary.stopped = "interrupted"
+            raise
+        finally:
+            summary.wall_s = time.perf_counter() - started
+            summary.spent = budget.spent
+            self._write_run_file(summary, wall)
+            summary.report_files = write_report(self.output_dir, plots=self.config.plots)
+            self._log_summary(summary)
+        return summary
+
+    def _check_budget_prices(self, cells: list[Cell], done: dict) -> None:
+        if self.config.max_cost is None:
+            return
+        unpriced = sorted({cell.model.name for cell in cells if not self.pricing(cell.model).known
+                           and any((cell.fingerprint, p.id) not in done for p in cell.dataset.problems)})
+        if unpriced:
+            raise ValueError(
+                f"max_cost needs a price for every model, and litellm's price map has none for {unpriced}; set "
+                "input_cost_per_million and output_cost_per_million in their [[models]] sections"
+            )
+
+    def _run_cell(self, cell: Cell, todo: list[Problem], store: ResultStore, budget: _Budget,
+                  summary: RunSummary, done: dict) -> None:
+        from tqdm.auto import tqdm
+
+        self._lm_for(cell)
+        workers = min(self.config.threads, cell.workers_cap or self.config.threads)
+        total = len(cell.dataset.problems)
+        previous = [row for key, row in done.items() if key[0] == cell.fingerprint]
+        correct = sum(bool(row.get("correct")) for row in previous)
+        finished = len(previous)
+        max_seen_cost = 0.0
+        progress = tqdm(total=total, initial=total - len(todo), desc=cell.label, unit="ex",
+                        disable=not self.config.progress, dynamic_ncols=True)
+        pending: dict[Future, tuple[Problem, float]] = {}
+        queue = iter(todo)
+        exhausted = False
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evals")
+        try:
+            while True:
+                while not exhausted and not summary.stopped and len(pending) < workers:
+                    problem = next(queue, None)
+                    if problem is None:
+                        exhausted = True
+                        break
+                    reserve = 0.0
+                    if budget.limit is not None:
+                        reserve = max(self._estimate_one(cell, problem).cost or 0.0, max_seen_cost)
+                    if not budget.try_reserve(reserve):
+                        summary.stopped = (f"budget: ${budget.spent:.4f} spent and ${budget.reserved:.4f} in flight; "
+                                           f"the next example (about ${reserve:.4f}) would pass max_cost "
+                                           f"${budget.limit:.4f}")
+                        break
+                    future = pool.submit(evaluate_example, cell, problem, secrets=self.secrets)
+                    pending[future] = (problem, reserve)
+                if not pending:
+                    break
+                completed, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in completed:
+                    problem, reserve = pending.pop(future)
+                    row = future.result()
+                    store.append(row)
+                    budget.settle(reserve, row["new_cost"])
+                    max_seen_cost = max(max_seen_cost, row["new_cost"])
+                    summary.rows_written += 1
+                    summary.new_calls += row["calls"] - row["cached_calls"]
+                    summary.cached_calls += row["cached_calls"]
+                    summary.failed += bool(row["error"])
+                    summary.parse_failures += row["parse_status"] in ("unparsed", "no_number")
+                    finished += 1
+                    correct += bool(row["correct"])
+                    progress.update(1)
+                    progress.set_postfix(acc=f"{correct / finished:.1%}", spent=f"${budget.spent:.4f}",
+                                         failed=summary.failed, refresh=False)
+                    if self.on_row is not None:
+                        self.on_row(row)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            progress.close()
+        pool.shutdown(wait=True)
+
+    # ---------------------------------------------------------------- records
+    def _write_run_file(self, summary: RunSummary, wall: dict[str, float]) -> None:
+        from evals.report import environment_versions
+
+        cells = self._cells or []
+        models = {}
+        for model in self.config.models:
+            pricing = self.pricing(model)
+            models[model.name] = {
+                "model": model.model, "kind": model.kind, "api_base": _safe_url(model.api_base),
+                "temperature": model.temperature, "max_tokens": model.max_tokens, "adapter": model.default_adapter,
+                "run_dir": model.run_dir, "gguf_file": model.gguf_file,
+                "price_source": pricing.source,
+                "input_cost_per_million": None if pricing.input_per_token is None else pricing.input_per_token * 1e6,
+                "output_cost_per_million": None if pricing.output_per_token is None
+                else pricing.output_per_token * 1e6,
+            }
+        record = {
+            "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": environment_versions(),
+            "seed": self.config.seed,
+            "limit": self.config.limit,
+            "threads": self.config.threads,
+            "max_cost": self.config.max_cost,
+            "cache_dir": str(self.config.cache_path),
+            "models": models,
+            "datasets": {
+                name: {"source": dataset.source, "sha256": dataset.sha256,
+                       "selection_sha256": dataset.selection_sha256, "rows_in_file": dataset.total,
+                       "evaluated": len(dataset.problems)}
+                for name, dataset in self._datasets.items()
+            },
+            "cells": {
+                cell.fingerprint: {
+                    "dataset": cell.dataset.name, "model": cell.model.name, "strategy": cell.strategy.name,
+                    "strategy_config": asdict(cell.strategy), "adapter": cell.adapter_name,
+                    "demo_source": cell.demo_source, "prompts": cell.prompts,
+                    "wall_s": round(wall.get(cell.fingerprint, 0.0), 3),
+                }
+                for cell in cells
+            },
+            "last_run": {
+                "rows_written": summary.rows_written, "examples_skipped": summary.examples_skipped,
+                "new_calls": summary.new_calls, "cached_calls": summary.cached_calls,
+                "spent": round(summary.spent, 6), "failed": summary.failed,
+                "parse_failures": summary.parse_failures, "stopped": summary.stopped,
+                "wall_s": round(summary.wall_s, 3),
+            },
+        }
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        text = redact(json.dumps(record, indent=2, ensure_ascii=False, default=str), self.secrets)
+        (self.output_dir / RUN_FILE).write_text(text + "\n", encoding="utf-8")
+
+    def _log_summary(self, summary: RunSummary) -> None:
+        logger.info(
+            "%d rows written (%d skipped as done), %d new calls, %d from cache, $%.4f spent, %d failed, "
+            "%d parse failures%s",
+            summary.rows_written, summary.examples_skipped, summary.new_calls, summary.cached_calls, summary.spent,
+            summary.failed, summary.parse_failures, f"; stopped early: {summary.stopped}" if summary.stopped else "",
+        )
+
+
+def _load_wall_times(path: Path) -> dict[str, float]:
+    if not path.exists():
+        return {}
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8")).get("cells", {})
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+    return {fingerprint: float(cell.get("wall_s") or 0.0) for fingerprint, cell in cells.items()}
+
+
+def _safe_url(url: str | None) -> str | None:
+    """A URL without user:password@, so credentials in a base URL never reach the report."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        parts = parts._replace(netloc=host)
+    return urlunsplit(parts._replace(query=""))

@@ -1,0 +1,332 @@
+"""The report of a run: summary.md, summary.csv, paired.csv and PNG plots, from results.jsonl and run.json.
+
+It can be rebuilt at any time from those two files (`python -m evals report DIR`), so a report always
+matches the rows it was made from.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import platform
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from evals.results import ResultStore, latest_rows
+from evals.stats import mcnemar_exact, paired_counts, wilson_interval
+
+__all__ = ["CellSummary", "PairedTest", "summarize", "paired_tests", "write_report", "environment_versions"]
+
+_PACKAGES = ("dd-prompting", "dspy", "litellm", "openai", "transformers", "torch", "diskcache", "tokenizers")
+
+
+def environment_versions() -> dict[str, str | None]:
+    """Python and package versions, read from installed metadata (nothing is imported)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in _PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+@dataclass
+class CellSummary:
+    dataset: str
+    model: str
+    strategy: str
+    n: int
+    planned: int | None
+    accuracy: float
+    accuracy_low: float
+    accuracy_high: float
+    accuracy_strict: float
+    accuracy_strict_low: float
+    accuracy_strict_high: float
+    parse_failure_rate: float
+    failed: int
+    calls_per_problem: float
+    prompt_tokens_per_problem: float
+    completion_tokens_per_problem: float
+    cost_per_problem: float | None
+    total_cost: float | None
+    mean_latency_s: float
+    wall_s: float | None
+
+
+@dataclass
+class PairedTest:
+    dataset: str
+    model: str
+    strategy_a: str
+    strategy_b: str
+    n: int
+    accuracy_a: float
+    accuracy_b: float
+    only_a: int
+    only_b: int
+    p_value: float
+
+
+def summarize(rows: list[dict[str, Any]], run: dict[str, Any] | None = None) -> list[CellSummary]:
+    """One summary per (dataset, model, strategy). Failed examples (API errors) count as wrong."""
+    cells_meta = (run or {}).get("cells", {})
+    planned = {name: info.get("evaluated") for name, info in (run or {}).get("datasets", {}).items()}
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row["cell"]].append(row)
+    summaries = []
+    for fingerprint, group in groups.items():
+        n = len(group)
+        right = sum(bool(row["correct"]) for row in group)
+        right_strict = sum(bool(row["correct_strict"]) for row in group)
+        low, high = wilson_interval(right, n)
+        strict_low, strict_high = wilson_interval(right_strict, n)
+        costs = [row.get("cost") for row in group]
+        total_cost = None if any(cost is None for cost in costs) else float(sum(costs))
+        first = group[0]
+        summaries.append(CellSummary(
+            dataset=first["dataset"], model=first["model"], strategy=first["strategy"], n=n,
+            planned=planned.get(first["dataset"]),
+            accuracy=right / n, accuracy_low=low, accuracy_high=high,
+            accuracy_strict=right_strict / n, accuracy_strict_low=strict_low, accuracy_strict_high=strict_high,
+            parse_failure_rate=sum(row["parse_status"] in ("unparsed", "no_number") for row in group) / n,
+            failed=sum(bool(row.get("error")) for row in group),
+            calls_per_problem=sum(row["calls"] for row in group) / n,
+            prompt_tokens_per_problem=sum(row["prompt_tokens"] for row in group) / n,
+            completion_tokens_per_problem=sum(row["completion_tokens"] for row in group) / n,
+            cost_per_problem=None if total_cost is None else total_cost / n,
+            total_cost=total_cost,
+            mean_latency_s=sum(row["latency_s"] for row in group) / n,
+            wall_s=cells_meta.get(fingerprint, {}).get("wall_s"),
+        ))
+    summaries.sort(key=lambda s: (s.dataset, s.model, s.strategy))
+    return summaries
+
+
+def paired_tests(rows: list[dict[str, Any]]) -> list[PairedTest]:
+    """Exact McNemar tests between every two strategies of one model on one dataset.
+
+    Only problems both strategies finished without an API error are paired.
+    """
+    outcomes: dict[tuple[str, str], dict[str, dict[str, bool]]] = defaultdict(dict)
+    for row in rows:
+        if row.get("error"):
+            continue
+        outcomes[(row["dataset"], row["model"])].setdefault(row["strategy"], {})[row["example_id"]] = bool(
+            row["correct"])
+    tests = []
+    for (dataset, model), by_strategy in sorted(outcomes.items()):
+        for a, b in itertools.combinations(sorted(by_strategy), 2):
+            both, only_a, only_b, neither = paired_counts(by_strategy[a], by_strategy[b])
+            n = both + only_a + only_b + neither
+            if n == 0:
+                continue
+            tests.append(PairedTest(
+                dataset=dataset, model=model, strategy_a=a, strategy_b=b, n=n,
+                accuracy_a=(both + only_a) / n, accuracy_b=(both + only_b) / n,
+                only_a=only_a, only_b=only_b, p_value=mcnemar_exact(only_a, only_b),
+            ))
+    return tests
+
+
+def _load(output_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    run_path = output_dir / "run.json"
+    run = json.loads(run_path.read_text(encoding="utf-8")) if run_path.exists() else {}
+    rows = latest_rows(ResultStore(output_dir / "results.jsonl").read())
+    if run.get("cells"):
+        rows = [row for row in rows if row["cell"] in run["cells"]]  # rows of the config the run.json describes
+    return run, rows
+
+
+def write_report(output_dir: str | Path, *, plots: bool = True) -> list[str]:
+    """Write summary.md, summary.csv, paired.csv (and PNG plots) into `output_dir`; return their paths."""
+    output_dir = Path(output_dir)
+    run, rows = _load(output_dir)
+    summaries = summarize(rows, run)
+    tests = paired_tests(rows)
+    written = [_write_csv(output_dir / "summary.csv", [asdict(s) for s in summaries], CellSummary),
+               _write_csv(output_dir / "paired.csv", [asdict(t) for t in tests], PairedTest)]
+    if plots and summaries:
+        written += _plot(output_dir, summaries)
+    markdown = _markdown(run, rows, summaries, tests, [Path(path).name for path in written])
+    (output_dir / "summary.md").write_text(markdown, encoding="utf-8")
+    return [str(output_dir / "summary.md"), *written]
+
+
+def _write_csv(path: Path, records: list[dict[str, Any]], cls: type) -> str:
+    names = [field for field in cls.__dataclass_fields__]
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        for record in records:
+            writer.writerow({key: _csv_value(value) for key, value in record.items()})
+    return str(path)
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _money(value: float | None) -> str:
+    if value is None:
+        return "unknown"
+    return f"${value:.6f}" if value < 0.01 else f"${value:.4f}"
+
+
+def _markdown(run: dict[str, Any], rows: list[dict[str, Any]], summaries: list[CellSummary],
+              tests: list[PairedTest], files: list[str]) -> str:
+    lines = ["# Eval report", ""]
+    last = run.get("last_run") or {}
+    if run:
+        lines.append(f"Written {run.get('written', '?')}; seed {run.get('seed')}, limit {run.get('limit')}, "
+                     f"{run.get('threads')} threads.")
+        spent = last.get("spent")
+        lines.append(f"Last invocation: {last.get('rows_written', 0)} rows written, "
+                     f"{last.get('examples_skipped', 0)} skipped as already done, {last.get('new_calls', 0)} new "
+                     f"calls, {last.get('cached_calls', 0)} answered from the cache, "
+                     f"{_money(spent) if spent is not None else '?'} spent, {last.get('wall_s', 0):.1f} s.")
+        if last.get("stopped"):
+            lines.append(f"**Stopped early: {last['stopped']}.** Run again (with a larger --max-cost) to go on "
+                         "where it stopped.")
+    failed = sum(bool(row.get("error")) for row in rows)
+    if failed:
+        lines.append(f"**{failed} example(s) failed** after retries (API errors, rate limits, time-outs); they "
+                     "count as wrong below and are retried by the next run.")
+    lines += ["", "## Accuracy", "",
+              "Flexible extraction takes the last number in the answer; strict accepts only an explicit answer "
+              "(a bare number, or 'The answer is N'). Intervals are 95% Wilson intervals. Parse failures are "
+              "outputs with no readable answer; they count as wrong.", "",
+              "| dataset | model | strategy | n | accuracy (flexible) | accuracy (strict) | parse failures | "
+              "failed | calls/problem | tokens/problem (in + out) | cost/problem | total cost | wall time |",
+              "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in summaries:
+        n = f"{s.n}" if s.planned in (None, s.n) else f"{s.n} of {s.planned}"
+        wall = "" if s.wall_s is None else f"{s.wall_s:.1f} s"
+        lines.append(
+            f"| {s.dataset} | {s.model} | {s.strategy} | {n} | {_pct(s.accuracy)} "
+            f"[{_pct(s.accuracy_low)}, {_pct(s.accuracy_high)}] | {_pct(s.accuracy_strict)} "
+            f"[{_pct(s.accuracy_strict_low)}, {_pct(s.accuracy_strict_high)}] | {_pct(s.parse_failure_rate)} | "
+            f"{s.failed} | {s.calls_per_problem:.2f} | {s.prompt_tokens_per_problem:.0f} + "
+            f"{s.completion_tokens_per_problem:.0f} | {_money(s.cost_per_problem)} | {_money(s.total_cost)} | {wall} |"
+        )
+    lines += ["", "## Paired comparisons", ""]
+    if tests:
+        lines += ["Exact McNemar test on the problems both strategies finished (two-sided; flexible extraction). "
+                  "'A only' counts problems A solved and B did not.", "",
+                  "| dataset | model | A | B | paired n | accuracy A | accuracy B | A only | B only | p-value |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        for t in tests:
+            lines.append(f"| {t.dataset} | {t.model} | {t.strategy_a} | {t.strategy_b} | {t.n} | "
+                         f"{_pct(t.accuracy_a)} | {_pct(t.accuracy_b)} | {t.only_a} | {t.only_b} | {t.p_value:.4g} |")
+    else:
+        lines.append("No two strategies ran on the same problems with the same model.")
+    errors = Counter(str(row["error"]).split(":", 1)[0] for row in rows if row.get("error"))
+    if errors:
+        lines += ["", "## Failures", "", "| error | examples |", "|---|---:|"]
+        lines += [f"| {name} | {count} |" for name, count in errors.most_common()]
+    lines += _reproducibility(run)
+    lines += ["", "## Files", ""]
+    lines += [f"- `{name}`" for name in ["results.jsonl", "run.json", *files]]
+    return "\n".join(lines) + "\n"
+
+
+def _reproducibility(run: dict[str, Any]) -> list[str]:
+    if not run:
+        return []
+    lines = ["", "## Reproducibility", "", "Versions: " + ", ".join(
+        f"{name} {version}" for name, version in run.get("versions", {}).items() if version), ""]
+    lines += ["| dataset | source | sha256 | evaluated | selection sha256 |", "|---|---|---|---:|---|"]
+    for name, info in run.get("datasets", {}).items():
+        lines.append(f"| {name} | {info['source']} | `{info['sha256'][:16]}` | {info['evaluated']} of "
+                     f"{info['rows_in_file']} | `{info['selection_sha256'][:16]}` |")
+    lines += ["", "| model | model string | api base | temperature | max tokens | adapter | prices (USD / 1M in, out) |",
+              "|---|---|---|---:|---:|---|---|"]
+    for name, info in run.get("models", {}).items():
+        price = info.get("price_source")
+        if info.get("input_cost_per_million") is not None:
+            price = f"{info['input_cost_per_million']:g}, {info['output_cost_per_million']:g} ({price})"
+        lines.append(f"| {name} | `{info['model']}` | {info.get('api_base') or ''} | {info.get('temperature')} | "
+                     f"{info.get('max_tokens')} | {info.get('adapter')} | {price} |")
+    lines += ["", "### Prompts", "",
+              "Each strategy's predictors with their instructions and demos (run.json has the demos in full)."]
+    seen = set()
+    for cell in run.get("cells", {}).values():
+        key = (cell["dataset"], cell["strategy"])
+        if key in seen:
+            continue
+        seen.add(key)
+        lines += ["", f"**{cell['strategy']}** on {cell['dataset']} (demos from: {cell.get('demo_source') or 'none'})"]
+        for predictor in cell.get("prompts", []):
+            fields = ", ".join(predictor["inputs"]) + " -> " + ", ".join(predictor["outputs"])
+            instructions = " ".join(str(predictor["instructions"]).split())
+            lines.append(f"- `{predictor['predictor']}` ({fields}), {len(predictor['demos'])} demos: {instructions}")
+    return lines
+
+
+def _plot(output_dir: Path, summaries: list[CellSummary]) -> list[str]:
+    # A bare Figure renders with Agg and leaves pyplot's global state (and the user's backend) alone.
+    from matplotlib.figure import Figure
+
+    written = []
+    datasets = sorted({s.dataset for s in summaries})
+    models = sorted({s.model for s in summaries})
+    strategies = sorted({s.strategy for s in summaries})
+    figure = Figure(figsize=(max(6.0, 1.2 * len(strategies) * len(models)) * len(datasets) ** 0.5, 4.5))
+    axes = figure.subplots(1, len(datasets), squeeze=False)
+    width = 0.8 / max(1, len(models))
+    for axis, dataset in zip(axes[0], datasets):
+        for index, model in enumerate(models):
+            cells = {s.strategy: s for s in summaries if s.dataset == dataset and s.model == model}
+            xs = [i + (index - (len(models) - 1) / 2) * width for i, name in enumerate(strategies) if name in cells]
+            found = [cells[name] for name in strategies if name in cells]
+            if not found:
+                continue
+            heights = [100 * s.accuracy for s in found]
+            errors = [[100 * (s.accuracy - s.accuracy_low) for s in found],
+                      [100 * (s.accuracy_high - s.accuracy) for s in found]]
+            axis.bar(xs, heights, width=width, yerr=errors, capsize=3, label=model)
+        axis.set_xticks(range(len(strategies)), strategies, rotation=20, ha="right")
+        axis.set_ylim(0, 100)
+        axis.set_ylabel("accuracy (%), 95% interval")
+        axis.set_title(dataset)
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    path = output_dir / "accuracy.png"
+    figure.savefig(path, dpi=120)
+    written.append(str(path))
+
+    priced = [s for s in summaries if s.cost_per_problem is not None]
+    if priced:
+        figure = Figure(figsize=(6.5, 4.5))
+        axis = figure.subplots()
+        for s in priced:
+            axis.errorbar(s.cost_per_problem, 100 * s.accuracy,
+                          yerr=[[100 * (s.accuracy - s.accuracy_low)], [100 * (s.accuracy_high - s.accuracy)]],
+                          fmt="o", capsize=3)
+            label = f"{s.model} / {s.strategy}" + (f" ({s.dataset})" if len(datasets) > 1 else "")
+            axis.annotate(label, (s.cost_per_problem, 100 * s.accuracy), textcoords="offset points",
+                          xytext=(5, 5), fontsize="small")
+        positive = [s.cost_per_problem for s in priced if s.cost_per_problem > 0]
+        if positive and max(positive) / min(positive) > 20 and len(positive) == len(priced):
+            axis.set_xscale("log")
+        axis.set_xlabel("cost per problem (USD)")
+        axis.set_ylabel("accuracy (%), 95% interval")
+        axis.set_ylim(0, 100)
+        axis.set_title("Accuracy against cost")
+        figure.tight_layout()
+        path = output_dir / "accuracy_vs_cost.png"
+        figure.savefig(path, dpi=120)
+        written.append(str(path))
+    return written

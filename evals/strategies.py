@@ -1,0 +1,178 @@
+"""The programs being compared: direct answer, chain of thought, decomposition, and distilled students.
+
+Every strategy answers the same signature, `SolveProblem` (question -> answer), so differences in
+accuracy come from the prompting strategy alone. Few-shot demos are drawn once per seed and shared
+by all strategies that ask for the same number, so they see the same solved problems.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from evals.config import StrategyConfig
+from evals.datasets import Problem
+
+__all__ = [
+    "SolveProblem",
+    "build_program",
+    "choose_demos",
+    "make_adapter",
+    "describe_program",
+    "program_fingerprint",
+    "load_student_program",
+]
+
+
+class SolveProblem(dspy.Signature):
+    """Solve the math word problem. Give the final answer as a number."""
+
+    question: str = dspy.InputField(desc="The problem to solve.")
+    answer: str = dspy.OutputField(desc="The final answer: a number, without units.")
+
+
+def make_adapter(name: str) -> dspy.Adapter:
+    if name == "chat":
+        return dspy.ChatAdapter()
+    if name == "json":
+        return dspy.JSONAdapter()
+    if name == "plain":
+        from dd_prompting import PlainTextAdapter
+
+        return PlainTextAdapter()
+    raise ValueError(f"adapter must be 'chat', 'json' or 'plain', got {name!r}")
+
+
+def choose_demos(pool: list[Problem], count: int, *, seed: int) -> list[Problem]:
+    """`count` problems from `pool`, drawn with `seed` (the same draw for every strategy)."""
+    if count > len(pool):
+        raise ValueError(f"{count} demos were asked for, but the demo pool has only {len(pool)} problems")
+    return random.Random(seed).sample(pool, count)
+
+
+def build_program(strategy: StrategyConfig, demos: list[Problem]) -> dspy.Module:
+    """The DSPy program for a strategy, with `demos` (solved problems) as its few-shot examples.
+
+    `strategy.demos == 'builtin'` uses dd_prompting's hand-written worked examples instead.
+    """
+    if strategy.kind == "student":
+        raise ValueError("A student program comes from its run directory; use load_student_program")
+    if strategy.kind == "decomposed":
+        from dd_prompting import DecomposedSolver
+
+        program = DecomposedSolver(
+            SolveProblem, mode=strategy.mode, max_subquestions=strategy.max_subquestions,
+            demos="builtin" if strategy.demos == "builtin" else None,
+        )
+        if demos:
+            _set_decomposition_demos(program, demos)
+        return program
+    if strategy.demos == "builtin":
+        demos = _builtin_problems()
+    if strategy.kind == "direct":
+        program = dspy.Predict(SolveProblem)
+        program.demos = [dspy.Example(question=p.question, answer=p.gold) for p in demos]
+        return program
+    program = dspy.ChainOfThought(SolveProblem)
+    missing = [p.id for p in demos if not p.solution]
+    if missing:
+        raise ValueError(
+            f"strategies[{strategy.name}]: chain-of-thought demos need worked solutions; demo problems {missing[:3]} "
+            "have none (set the dataset's `solution` field)"
+        )
+    for predictor in program.predictors():
+        predictor.demos = [dspy.Example(question=p.question, reasoning=p.solution, answer=p.gold) for p in demos]
+    return program
+
+
+def _builtin_problems() -> list[Problem]:
+    from dd_prompting.demos import WORKED_EXAMPLES
+
+    return [
+        Problem(id=f"builtin-{index}", question=example.problem, gold=example.answer,
+                solution=" ".join(example.subanswers), subquestions=example.subquestions,
+                subanswers=example.subanswers)
+        for index, example in enumerate(WORKED_EXAMPLES)
+    ]
+
+
+def _set_decomposition_demos(program: dspy.Module, demos: list[Problem]) -> None:
+    # Shaped as DecomposedSolver shapes its built-in demos (dd_prompting/modules.py), from GSM8K's
+    # Socratic annotations: the sub-questions, and each step as the sub-answer.
+    from dd_prompting.modules import _format_solved
+
+    missing = [p.id for p in demos if not p.subquestions]
+    if missing:
+        raise ValueError(f"decomposition demos need sub-questions; demo problems {missing[:3]} have none")
+    for p in demos:
+        subquestions, subanswers = list(p.subquestions), list(p.subanswers)
+        program.decompose.demos.append(dspy.Example(question=p.question, subquestions=subquestions))
+        if program.mode == "joint":
+            program.solve.demos.append(dspy.Example(question=p.question, subquestions=subquestions,
+                                                    subanswers=subanswers, answer=p.gold))
+            continue
+        program.answer_step.demos.append(dspy.Example(
+            question=p.question, solved=_format_solved(subquestions, []),
+            subquestion=subquestions[0], subanswer=subanswers[0]))
+        program.answer_last_step.demos.append(dspy.Example(
+            question=p.question, solved=_format_solved(subquestions[:-1], subanswers[:-1]),
+            subquestion=subquestions[-1], subanswer=subanswers[-1], answer=p.gold))
+
+
+def describe_program(program: dspy.Module) -> list[dict[str, Any]]:
+    """Every predictor's signature (instructions, fields) and demos, for the report."""
+    described = []
+    for name, predictor in program.named_predictors():
+        signature = predictor.signature
+        described.append({
+            "predictor": name,
+            "signature": signature.__name__,
+            "instructions": signature.instructions,
+            "inputs": {field: _field_info(info) for field, info in signature.input_fields.items()},
+            "outputs": {field: _field_info(info) for field, info in signature.output_fields.items()},
+            "demos": [_demo_dict(demo) for demo in predictor.demos],
+        })
+    return described
+
+
+def _field_info(info: Any) -> dict[str, str]:
+    extra = info.json_schema_extra or {}
+    annotation = info.annotation
+    type_name = getattr(annotation, "__name__", None) or str(annotation)
+    return {"type": type_name, "desc": str(extra.get("desc", ""))}
+
+
+def _demo_dict(demo: Any) -> dict[str, Any]:
+    items = demo.toDict() if hasattr(demo, "toDict") else dict(demo)
+    return {key: value for key, value in items.items() if not key.startswith("dspy_")}
+
+
+def program_fingerprint(description: list[dict[str, Any]]) -> str:
+    text = json.dumps(description, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def load_student_program(run_dir: str | Path) -> dspy.Module:
+    """The decomposer + solver pair of a dd-distill run, as one DSPy module (imports `distill` lazily)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"Student run directory not found: {run_dir}")
+    try:
+        from distill.students import StudentPipeline
+    except ImportError as err:
+        raise ImportError(
+            "Student models need `distill.students.StudentPipeline` (the dd-distill package in this repo)"
+        ) from err
+    if hasattr(StudentPipeline, "from_run_dir"):
+        pipeline = StudentPipeline.from_run_dir(run_dir)
+    else:
+        pipeline = StudentPipeline.from_pretrained(run_dir / "decomposer", run_dir / "solver")
+    module = pipeline.as_module() if hasattr(pipeline, "as_module") else pipeline
+    if not isinstance(module, dspy.Module):
+        raise TypeError(f"The student pipeline of {run_dir} is not a dspy.Module (got {type(module).__name__})")
+    return module
