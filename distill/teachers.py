@@ -42,7 +42,15 @@ from distill.traces import (
     repair_partial_tail,
 )
 
-__all__ = ["Teacher", "DSPyTeacher", "SocraticTeacher", "GeneratorTeacher", "collect_traces", "TEACHER_ERROR"]
+__all__ = [
+    "Teacher",
+    "DSPyTeacher",
+    "SocraticTeacher",
+    "GeneratorTeacher",
+    "collect_traces",
+    "step_result",
+    "TEACHER_ERROR",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +79,15 @@ class SocraticTeacher(Teacher):
     """Annotated decompositions from the data itself, such as GSM8K's Socratic solutions.
 
     A problem without an annotation gives a failed trace (`unparsable`). The final answer is read
-    from the last step (the student pair reads it from there too); a last step whose number is not
-    the gold answer gives a trace marked incorrect, which filtering drops by default.
+    from the last step (`step_result`), as the student pair reads it; a last step whose result is
+    not the gold answer gives a trace marked incorrect, which filtering drops by default.
     """
 
     def __init__(self, *, name: str = "socratic"):
         self.name = name
 
     def traces(self, problems: Iterable[Problem]) -> Iterator[Trace]:
-        from dd_prompting import INVALID, answers_match, extract_answer
+        from dd_prompting import INVALID, answers_match
 
         for problem in problems:
             if not problem.subquestions or problem.steps is None:
@@ -89,7 +97,7 @@ class SocraticTeacher(Teacher):
                 )
                 continue
             subquestions, steps = list(problem.subquestions), list(problem.steps)
-            answer = extract_answer(steps[-1]) if steps else INVALID
+            answer = step_result(steps[-1]) if steps else INVALID
             error = None
             if len(subquestions) != len(steps):
                 error = f"{UNPARSABLE}: {len(subquestions)} sub-questions but {len(steps)} steps"
@@ -358,6 +366,24 @@ class DSPyTeacher(Teacher):
             if _SECRET_NAME.search(name) and isinstance(value, str) and len(value) >= 4:
                 text = text.replace(value, "***")
         return _SECRET_VALUE.sub(r"\1-***", text)
+
+
+def step_result(step: str) -> str:
+    """The result a step computes: the number right after its last "=", else its last number.
+
+    >>> step_result("So there are 9 + 6 = 15 liters of water out of the 24 liters.")
+    '15'
+    >>> step_result("She has 12 apples left.")
+    '12'
+    """
+    from dd_prompting import INVALID, canonical_number, extract_answer
+
+    _, equals, after = step.rpartition("=")
+    if equals:
+        result = canonical_number(after)
+        if result != INVALID:
+            return result
+    return extract_answer(step)
 
 
 def _usage_and_cost(history: list[dict]) -> tuple[dict[str, int], float | None]:

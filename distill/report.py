@@ -1,0 +1,161 @@
+"""A run's report: `metrics.json`, `report.md` (Markdown tables) and PNG plots.
+
+Plots: `loss.png` (each student's training loss against its optimizer steps) and `accuracy.png`
+(held-out accuracy of the student pair, the CoT student and the teacher).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_metrics", "write_report", "plot_losses", "plot_accuracy", "comparison_table"]
+
+logger = logging.getLogger(__name__)
+
+_LABELS = {"pair": "student pair (decomposer + solver)", "cot": "CoT student", "teacher": "teacher"}
+
+
+def write_metrics(metrics: Mapping[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def comparison_table(evaluation: Mapping[str, Any]) -> str:
+    """The held-out comparison as a Markdown table (one row per system that was evaluated)."""
+    lines = [
+        "| system | accuracy | correct / problems | strict accuracy | seconds | on |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key in ("pair", "cot", "teacher"):
+        result = evaluation.get(key)
+        if not result:
+            continue
+        strict = result.get("strict_accuracy")
+        seconds = result.get("seconds")
+        lines.append(
+            f"| {_LABELS[key]} | {100 * result['accuracy']:.1f}% | {result['correct']} / {result['problems']} | "
+            f"{'' if strict is None else f'{100 * strict:.1f}%'} | {'' if seconds is None else f'{seconds:.1f}'} | "
+            f"{result.get('on', 'held-out problems')} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_losses(student_dirs: Mapping[str, str | Path], path: str | Path) -> Path | None:
+    """One curve per student from its `loss.json` (the Trainer's log history); None if there is none."""
+    curves = {}
+    for role, directory in student_dirs.items():
+        loss_file = Path(directory) / "loss.json"
+        if not loss_file.is_file():
+            continue
+        history = json.loads(loss_file.read_text(encoding="utf-8"))
+        points = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry and "step" in entry]
+        if points:
+            curves[role] = points
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for role, points in curves.items():
+        ax.plot(*zip(*points), label=f"{role} student")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (completion tokens)")
+    ax.set_yscale("log")
+    ax.set_title("Training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_accuracy(evaluation: Mapping[str, Any], path: str | Path) -> Path | None:
+    """Bars of held-out accuracy: the student pair, the CoT student and the teacher."""
+    systems = [key for key in ("pair", "cot", "teacher") if evaluation.get(key)]
+    if not systems:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    values = [100 * evaluation[key]["accuracy"] for key in systems]
+    labels = [_LABELS[key].replace(" (", "\n(") for key in systems]
+    if "teacher" in systems and evaluation["teacher"].get("on") not in (None, "held-out problems"):
+        labels[systems.index("teacher")] += f"\n({evaluation['teacher']['on']})"
+    bars = ax.bar(labels, values, color=["tab:blue", "tab:orange", "tab:gray"][: len(systems)])
+    for bar, value in zip(bars, values):
+        ax.annotate(f"{value:.1f}%", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("accuracy (%)")
+    problems = evaluation.get("problems")
+    ax.set_title(f"Held-out accuracy ({problems} problems)" if problems else "Held-out accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_report(run_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
+    """Write `report.md` from `metrics` (as in `metrics.json`), linking the plots that exist."""
+    run_dir = Path(run_dir)
+    lines = [f"# dd-distill run `{metrics.get('run', run_dir.name)}`", ""]
+    teacher = metrics.get("teacher", {})
+    if teacher:
+        lines += [f"Teacher: `{teacher.get('kind')}`" + (f" ({teacher['model']})" if teacher.get("model") else "") + ".", ""]
+    evaluation = metrics.get("evaluation")
+    if evaluation:
+        lines += ["## Held-out accuracy", "", comparison_table(evaluation), ""]
+        if evaluation.get("notes"):
+            lines += [f"- {note}" for note in evaluation["notes"]] + [""]
+        if (run_dir / "accuracy.png").is_file():
+            lines += ["![accuracy](accuracy.png)", ""]
+    traces = metrics.get("traces")
+    if traces:
+        from distill.traces import TraceReport
+
+        lines += ["## Teacher traces", "", TraceReport(**traces).to_markdown(), ""]
+    rows = metrics.get("rows")
+    if rows:
+        lines += ["## Fine-tuning rows", "", "| role | rows |", "|---|---|"]
+        lines += [f"| {role} | {count} |" for role, count in rows.items()] + [""]
+    students = metrics.get("students")
+    if students:
+        lines += [
+            "## Students",
+            "",
+            "| role | model | parameters | steps | seconds | final training loss |",
+            "|---|---|---|---|---|---|",
+        ]
+        for role, info in students.items():
+            loss = info.get("final_train_loss")
+            lines.append(
+                f"| {role} | {info.get('base_model', '')} | {_count(info.get('parameters'))} | {info.get('steps', '')} | "
+                f"{info.get('train_seconds', '')} | {'' if loss is None else f'{loss:.4f}'} |"
+            )
+        lines.append("")
+        if (run_dir / "loss.png").is_file():
+            lines += ["![training loss](loss.png)", ""]
+    timings = metrics.get("stage_seconds")
+    if timings:
+        lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()] + [""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _count(value: Any) -> str:
+    if not isinstance(value, int):
+        return ""
+    return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.0f}k"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
