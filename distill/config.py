@@ -189,6 +189,10 @@ class DataConfig:
                 raise ConfigError(f"data.{name} must be 'generator', 'gsm8k' or a .jsonl file, got {value!r}")
         if self.source == "gsm8k":
             _check_choice("data.split", self.split, ("train", "test", "test_socratic"))
+        if self.source == "generator" and self.train_problems is None:
+            raise ConfigError("data.train_problems must be a number when data.source = 'generator'")
+        if self.resolved_eval_source == "generator" and self.eval_problems is None:
+            raise ConfigError("data.eval_problems must be a number when the held-out problems are generated")
         if self.resolved_eval_source == "gsm8k":
             _check_choice("data.eval_split", self.eval_split, ("train", "test", "test_socratic"))
         self._check_disjoint()
@@ -225,7 +229,11 @@ class EvalConfig:
     """How the students (and optionally the teacher) are evaluated on the held-out problems."""
 
     batch_size: int = field(default=64, metadata={"help": "Problems decoded together by each student."})
-    max_new_tokens: int = field(default=96, metadata={"help": "Most tokens a student generates per step or per solution."})
+    max_decomposition_tokens: int = field(
+        default=160, metadata={"help": "Most tokens the decomposer writes for one problem's sub-questions."}
+    )
+    max_answer_tokens: int = field(default=48, metadata={"help": "Most tokens the solver writes for one sub-answer."})
+    max_cot_tokens: int = field(default=200, metadata={"help": "Most tokens the CoT student writes for one solution."})
     teacher: bool = field(
         default=False,
         metadata={
@@ -235,8 +243,8 @@ class EvalConfig:
     )
 
     def __post_init__(self):
-        _check_min("eval.batch_size", self.batch_size, 1)
-        _check_min("eval.max_new_tokens", self.max_new_tokens, 1)
+        for name in ("batch_size", "max_decomposition_tokens", "max_answer_tokens", "max_cot_tokens"):
+            _check_min(f"eval.{name}", getattr(self, name), 1)
 
 
 @dataclass
@@ -266,6 +274,11 @@ class RunConfig:
         for name, cls in (("teacher", TeacherConfig), ("data", DataConfig), ("student", TrainConfig), ("eval", EvalConfig)):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, _build(cls, getattr(self, name), name))
+        if self.teacher.kind == "generator" and self.data.source != "generator":
+            raise ConfigError(
+                f"teacher.kind = 'generator' writes the generator's own problems; data.source must be 'generator', "
+                f"got {self.data.source!r} (use teacher.kind = 'socratic' or 'dspy' for other problems)"
+            )
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"name must be a plain directory name, got {self.name!r}")
         for role in ROLES:

@@ -15,7 +15,14 @@ from pathlib import Path
 from distill.generator import GeneratorConfig, generate_problems
 from distill.traces import Trace
 
-__all__ = ["Problem", "generated_problems", "gsm8k_problems", "read_problems", "problems_from_traces"]
+__all__ = [
+    "Problem",
+    "generated_problems",
+    "gsm8k_problems",
+    "read_problems",
+    "write_problems",
+    "problems_from_traces",
+]
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,30 @@ def gsm8k_problems(split: str, *, offset: int = 0, limit: int | None = None, sou
             )
         )
     return problems
+
+
+def write_problems(path: str | os.PathLike, problems: list[Problem]) -> Path:
+    """Write problems as GSM8K-style JSONL (`id`, `question`, `answer`), readable by `read_problems`.
+
+    A reference decomposition is written as a Socratic solution ("sub-question ** step" lines,
+    then "#### gold"); without one the answer is just "#### gold".
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for problem in problems:
+            lines = []
+            if problem.subquestions and problem.steps:
+                lines = [f"{_one_line(q)} ** {_one_line(s)}" for q, s in zip(problem.subquestions, problem.steps)]
+            solution = "\n".join([*lines, f"#### {problem.gold}"])
+            handle.write(json.dumps({"id": problem.id, "question": problem.question, "answer": solution}) + "\n")
+    tmp.replace(path)  # never a half-written file under the real name
+    return path
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def read_problems(path: str | os.PathLike, *, offset: int = 0, limit: int | None = None) -> list[Problem]:

@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_metrics", "write_report", "plot_losses", "plot_accuracy", "comparison_table"]
+__all__ = [
+    "write_metrics",
+    "write_report",
+    "plot_losses",
+    "plot_accuracy",
+    "comparison_table",
+    "evaluation_notes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -27,22 +34,35 @@ def write_metrics(metrics: Mapping[str, Any], path: str | Path) -> Path:
 
 def comparison_table(evaluation: Mapping[str, Any]) -> str:
     """The held-out comparison as a Markdown table (one row per system that was evaluated)."""
-    lines = [
-        "| system | accuracy | correct / problems | strict accuracy | seconds | on |",
-        "|---|---|---|---|---|---|",
-    ]
+    lines = ["| system | accuracy | correct / problems | seconds | on |", "|---|---|---|---|---|"]
     for key in ("pair", "cot", "teacher"):
         result = evaluation.get(key)
         if not result:
             continue
-        strict = result.get("strict_accuracy")
         seconds = result.get("seconds")
         lines.append(
             f"| {_LABELS[key]} | {100 * result['accuracy']:.1f}% | {result['correct']} / {result['problems']} | "
-            f"{'' if strict is None else f'{100 * strict:.1f}%'} | {'' if seconds is None else f'{seconds:.1f}'} | "
-            f"{result.get('on', 'held-out problems')} |"
+            f"{'' if seconds is None else f'{seconds:.1f}'} | {result.get('on', 'held-out problems')} |"
         )
     return "\n".join(lines)
+
+
+def evaluation_notes(evaluation: Mapping[str, Any]) -> list[str]:
+    """One-line facts under the table: how the pair's decompositions went, truncations, API errors."""
+    notes = []
+    pair = evaluation.get("pair") or {}
+    if "subquestions_exact" in pair:
+        notes.append(f"The decomposer wrote exactly the reference sub-questions for {100 * pair['subquestions_exact']:.1f}% "
+                     "of the held-out problems.")
+    if pair.get("fallbacks"):
+        notes.append(f"The decomposer wrote no sub-questions for {pair['fallbacks']} problems (the question was asked directly).")
+    for key in ("pair", "cot"):
+        if (evaluation.get(key) or {}).get("truncated"):
+            notes.append(f"{_LABELS[key]}: {evaluation[key]['truncated']} outputs ran out of tokens.")
+    teacher = evaluation.get("teacher") or {}
+    if teacher.get("api_errors"):
+        notes.append(f"The teacher's API failed on {teacher['api_errors']} problems (counted as wrong).")
+    return notes
 
 
 def plot_losses(student_dirs: Mapping[str, str | Path], path: str | Path) -> Path | None:
@@ -107,8 +127,9 @@ def write_report(run_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
     evaluation = metrics.get("evaluation")
     if evaluation:
         lines += ["## Held-out accuracy", "", comparison_table(evaluation), ""]
-        if evaluation.get("notes"):
-            lines += [f"- {note}" for note in evaluation["notes"]] + [""]
+        notes = evaluation_notes(evaluation)
+        if notes:
+            lines += [f"- {note}" for note in notes] + [""]
         if (run_dir / "accuracy.png").is_file():
             lines += ["![accuracy](accuracy.png)", ""]
     traces = metrics.get("traces")

@@ -97,6 +97,9 @@ def test_saved_config_reloads_identically(tmp_path):
         ({"eval": {"batch_size": 0}}, r"eval.batch_size"),
         ({"name": "a/b"}, r"name must be a plain directory name"),
         ({"train_cot": "yes"}, r"train_cot must be true or false"),
+        ({"data": {"source": "gsm8k"}}, r"teacher.kind = 'generator' .* data.source must be 'generator'"),
+        ({"data": {"train_problems": None}}, r"data.train_problems must be a number"),
+        ({"eval": {"max_answer_tokens": 0}}, r"eval.max_answer_tokens"),
     ],
 )
 def test_bad_values_name_the_field(data, message):
@@ -106,7 +109,7 @@ def test_bad_values_name_the_field(data, message):
 
 def test_disjoint_gsm8k_ranges_of_one_split_are_accepted():
     config = RunConfig.from_dict(
-        {"data": {"source": "gsm8k", "split": "test_socratic", "train_problems": 1000, "eval_offset": 1000,
+        {"teacher": {"kind": "socratic"}, "data": {"source": "gsm8k", "split": "test_socratic", "train_problems": 1000, "eval_offset": 1000,
                   "eval_problems": 319}}
     )
     assert config.data.resolved_eval_source == "gsm8k"
