@@ -79,6 +79,8 @@ class ModelConfig:
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside `model` (kind='local')."})
     max_new_tokens: int = field(default=256, metadata={"help": "Generation cap for kind='local'."})
     run_dir: str | None = field(default=None, metadata={"help": "A dd-distill run directory (kind='student')."})
+    student: str = field(default="pair", metadata={"help": "Which student of the run (kind='student'): 'pair' "
+                                                           "(decomposer + solver) or 'cot'."})
 
     def __post_init__(self):
         if self.name is None:
@@ -91,6 +93,8 @@ class ModelConfig:
             raise ValueError(f"{section}: adapter must be one of {ADAPTERS}, got {self.adapter!r}")
         if self.engine not in ("auto", "litellm"):
             raise ValueError(f"{section}: engine must be 'auto' or 'litellm', got {self.engine!r}")
+        if self.student not in ("pair", "cot"):
+            raise ValueError(f"{section}: student must be 'pair' or 'cot', got {self.student!r}")
         if self.kind == "student" and not self.run_dir:
             raise ValueError(f"{section}: kind='student' needs run_dir, the dd-distill run directory")
         if self.threads is not None and self.threads < 1:

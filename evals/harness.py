@@ -26,7 +26,7 @@ from evals.cache import CallCache
 from evals.config import DatasetConfig, EvalConfig, ModelConfig, StrategyConfig
 from evals.datasets import Dataset, Problem, load_dataset, load_demo_pool
 from evals.estimate import Estimate, estimate_example
-from evals.models import CachedLM, CallIdentity, CallLog, Pricing, build_lm, identity_for, lookup_pricing, recording, redact
+from evals.models import CachedLM, CallIdentity, CallLog, CallRecord, Pricing, build_lm, identity_for, lookup_pricing, recording, redact
 from evals.results import ResultStore
 from evals.strategies import (
     build_program,
@@ -59,6 +59,7 @@ class Cell:
     adapter_name: str
     fingerprint: str = ""
     lm: dspy.BaseLM | None = None
+    memo: tuple[CallCache, CallIdentity] | None = None  # whole-prediction cache for programs without an LM
 
     @property
     def label(self) -> str:
@@ -122,6 +123,29 @@ def _hash(payload: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+_PREDICTION_FIELDS = ("answer", "reasoning", "subquestions", "subanswers", "fallback", "parse_failures")
+
+
+def _run_program(cell: Cell, problem: Problem, log: CallLog) -> Any:
+    """The program's prediction; a program with no LM (a student) is cached here as a whole."""
+    if cell.lm is not None:
+        with dspy.context(lm=cell.lm, adapter=make_adapter(cell.adapter_name)):
+            return cell.program(question=problem.question)
+    memo = cell.memo
+    key = memo[1].key(prompt=problem.question) if memo else None
+    stored = memo[0].get(key) if memo else None
+    if stored is not None:
+        log.add(CallRecord(output="", prompt_tokens=0, completion_tokens=0, cost=0.0, latency_s=0.0, cached=True))
+        return dspy.Prediction(**stored)
+    started = time.perf_counter()
+    prediction = cell.program(question=problem.question)
+    log.add(CallRecord(output="", prompt_tokens=0, completion_tokens=0, cost=0.0,
+                       latency_s=time.perf_counter() - started, cached=False))
+    if memo:
+        memo[0].put(key, {name: _field(prediction, name) for name in _PREDICTION_FIELDS})
+    return prediction
+
+
 def evaluate_example(cell: Cell, problem: Problem, *, secrets: list[str] = ()) -> dict[str, Any]:
     """Run one problem through a cell's program and score it; never raises for model or API faults."""
     from dd_prompting import INVALID, answers_match, extract_answer
@@ -133,8 +157,7 @@ def evaluate_example(cell: Cell, problem: Problem, *, secrets: list[str] = ()) -
     started = time.perf_counter()
     with recording() as log:
         try:
-            with dspy.context(lm=cell.lm, adapter=make_adapter(cell.adapter_name) if cell.lm else None):
-                prediction = cell.program(question=problem.question)
+            prediction = _run_program(cell, problem, log)
         except AdapterParseError:
             unparsed = True
         except Exception as err:  # API errors after retries, time-outs, malformed replies: recorded, not raised
@@ -293,18 +316,9 @@ class Harness:
         model = cell.model
         if model.kind == "student":
             if model.name not in self._lms:
-                program = load_student_program(model.run_dir)
-                for name, predictor in program.named_predictors():
-                    if predictor.lm is not None:
-                        predictor.lm = CachedLM(
-                            predictor.lm, cache=self.cache, pricing=self.pricing(model),
-                            identity=CallIdentity(model=f"student:{model.run_dir}:{name}",
-                                                  settings=identity_for(model).settings),
-                            retries=self.config.retries, backoff=self.config.retry_backoff,
-                        )
-                self._lms[model.name] = program
+                self._lms[model.name] = load_student_program(model.run_dir, student=model.student)
             cell.program = self._lms[model.name]
-            cell.prompts = describe_program(cell.program)
+            cell.memo = (self.cache, identity_for(model))
             return
         if model.name not in self._lms:
             self._lms[model.name] = CachedLM(

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -120,8 +121,15 @@ def identity_for(config: ModelConfig) -> CallIdentity:
     elif config.kind == "local":
         settings = {"gguf_file": config.gguf_file, "max_new_tokens": config.max_new_tokens}
     else:
-        settings = {"run_dir": str(config.run_dir)}
+        settings = {"run_dir": str(Path(config.run_dir).resolve()), "student": config.student,
+                    "weights": _weights_stamp(Path(config.run_dir))}
     return CallIdentity(model=f"{config.kind}:{config.model}", settings=tuple(sorted(settings.items())))
+
+
+def _weights_stamp(run_dir: Path) -> str:
+    """Sizes and modification times of a run's weight files: retraining a student invalidates its cache."""
+    files = sorted(run_dir.rglob("*.safetensors")) + sorted(run_dir.rglob("*.bin"))
+    return ";".join(f"{path.relative_to(run_dir)}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in files)
 
 
 @dataclass(frozen=True)

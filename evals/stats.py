@@ -27,7 +27,10 @@ def wilson_interval(successes: int, total: int, *, z: float = 1.959963984540054)
     denominator = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denominator
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 and n the bound is exactly 0 or 1; floating point would leave it a hair short.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == total else min(1.0, centre + half)
+    return low, high
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:

@@ -157,22 +157,23 @@ def program_fingerprint(description: list[dict[str, Any]]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def load_student_program(run_dir: str | Path) -> dspy.Module:
-    """The decomposer + solver pair of a dd-distill run, as one DSPy module (imports `distill` lazily)."""
+def load_student_program(run_dir: str | Path, *, student: str = "pair") -> dspy.Module:
+    """A dd-distill run's students as one DSPy module: the decomposer + solver pair, or the CoT student.
+
+    The students are looked for in `run_dir/<role>` (and `run_dir/students/<role>`). `distill` is
+    imported only here, so evaluating API models never needs it.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"Student run directory not found: {run_dir}")
-    try:
-        from distill.students import StudentPipeline
-    except ImportError as err:
-        raise ImportError(
-            "Student models need `distill.students.StudentPipeline` (the dd-distill package in this repo)"
-        ) from err
-    if hasattr(StudentPipeline, "from_run_dir"):
-        pipeline = StudentPipeline.from_run_dir(run_dir)
-    else:
-        pipeline = StudentPipeline.from_pretrained(run_dir / "decomposer", run_dir / "solver")
-    module = pipeline.as_module() if hasattr(pipeline, "as_module") else pipeline
-    if not isinstance(module, dspy.Module):
-        raise TypeError(f"The student pipeline of {run_dir} is not a dspy.Module (got {type(module).__name__})")
-    return module
+    from distill.students import CoTStudent, StudentModule, StudentPipeline
+
+    def find(role: str) -> Path:
+        for candidate in (run_dir / role, run_dir / "students" / role):
+            if candidate.is_dir():
+                return candidate
+        raise FileNotFoundError(f"{run_dir} has no {role!r} student (looked in {role}/ and students/{role}/)")
+
+    if student == "cot":
+        return StudentModule(student=CoTStudent.from_pretrained(find("cot")))
+    return StudentModule(student=StudentPipeline.from_pretrained(find("decomposer"), find("solver")))
