@@ -111,6 +111,8 @@ class Run:
         return {name: config[name] for name in _STAGE_SETTINGS[stage]}
 
     def mark_done(self, stage: str, seconds: float) -> None:
+        if not _is_main_process():
+            return
         stages = self.stages()
         stages[stage] = {"settings": self.settings(stage), "seconds": round(seconds, 2), "finished": _now()}
         _write_json(self._stages_file(), stages)
@@ -230,7 +232,8 @@ def _start(run: Run, stages: tuple[str, ...]) -> None:
                 "Use a new run directory (--name or --run-dir), or `dd-distill run --force` to redo every stage here."
             )
     run.dir.mkdir(parents=True, exist_ok=True)
-    run.config.save(run.dir / "config.json")
+    if _is_main_process():
+        run.config.save(run.dir / "config.json")
 
 
 def _run_all(run: Run, *, force: bool) -> int:
@@ -326,9 +329,10 @@ def stage_train(run: Run) -> None:
             role=role,
             eval_rows=eval_rows if eval_rows.is_file() else None,
         )
-    from distill.report import plot_losses
+    if _is_main_process():
+        from distill.report import plot_losses
 
-    plot_losses({role: run.student(role) for role in run.roles}, run.dir / "loss.png")
+        plot_losses({role: run.student(role) for role in run.roles}, run.dir / "loss.png")
 
 
 def stage_evaluate(run: Run) -> None:
@@ -587,6 +591,11 @@ def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def _is_main_process() -> bool:
+    # Under `accelerate launch` / `torchrun` every process runs the train stage; one writes the bookkeeping.
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _now() -> str:

@@ -1,0 +1,220 @@
+import json
+import os
+import re
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import pytest
+
+from dd_prompting import load_gsm8k
+from dd_prompting.testing import OpenAICompatibleServer, last_user_text
+from distill.cli import STAGES, main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+# Small enough to train in seconds: one layer, a few steps, short rows.
+TINY = [
+    "--student.model", "tiny", "--student.tiny_layers", "1", "--student.tiny_hidden", "32", "--student.tiny_heads", "2",
+    "--student.tiny_vocab_size", "300", "--student.batch_size", "8", "--student.max_length", "256",
+    "--student.pack_length", "256", "--student.save_steps", "2", "--student.logging_steps", "1",
+    "--decomposer.max_steps", "3", "--solver.max_steps", "3", "--cot.max_steps", "3",
+    "--eval.max_decomposition_tokens", "24", "--eval.max_answer_tokens", "12", "--eval.max_cot_tokens", "32",
+]
+RUN_FILES = [
+    "config.json", "problems.jsonl", "heldout.jsonl", "traces.jsonl", "trace_report.json", "stages.json",
+    "data/decomposer.jsonl", "data/solver.jsonl", "data/cot.jsonl",
+    "students/decomposer/student.json", "students/solver/student.json", "students/cot/student.json",
+    "students/solver/model.safetensors", "eval/pair.jsonl", "eval/cot.jsonl",
+    "metrics.json", "report.md", "loss.png", "accuracy.png",
+]
+
+
+@pytest.mark.parametrize("command", [None, "run", *STAGES])
+def test_help_exits_0_for_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"] if command is None else [command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: dd-distill" in out
+    if command is not None:
+        assert "--teacher.model" in out and "--solver.max_steps" in out and "--run-dir" in out
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory):
+    """The offline default pipeline (generator teacher, tiny students) at a tiny scale."""
+    run_dir = tmp_path_factory.mktemp("runs") / "offline"
+    code = main(["run", "--run-dir", str(run_dir), "--data.train_problems", "40", "--data.eval_problems", "10",
+                 "--quiet", *TINY])
+    assert code == 0
+    return run_dir
+
+
+def test_offline_run_writes_the_whole_run_directory(offline_run, capsys):
+    missing = [name for name in RUN_FILES if not (offline_run / name).is_file()]
+    assert not missing
+    metrics = json.loads((offline_run / "metrics.json").read_text())
+    assert metrics["traces"]["kept"] == 40 and metrics["rows"]["decomposer"] == 40
+    evaluation = metrics["evaluation"]
+    assert evaluation["problems"] == 10 and set(evaluation) >= {"pair", "cot", "teacher"}
+    assert evaluation["teacher"]["accuracy"] == 1.0  # the generator's steps are exact
+    assert {role: info["steps"] for role, info in metrics["students"].items()} == {"decomposer": 3, "solver": 3, "cot": 3}
+    report = (offline_run / "report.md").read_text()
+    assert "| student pair (decomposer + solver) |" in report and "![accuracy](accuracy.png)" in report
+    assert len((offline_run / "eval" / "pair.jsonl").read_text().splitlines()) == 10
+    held_out = {json.loads(line)["question"] for line in (offline_run / "heldout.jsonl").read_text().splitlines()}
+    train = {json.loads(line)["question"] for line in (offline_run / "problems.jsonl").read_text().splitlines()}
+    assert not held_out & train
+
+
+def test_rerun_skips_finished_stages(offline_run, capsys):
+    stamps = {role: (offline_run / "students" / role / "model.safetensors").stat().st_mtime_ns
+              for role in ("decomposer", "solver", "cot")}
+    finished = json.loads((offline_run / "stages.json").read_text())
+    assert main(["run", "--run-dir", str(offline_run), "--quiet"]) == 0
+    assert json.loads((offline_run / "stages.json").read_text()) == finished
+    assert stamps == {role: (offline_run / "students" / role / "model.safetensors").stat().st_mtime_ns
+                      for role in stamps}
+    assert "| CoT student |" in capsys.readouterr().out
+
+
+def test_changed_evaluation_settings_redo_only_the_evaluation(offline_run):
+    finished = json.loads((offline_run / "stages.json").read_text())
+    assert main(["run", "--run-dir", str(offline_run), "--eval.batch_size", "3", "--quiet"]) == 0
+    now = json.loads((offline_run / "stages.json").read_text())
+    assert now["evaluate"]["finished"] >= finished["evaluate"]["finished"]
+    assert now["evaluate"]["settings"]["eval"]["batch_size"] == 3
+    assert {stage: now[stage] for stage in ("traces", "build", "train")} == {
+        stage: finished[stage] for stage in ("traces", "build", "train")
+    }
+
+
+def test_changed_teacher_settings_are_refused_and_the_saved_config_kept(offline_run, capsys):
+    saved = (offline_run / "config.json").read_text()
+    assert main(["run", "--run-dir", str(offline_run), "--data.seed", "5", "--quiet"]) == 2
+    assert "changed: data.seed" in capsys.readouterr().err
+    assert (offline_run / "config.json").read_text() == saved
+
+
+def test_killed_training_resumes_from_its_checkpoint(tmp_path, offline_run, caplog):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(offline_run, run_dir)
+    solver = run_dir / "students" / "solver"
+    assert any((solver / "checkpoints").glob("checkpoint-2"))
+    # As if killed after the checkpoint at step 2: no finished student, no finished stage.
+    (solver / "student.json").unlink()
+    shutil.rmtree(solver / "checkpoints" / "checkpoint-3", ignore_errors=True)
+    stages = json.loads((run_dir / "stages.json").read_text())
+    del stages["train"], stages["evaluate"]
+    (run_dir / "stages.json").write_text(json.dumps(stages))
+    with caplog.at_level("INFO"):
+        assert main(["run", "--run-dir", str(run_dir)]) == 0
+    assert re.search(r"Resuming solver training from .*checkpoint-2", caplog.text)
+    assert json.loads((solver / "student.json").read_text())["train_stats"]["steps"] == 3
+
+
+def test_stages_one_by_one_need_their_inputs(tmp_path, capsys):
+    run_dir = str(tmp_path / "staged")
+    assert main(["build", "--run-dir", run_dir, "--quiet"]) == 2
+    assert "run the `traces` stage first" in capsys.readouterr().err
+    assert main(["traces", "--run-dir", run_dir, "--data.train_problems", "30", "--data.eval_problems", "5",
+                 "--quiet"]) == 0
+    assert main(["build", "--run-dir", run_dir, "--quiet"]) == 0
+    assert len((tmp_path / "staged" / "data" / "solver.jsonl").read_text().splitlines()) == 30
+    assert main(["evaluate", "--run-dir", run_dir, "--quiet"]) == 2
+    assert "run the `train` stage first" in capsys.readouterr().err
+
+
+def test_stage_without_a_run_directory_is_an_error(capsys):
+    assert main(["train", "--quiet"]) == 2
+    assert "--run-dir or --name" in capsys.readouterr().err
+
+
+def test_bad_flag_value_is_an_error_naming_the_field(tmp_path, capsys):
+    assert main(["run", "--run-dir", str(tmp_path / "r"), "--teacher.samples", "3", "--quiet"]) == 2
+    assert "teacher.samples = 3 needs teacher.temperature" in capsys.readouterr().err
+
+
+# --- the GSM8K recipes, at tiny scale against a local OpenAI-compatible server -----------------------
+
+
+def _question(text):
+    _, _, rest = text.rpartition("[[ ## question ## ]]\n")
+    return rest.split("\n\n")[0].strip()
+
+
+@pytest.fixture(scope="module")
+def gsm8k_server():
+    gold = {example.question.strip(): example.answer for example in load_gsm8k("train", limit=20)}
+
+    def respond(request):
+        system = request["messages"][0]["content"]
+        answer = gold[_question(last_user_text(request))]
+        if "`subanswers`" not in system:
+            return '[[ ## subquestions ## ]]\n["What do we know?", "What is the answer?"]\n\n[[ ## completed ## ]]'
+        steps = json.dumps(["We read the problem.", f"The answer is 0 + {answer} = {answer}."])
+        return f"[[ ## subanswers ## ]]\n{steps}\n\n[[ ## answer ## ]]\n{answer}\n\n[[ ## completed ## ]]"
+
+    with OpenAICompatibleServer(respond) as server:
+        yield server
+
+
+def _recipe_flags(server, tmp_path, run_dir):
+    return [
+        "--run-dir", str(run_dir), "--teacher.api_base", server.base_url, "--teacher.cache_dir", str(tmp_path / "cache"),
+        "--teacher.num_threads", "4", "--data.train_problems", "6", "--data.eval_problems", "4", "--quiet", *TINY,
+    ]
+
+
+def test_gsm8k_gpt2_recipe_runs_end_to_end_at_tiny_scale(gsm8k_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-recipe-test-key")
+    run_dir = tmp_path / "gsm8k"
+    config = EXAMPLES / "distill_gsm8k_gpt2.toml"
+    assert main(["run", "--config", str(config), *_recipe_flags(gsm8k_server, tmp_path, run_dir)]) == 0
+    assert gsm8k_server.call_count >= 12  # two teacher calls per training problem, over real HTTP
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["teacher"] == {"kind": "dspy", "model": "openai/gpt-4o-mini", "mode": "joint"}
+    assert metrics["traces"]["kept"] == 6 and metrics["traces"]["cost"] > 0
+    assert metrics["evaluation"]["teacher"]["on"] == "training problems"
+    assert metrics["evaluation"]["problems"] == 4
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["student"]["learning_rate"] == 1e-4 and saved["decomposer"]["epochs"] == 3.0  # from the recipe
+    assert "sk-recipe-test-key" not in (run_dir / "config.json").read_text()
+    assert "sk-recipe-test-key" not in (run_dir / "traces.jsonl").read_text()
+
+
+@pytest.mark.parametrize("name", ["distill_gsm8k_gpt2_medium", "distill_gsm8k_gpt2_large", "distill_gsm8k_gpt2_xl"])
+def test_larger_gpt2_recipes_wire_up_to_the_rows(gsm8k_server, tmp_path, monkeypatch, name):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-recipe-test-key")
+    run_dir = tmp_path / name
+    flags = ["--config", str(EXAMPLES / f"{name}.toml"), *_recipe_flags(gsm8k_server, tmp_path, run_dir)]
+    assert main(["traces", *flags]) == 0
+    assert main(["build", "--run-dir", str(run_dir), "--quiet"]) == 0
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["student"]["model"] == "tiny"  # the flag overrode the recipe's gpt2 size
+    assert saved["student"]["gradient_accumulation_steps"] > 1
+    assert len((run_dir / "data" / "cot.jsonl").read_text().splitlines()) == 6
+
+
+def test_socratic_recipe_wires_up_to_the_rows(tmp_path):
+    run_dir = tmp_path / "socratic"
+    flags = ["--config", str(EXAMPLES / "distill_gsm8k_socratic_gpt2.toml"), "--run-dir", str(run_dir),
+             "--data.train_problems", "20", "--data.eval_offset", "20", "--data.eval_problems", "5", "--quiet"]
+    assert main(["traces", *flags]) == 0
+    assert main(["build", "--run-dir", str(run_dir), "--quiet"]) == 0
+    report = json.loads((run_dir / "trace_report.json").read_text())
+    assert report["teachers"] == ["socratic"] and report["kept"] >= 18
+    assert len((run_dir / "data" / "decomposer.jsonl").read_text().splitlines()) == report["kept"]
+
+
+def test_every_example_config_loads():
+    from distill.config import RunConfig
+
+    configs = sorted(EXAMPLES.glob("distill_*.toml"))
+    assert len(configs) >= 5
+    for path in configs:
+        config = RunConfig.load(path)
+        assert all(config.train_config(role).model.startswith("gpt2") for role in ("decomposer", "solver", "cot"))
