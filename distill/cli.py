@@ -1,6 +1,6 @@
 """`dd-distill`: teacher traces -> fine-tuning rows -> student pair and CoT student -> held-out comparison.
 
-    dd-distill                          # the offline default: generator teacher, tiny students, ~10 min on 2 CPU cores
+    dd-distill                          # the offline default (runs/offline): generator teacher, tiny students
     dd-distill run --config examples/distill_gsm8k_gpt2.toml --name gsm8k-gpt2
     dd-distill traces   --run-dir runs/gsm8k-gpt2     # each stage on its own
     dd-distill build    --run-dir runs/gsm8k-gpt2
@@ -38,11 +38,12 @@ from distill.config import (
     read_config_file,
 )
 
-__all__ = ["main", "OFFLINE_DEFAULT", "STAGES"]
+__all__ = ["main", "build_parser", "OFFLINE_DEFAULT", "OFFLINE_NAME", "STAGES"]
 
 logger = logging.getLogger("distill.cli")
 
 STAGES = ("traces", "build", "train", "evaluate")
+OFFLINE_NAME = "offline"
 
 # The offline default's time budget on a shared 2-core CPU, per student (seconds of training). The
 # tiny students train for as many steps as fit; the schedule is set by `max_steps`.
@@ -155,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", type=Path, help="A TOML, YAML or JSON run config (flags override it).")
         sub.add_argument(
             "--run-dir", type=Path,
-            help="The run directory (default: <output_dir>/<name>, or a new timestamped one for `run`).",
+            help="The run directory (default: <output_dir>/<name>; for `run`, <output_dir>/offline without --config, "
+            "else a new timestamped one).",
         )
         if name == "run":
             sub.add_argument(
@@ -181,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads spin and slow training ~10x on a busy shared CPU (see distill.train).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    run = None
     try:
         run = _open_run(args)
         if args.command == "run":
@@ -193,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             _finish(run)
         return 0
     except KeyboardInterrupt:
-        print("\ndd-distill: interrupted. Run the same command again to resume where it stopped.", file=sys.stderr)
+        where = f" with --run-dir {run.dir}" if run is not None else ""
+        print(f"\ndd-distill: interrupted. Run `dd-distill {args.command}`{where} again to resume where it stopped.",
+              file=sys.stderr)
         return 130
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"dd-distill: error: {err}", file=sys.stderr)
@@ -209,6 +214,8 @@ def _open_run(args: argparse.Namespace) -> Run:
         run_dir = args.run_dir
     elif name:
         run_dir = Path(output_dir) / str(name)
+    elif args.command == "run" and args.config is None:
+        run_dir = Path(output_dir) / OFFLINE_NAME  # so that running `dd-distill` again resumes it
     elif args.command == "run":
         run_dir = Path(output_dir) / datetime.now().strftime("%Y%m%d-%H%M%S")
     else:
@@ -400,12 +407,14 @@ def _make_lm(config: RunConfig):
 
         max_new_tokens = teacher.max_tokens or 256
         if model == "smollm2":
-            return smollm2_lm(max_new_tokens=max_new_tokens)
-        return local_lm(model.removeprefix("local:"), max_new_tokens=max_new_tokens)
+            return smollm2_lm(max_new_tokens=max_new_tokens, cache=False)
+        return local_lm(model.removeprefix("local:"), max_new_tokens=max_new_tokens, cache=False)
 
     import dspy
 
-    kwargs: dict[str, Any] = {"engine": teacher.engine, "num_retries": teacher.lm_retries}
+    # DSPy's own response cache is off: the teacher's disk cache (teacher.cache_dir) keeps every
+    # problem's result, and the tokens and cost in the traces are then the ones actually spent.
+    kwargs: dict[str, Any] = {"engine": teacher.engine, "num_retries": teacher.lm_retries, "cache": False}
     if teacher.api_base:
         kwargs["api_base"] = teacher.api_base
     if teacher.api_key_env:

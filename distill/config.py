@@ -103,7 +103,10 @@ class TeacherConfig:
     timeout: float | None = field(default=None, metadata={"help": "Seconds before a teacher call times out."})
     cache_dir: str | None = field(
         default="~/.cache/dd-distill/teacher",
-        metadata={"help": "Disk cache of teacher results, shared across runs ('none' turns it off)."},
+        metadata={
+            "help": "Disk cache of teacher results, shared across runs ('none' turns it off). DSPy's own response "
+            "cache is not used for the teacher."
+        },
     )
     require_correct: bool = field(
         default=True, metadata={"help": "Keep only traces whose final answer matches the gold answer."}

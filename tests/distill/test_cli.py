@@ -9,7 +9,7 @@ import pytest
 
 from dd_prompting import load_gsm8k
 from dd_prompting.testing import OpenAICompatibleServer, last_user_text
-from distill.cli import STAGES, main
+from distill.cli import OFFLINE_DEFAULT, OFFLINE_NAME, STAGES, main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -43,17 +43,19 @@ def test_help_exits_0_for_every_command(command, capsys):
 
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory):
-    """The offline default pipeline (generator teacher, tiny students) at a tiny scale."""
-    run_dir = tmp_path_factory.mktemp("runs") / "offline"
-    code = main(["run", "--run-dir", str(run_dir), "--data.train_problems", "40", "--data.eval_problems", "10",
-                 "--quiet", *TINY])
+    """`dd-distill` with no command and no config (the offline default), at a tiny scale."""
+    root = tmp_path_factory.mktemp("runs")
+    code = main(["--output-dir", str(root), "--data.train_problems", "40", "--data.eval_problems", "10", "--quiet", *TINY])
     assert code == 0
-    return run_dir
+    return root / OFFLINE_NAME
 
 
 def test_offline_run_writes_the_whole_run_directory(offline_run, capsys):
     missing = [name for name in RUN_FILES if not (offline_run / name).is_file()]
     assert not missing
+    saved = json.loads((offline_run / "config.json").read_text())
+    assert saved["teacher"]["kind"] == "generator" and saved["student"]["model"] == "tiny"
+    assert saved["solver"]["max_train_seconds"] == OFFLINE_DEFAULT["solver"]["max_train_seconds"]
     metrics = json.loads((offline_run / "metrics.json").read_text())
     assert metrics["traces"]["kept"] == 40 and metrics["rows"]["decomposer"] == 40
     evaluation = metrics["evaluation"]
