@@ -1,0 +1,41 @@
+"""dd-prompting: decomposition prompting and distillation for DSPy.
+
+`DecomposedSolver` drops into a DSPy program in place of `dspy.ChainOfThought`. `local_lm` runs a
+transformers model in process as a `dspy.LM` (torch is imported only then).
+"""
+
+from dd_prompting.answers import (
+    INVALID,
+    answers_match,
+    canonical_number,
+    extract_answer,
+    extract_gold,
+    numeric_match,
+    numeric_match_strict,
+)
+from dd_prompting.data import SocraticSolution, load_gsm8k, parse_socratic
+from dd_prompting.local_lm import TransformersEngine, local_lm, smollm2_lm
+from dd_prompting.modules import DecomposedSolver
+from dd_prompting.plain_text_adapter import PlainTextAdapter
+from dd_prompting.signatures import AnswerSubquestion, Decompose, SolveWithSubquestions
+
+__all__ = [
+    "Decompose",
+    "SolveWithSubquestions",
+    "AnswerSubquestion",
+    "DecomposedSolver",
+    "PlainTextAdapter",
+    "TransformersEngine",
+    "local_lm",
+    "smollm2_lm",
+    "INVALID",
+    "extract_answer",
+    "extract_gold",
+    "canonical_number",
+    "answers_match",
+    "numeric_match",
+    "numeric_match_strict",
+    "SocraticSolution",
+    "load_gsm8k",
+    "parse_socratic",
+]

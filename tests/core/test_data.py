@@ -1,0 +1,46 @@
+import pytest
+
+from dd_prompting import load_gsm8k, parse_socratic
+from dd_prompting.answers import answers_match
+
+
+def test_bundled_test_split_loads_all_problems_with_canonical_gold():
+    examples = load_gsm8k("test")
+    assert len(examples) == 1319
+    assert set(examples[0].inputs().keys()) == {"question"}
+    assert examples[0].answer == "18"
+    assert all(answers_match(example.answer, example.answer) for example in examples)
+
+
+def test_limit_and_train_split():
+    examples = load_gsm8k("train", limit=5)
+    assert len(examples) == 5
+    assert examples[0].answer == "72"
+
+
+def test_socratic_split_has_aligned_subquestions_and_steps():
+    examples = load_gsm8k("test_socratic", limit=50)
+    for example in examples:
+        assert len(example.subquestions) == len(example.steps) >= 1
+        assert all("<<" not in step for step in example.steps)
+        assert all(subquestion.strip() for subquestion in example.subquestions)
+    assert examples[0].subquestions[0] == "How many eggs does Janet sell?"
+
+
+def test_parse_socratic_strips_calculator_annotations():
+    parsed = parse_socratic("How many? ** She has 2 + 3 = <<2+3=5>>5 cats.\nHow much? ** 5 * 2 = <<5*2=10>>10\n#### 10")
+    assert parsed.subquestions == ["How many?", "How much?"]
+    assert parsed.steps == ["She has 2 + 3 = 5 cats.", "5 * 2 = 10"]
+    assert parsed.answer == "10"
+
+
+def test_parse_socratic_names_the_bad_line():
+    with pytest.raises(ValueError, match="Line 2"):
+        parse_socratic("How many? ** 5 cats.\nno separator here\n#### 5")
+
+
+def test_unknown_split_and_source_are_rejected():
+    with pytest.raises(ValueError, match="split"):
+        load_gsm8k("dev")
+    with pytest.raises(ValueError, match="source"):
+        load_gsm8k("test", source="s3")

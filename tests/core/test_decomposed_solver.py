@@ -1,0 +1,163 @@
+import dspy
+import pytest
+from dspy.utils import DummyLM
+
+from dd_prompting import DecomposedSolver, numeric_match
+from scripted_engine import scripted_lm
+
+SUBQUESTIONS = ["How many eggs does Janet sell?", "How much does Janet make?"]
+
+
+def joint_replies(answer="18"):
+    return [
+        {"subquestions": SUBQUESTIONS},
+        {"subanswers": ["She sells 16 - 7 = 9 eggs.", "She makes 9 * 2 = 18 dollars."], "answer": answer},
+    ]
+
+
+def test_joint_mode_decomposes_then_solves_in_two_calls():
+    lm = DummyLM(joint_replies())
+    with dspy.context(lm=lm):
+        pred = DecomposedSolver("question -> answer")(question="Janet's ducks ...")
+    assert len(lm.history) == 2
+    assert pred.answer == "18"
+    assert pred.subquestions == SUBQUESTIONS
+    assert pred.subanswers[1] == "She makes 9 * 2 = 18 dollars."
+    assert pred.fallback is None and pred.parse_failures == []
+
+
+def test_iterative_mode_makes_one_call_per_subquestion_and_feeds_answers_back():
+    lm = DummyLM([
+        {"subquestions": SUBQUESTIONS},
+        {"subanswer": "She sells 16 - 7 = 9 eggs."},
+        {"subanswer": "She makes 9 * 2 = 18 dollars.", "answer": "18"},
+    ])
+    with dspy.context(lm=lm):
+        pred = DecomposedSolver("question -> answer", mode="iterative")(question="Janet's ducks ...")
+    assert len(lm.history) == 3
+    assert pred.answer == "18"
+    assert pred.subanswers == ["She sells 16 - 7 = 9 eggs.", "She makes 9 * 2 = 18 dollars."]
+    last_prompt = lm.history[-1]["messages"][-1]["content"]
+    assert "She sells 16 - 7 = 9 eggs." in last_prompt
+    assert SUBQUESTIONS[1] in last_prompt
+
+
+def test_typed_and_class_signatures_keep_their_outputs_and_instructions():
+    class WordProblem(dspy.Signature):
+        """Amounts are in euros."""
+
+        question: str = dspy.InputField()
+        answer: float = dspy.OutputField()
+
+    solver = DecomposedSolver(WordProblem)
+    assert "Amounts are in euros." in solver.solve.signature.instructions
+    assert "Amounts are in euros." in solver.decompose.signature.instructions
+    lm = DummyLM(joint_replies(answer="18.5"))
+    with dspy.context(lm=lm):
+        pred = solver(question="...")
+    assert pred.answer == 18.5
+
+
+def test_empty_decomposition_falls_back_to_a_direct_answer():
+    lm = DummyLM([{"subquestions": []}, {"answer": "18"}])
+    with dspy.context(lm=lm):
+        pred = DecomposedSolver("question -> answer")(question="...")
+    assert len(lm.history) == 2
+    assert pred.answer == "18"
+    assert pred.fallback == "empty decomposition"
+    assert pred.subquestions == []
+
+
+def test_unparsable_output_is_recorded_never_raised():
+    lm, engine = scripted_lm(["", "", "no answer line here at all"])
+    with dspy.context(lm=lm):
+        pred = DecomposedSolver("question -> answer: float", demos=None)(question="...")
+    assert pred.fallback.startswith("unparsable decomposition")
+    assert pred.parse_failures == ["decompose", "direct"]
+    assert pred.answer is None
+
+
+def test_iterative_step_parse_failure_is_counted_and_solving_goes_on():
+    lm, engine = scripted_lm(["1. How many?\n2. How much?", "It is 9.", "It is 18.\n(no final line)"])
+    with dspy.context(lm=lm):
+        pred = DecomposedSolver("question -> answer", mode="iterative")(question="...")
+    assert len(engine.requests) == 3
+    assert pred.parse_failures == ["step 2"]
+    assert pred.subanswers == ["It is 9.", ""]
+    assert pred.answer is None
+
+
+def test_local_models_get_the_plain_text_adapter_automatically():
+    lm, engine = scripted_lm(["1. How many eggs?\n2. How much money?", "1. 9 eggs\n2. 18 dollars\nAnswer: 18"])
+    with dspy.context(lm=lm):
+        pred = DecomposedSolver("question -> answer")(question="Janet's ducks ...")
+    assert pred.answer == "18" and pred.subquestions == ["How many eggs?", "How much money?"]
+    first = engine.requests[0]
+    assert first.messages[-1].text.endswith("Subquestions:")
+    assert "\nQuestion:" in first.config.stop
+
+
+def test_max_subquestions_keeps_the_last_one():
+    many = [f"Step {i}?" for i in range(1, 7)]
+    lm = DummyLM([{"subquestions": many}, {"subanswers": ["a", "b", "c"], "answer": "1"}])
+    with dspy.context(lm=lm):
+        pred = DecomposedSolver("question -> answer", max_subquestions=3)(question="...")
+    assert pred.subquestions == ["Step 1?", "Step 2?", "Step 6?"]
+
+
+def test_predictors_are_visible_to_dspy():
+    joint = DecomposedSolver("question -> answer")
+    iterative = DecomposedSolver("question -> answer", mode="iterative")
+    assert [name for name, _ in joint.named_predictors()] == ["decompose", "solve", "direct"]
+    assert [name for name, _ in iterative.named_predictors()] == [
+        "decompose", "answer_step", "answer_last_step", "direct"]
+    assert len(joint.decompose.demos) == 4
+    assert DecomposedSolver("question -> answer", demos=None).decompose.demos == []
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="mode"):
+        DecomposedSolver("question -> answer", mode="tree")
+    with pytest.raises(ValueError, match="subquestions"):
+        DecomposedSolver("question -> subquestions")
+    with pytest.raises(ValueError, match="max_subquestions"):
+        DecomposedSolver("question -> answer", max_subquestions=0)
+
+
+def test_bootstrap_few_shot_compiles_demos_for_every_solving_predictor():
+    trainset = [dspy.Example(question=f"q{i}", answer="18").with_inputs("question") for i in range(2)]
+    lm = DummyLM(joint_replies() * 4)
+    with dspy.context(lm=lm):
+        optimizer = dspy.BootstrapFewShot(metric=numeric_match, max_bootstrapped_demos=2, max_labeled_demos=0)
+        compiled = optimizer.compile(DecomposedSolver("question -> answer", demos=None), trainset=trainset)
+    assert len(compiled.decompose.demos) == 2
+    assert len(compiled.solve.demos) == 2
+    assert compiled.solve.demos[0]["subquestions"] == SUBQUESTIONS
+
+
+def test_save_and_load_round_trip_keeps_demos(tmp_path):
+    solver = DecomposedSolver("question -> answer", mode="iterative")
+    solver.answer_step.demos = solver.answer_step.demos[:1]
+    path = tmp_path / "solver.json"
+    solver.save(str(path))
+    loaded = DecomposedSolver("question -> answer", mode="iterative", demos=None)
+    loaded.load(str(path))
+    assert len(loaded.answer_step.demos) == 1
+    assert len(loaded.decompose.demos) == 4
+    assert loaded.answer_step.demos[0]["subquestion"] == solver.answer_step.demos[0]["subquestion"]
+
+
+def test_evaluate_scores_a_program_built_around_the_solver():
+    class Program(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.reason = DecomposedSolver("question -> answer")
+
+        def forward(self, question):
+            return self.reason(question=question)
+
+    devset = [dspy.Example(question="q", answer="18").with_inputs("question")]
+    lm = DummyLM(joint_replies())
+    with dspy.context(lm=lm):
+        result = dspy.Evaluate(devset=devset, metric=numeric_match, num_threads=1, display_progress=False)(Program())
+    assert result.score == 100.0
