@@ -429,7 +429,8 @@ def _add_flag(group, flag: str, dest: str, item, hint) -> None:
     if typing.get_origin(base) is dict:
         return
     kwargs["type"] = _optional_parser(base) if optional else base
-    kwargs["metavar"] = base.__name__.upper()
+    if "choices" not in kwargs:
+        kwargs["metavar"] = base.__name__.upper()
     group.add_argument(flag, **kwargs)
 
 
