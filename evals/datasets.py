@@ -12,7 +12,7 @@ import json
 import random
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
@@ -101,7 +101,8 @@ def load_demo_pool(config: DatasetConfig, *, socratic: bool, exclude: set[str]) 
                     and p.id not in exclude]
             return pool, "GSM8K test_socratic rows that are not evaluated in this run"
         split = "train" if config.split != "train" else "test"
-        pool = [p for p in _gsm8k_problems(split) if p.id not in exclude]
+        pool = [replace(p, solution=_clean_solution(p.solution)) for p in _gsm8k_problems(split)
+                if p.id not in exclude and p.solution]
         return pool, f"GSM8K {split} split"
     if socratic:
         raise ValueError(
@@ -127,7 +128,7 @@ def _gsm8k_problems(split: str) -> list[Problem]:
             id=f"{split}-{index}",
             question=example.question,
             gold=example.answer,
-            solution=_clean_solution(solution) if solution else None,
+            solution=solution or None,  # raw; cleaned only when the problem becomes a demo
             subquestions=tuple(example.get("subquestions") or ()),
             subanswers=tuple(example.get("steps") or ()),
         ))

@@ -59,6 +59,7 @@ class Cell:
     adapter_name: str
     fingerprint: str = ""
     lm: dspy.BaseLM | None = None
+    adapter: dspy.Adapter | None = None
     memo: tuple[CallCache, CallIdentity] | None = None  # whole-prediction cache for programs without an LM
 
     @property
@@ -129,7 +130,7 @@ _PREDICTION_FIELDS = ("answer", "reasoning", "subquestions", "subanswers", "fall
 def _run_program(cell: Cell, problem: Problem, log: CallLog) -> Any:
     """The program's prediction; a program with no LM (a student) is cached here as a whole."""
     if cell.lm is not None:
-        with dspy.context(lm=cell.lm, adapter=make_adapter(cell.adapter_name)):
+        with dspy.context(lm=cell.lm, adapter=cell.adapter):
             return cell.program(question=problem.question)
     memo = cell.memo
     key = memo[1].key(prompt=problem.question) if memo else None
@@ -296,6 +297,10 @@ class Harness:
                                 adapter_name=model.default_adapter)
                     cell.fingerprint = self._fingerprint(cell)
                     cells.append(cell)
+        unused = [s.name for s in strategies if s.kind == "student"] if not any(
+            m.kind == "student" for m in config.models) else []
+        if unused:
+            logger.warning("Strategies %s run only on student models (kind = 'student'); none is configured.", unused)
         if not cells:
             raise ValueError("No (dataset, model, strategy) combination to run: student models run only the "
                              "'student' strategy and other models only the other strategies.")
@@ -326,6 +331,7 @@ class Harness:
                 identity=identity_for(model), retries=self.config.retries, backoff=self.config.retry_backoff,
             )
         cell.lm = self._lms[model.name]
+        cell.adapter = make_adapter(cell.adapter_name)  # adapters keep no per-call state; one serves all threads
 
     # ---------------------------------------------------------------- estimating
     def estimate(self, *, skip_done: bool = True) -> dict[str, Estimate]:
@@ -383,6 +389,7 @@ class Harness:
             summary.stopped = "interrupted"
             raise
         finally:
+            store.close()
             summary.wall_s = time.perf_counter() - started
             summary.spent = budget.spent
             self._write_run_file(summary, wall)
@@ -420,14 +427,18 @@ class Harness:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evals")
         try:
             while True:
-                while not exhausted and not summary.stopped and len(pending) < workers:
+                # Twice as many queued as there are workers, so none waits for this thread to hand it work.
+                while not exhausted and not summary.stopped and len(pending) < 2 * workers:
                     problem = next(queue, None)
                     if problem is None:
                         exhausted = True
                         break
                     reserve = 0.0
                     if budget.limit is not None:
-                        reserve = max(self._estimate_one(cell, problem).cost or 0.0, max_seen_cost)
+                        # Reserve half again the estimate (replies can run longer than the typical lengths it
+                        # assumes), or the dearest example so far; an example whose calls are all cached is free.
+                        estimate = self._estimate_one(cell, problem).cost or 0.0
+                        reserve = max(1.5 * estimate, max_seen_cost) if estimate else 0.0
                     if not budget.try_reserve(reserve):
                         summary.stopped = (f"budget: ${budget.spent:.4f} spent and ${budget.reserved:.4f} in flight; "
                                            f"the next example (about ${reserve:.4f}) would pass max_cost "
@@ -482,7 +493,7 @@ class Harness:
             }
         record = {
             "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "versions": environment_versions(),
+            "versions": dict(environment_versions()),
             "seed": self.config.seed,
             "limit": self.config.limit,
             "threads": self.config.threads,

@@ -9,7 +9,6 @@ evaluated, so a result row carries its own tokens, cost, latency and raw outputs
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import random
@@ -319,7 +318,7 @@ class CachedLM(dspy.BaseLM):
                         prompt_tokens=record["prompt_tokens"], completion_tokens=record["completion_tokens"],
                         cost=record["cost"], latency_s=0.0, cached=True,
                     ))
-                return copy.deepcopy(record["outputs"])
+                return _plain(record["outputs"])  # a fresh copy: callers may mutate what they get
         outputs, usage, latency, attempts = self._call_with_retries(prompt, messages, kwargs, log)
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         completion_tokens = int(usage.get("completion_tokens") or 0)

@@ -7,6 +7,7 @@ matches the rows it was made from.
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
 import platform
@@ -24,9 +25,10 @@ __all__ = ["CellSummary", "PairedTest", "summarize", "paired_tests", "write_repo
 _PACKAGES = ("dd-prompting", "dspy", "litellm", "openai", "transformers", "torch", "diskcache", "tokenizers")
 
 
+@functools.lru_cache(maxsize=1)
 def environment_versions() -> dict[str, str | None]:
     """Python and package versions, read from installed metadata (nothing is imported)."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
+    versions: dict[str, str | None] = {"python": platform.python_version()}  # read once per process
     for package in _PACKAGES:
         try:
             versions[package] = metadata.version(package)

@@ -38,6 +38,7 @@ class ResultStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._handle = None
         self._repair_tail()
 
     def _repair_tail(self) -> None:
@@ -74,7 +75,16 @@ class ResultStore:
         return {row_key(row): row for row in latest_rows(self.read()) if not row.get("error")}
 
     def append(self, row: dict[str, Any]) -> None:
+        """Write one row and flush it to the OS, so a killed process loses nothing already appended."""
         line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
-        with self._lock, self.path.open("a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
+        with self._lock:
+            if self._handle is None:
+                self._handle = self.path.open("a", encoding="utf-8")
+            self._handle.write(line)
+            self._handle.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None

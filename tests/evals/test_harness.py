@@ -171,23 +171,24 @@ def test_a_warm_cache_rerun_makes_no_calls_and_reproduces_the_rows(tmp_path, pro
 def test_cost_guard_stops_before_the_budget_and_a_rerun_continues(tmp_path, problems_file, gold):
     model = ScriptedModel(gold=gold, right=set(gold))
     with OpenAICompatibleServer(model) as server:
-        full = Harness(make_config(tmp_path / "probe", server, problems_file, [{"kind": "cot"}])).run()
-        per_example = full.spent / 10
-        budget = 3.5 * per_example
-        calls_before = server.call_count
-        config = make_config(tmp_path, server, problems_file, [{"kind": "cot"}], max_cost=budget, threads=1,
-                             cache_dir=str(tmp_path / "fresh-cache"))
+        config = make_config(tmp_path, server, problems_file, [{"kind": "cot"}], threads=2)
+        [estimate] = Harness(config).estimate().values()
+        # Each example in flight holds 1.5x its estimate; this budget lets a few examples run, not all ten.
+        budget = 1.5 * estimate.cost / 10 * 3.2
+        config.max_cost = budget
         stopped = Harness(config).run()
         assert stopped.stopped and stopped.stopped.startswith("budget")
         assert 0 < stopped.spent <= budget
-        assert 1 <= stopped.rows_written <= 3
-        assert server.call_count - calls_before == stopped.rows_written
+        assert 1 <= stopped.rows_written < 10
+        assert server.call_count == stopped.rows_written  # nothing started that it could not pay for
+        run = json.loads((tmp_path / "out" / "run.json").read_text())
+        assert run["last_run"]["stopped"].startswith("budget")
+        assert "Stopped early: budget" in (tmp_path / "out" / "summary.md").read_text()
         config.max_cost = None
         resumed = Harness(config).run()
-        assert server.call_count - calls_before == 10  # nothing paid twice
+        assert server.call_count == 10  # nothing paid twice
     assert resumed.stopped is None and resumed.rows_written == 10 - stopped.rows_written
-    report = (tmp_path / "out" / "run.json").read_text()
-    assert json.loads(report)["last_run"]["stopped"] is None
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["last_run"]["stopped"] is None
 
 
 def test_cost_guard_needs_known_prices(tmp_path, problems_file, gold):
