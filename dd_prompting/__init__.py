@@ -14,6 +14,7 @@ from dd_prompting.answers import (
     numeric_match_strict,
 )
 from dd_prompting.data import SocraticSolution, load_gsm8k, parse_socratic
+from dd_prompting.demos import WORKED_EXAMPLES, WorkedExample
 from dd_prompting.local_lm import TransformersEngine, local_lm, smollm2_lm
 from dd_prompting.modules import DecomposedSolver
 from dd_prompting.plain_text_adapter import PlainTextAdapter
@@ -24,6 +25,8 @@ __all__ = [
     "SolveWithSubquestions",
     "AnswerSubquestion",
     "DecomposedSolver",
+    "WorkedExample",
+    "WORKED_EXAMPLES",
     "PlainTextAdapter",
     "TransformersEngine",
     "local_lm",

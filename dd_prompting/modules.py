@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import dspy
 from dspy.signatures.signature import Signature, ensure_signature
 from dspy.utils.exceptions import AdapterParseError
 
-from dd_prompting.demos import WORKED_EXAMPLES
+from dd_prompting.demos import WORKED_EXAMPLES, WorkedExample
 from dd_prompting.plain_text_adapter import PlainTextAdapter, prefers_plain_text
 from dd_prompting.signatures import AnswerSubquestion, Decompose, SolveWithSubquestions
 
-__all__ = ["DecomposedSolver"]
+__all__ = ["DecomposedSolver", "format_solved"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,11 @@ class DecomposedSolver(dspy.Module):
             self.answer_last_step = dspy.Predict(_derive(AnswerSubquestion, task, task_outputs=True))
         self.direct = dspy.Predict(task)
         if demos == "builtin":
-            self._load_builtin_demos()
+            if len(task.input_fields) == 1 and len(task.output_fields) == 1:
+                self.use_worked_examples(WORKED_EXAMPLES)
+            else:
+                logger.warning("Built-in demos need one input and one output field; %s starts without demos.",
+                               task.__name__)
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
         with dspy.context(adapter=self._choose_adapter()):
@@ -120,7 +125,7 @@ class DecomposedSolver(dspy.Module):
             is_last = index == len(subquestions) - 1
             step = self.answer_last_step if is_last else self.answer_step
             try:
-                answered = step(**inputs, solved=_format_solved(subquestions, subanswers), subquestion=subquestion)
+                answered = step(**inputs, solved=format_solved(subquestions, subanswers), subquestion=subquestion)
             except AdapterParseError as err:
                 logger.info("Step %d output did not parse: %s", index + 1, _short(err))
                 failures.append(f"step {index + 1}")
@@ -159,32 +164,41 @@ class DecomposedSolver(dspy.Module):
             return PlainTextAdapter()
         return None
 
-    def _load_builtin_demos(self) -> None:
+    def use_worked_examples(self, examples: Iterable[WorkedExample]) -> None:
+        """Replace every predictor's demos with these worked examples (problem, sub-questions,
+        sub-answers, answer), such as GSM8K's Socratic annotations or `WORKED_EXAMPLES`.
+
+        Needs a signature with one input and one output field, which the examples fill.
+        """
         inputs, outputs = list(self.signature.input_fields), list(self.signature.output_fields)
         if len(inputs) != 1 or len(outputs) != 1:
-            logger.warning(
-                "Built-in demos need a signature with one input and one output field; %s has %d and %d. "
-                "Starting without demos.", self.signature.__name__, len(inputs), len(outputs)
+            raise ValueError(
+                f"Worked examples fill one input and one output field; {self.signature.__name__} has "
+                f"{len(inputs)} input and {len(outputs)} output fields. Set each predictor's demos instead."
             )
-            return
         problem, answer = inputs[0], outputs[0]
-        for example in WORKED_EXAMPLES:
-            subquestions = list(example.subquestions)
+        for predictor in self.predictors():
+            predictor.demos = []
+        for example in examples:
+            subquestions, subanswers = list(example.subquestions), list(example.subanswers)
+            if not subquestions or len(subquestions) != len(subanswers):
+                raise ValueError(f"A worked example needs as many sub-answers as sub-questions: {example.problem[:60]!r}")
             self.decompose.demos.append(dspy.Example({problem: example.problem, "subquestions": subquestions}))
+            self.direct.demos.append(dspy.Example({problem: example.problem, answer: example.answer}))
             if self.mode == "joint":
                 self.solve.demos.append(dspy.Example({
-                    problem: example.problem, "subquestions": subquestions,
-                    "subanswers": list(example.subanswers), answer: example.answer,
+                    problem: example.problem, "subquestions": subquestions, "subanswers": subanswers,
+                    answer: example.answer,
                 }))
                 continue
-            # One step demo and one last-step demo per example keeps prompts short for small models.
+            # One first-step and one last-step demo per example keeps prompts short for small models.
             self.answer_step.demos.append(dspy.Example({
-                problem: example.problem, "solved": _format_solved(subquestions, []),
-                "subquestion": subquestions[0], "subanswer": example.subanswers[0],
+                problem: example.problem, "solved": format_solved([], []),
+                "subquestion": subquestions[0], "subanswer": subanswers[0],
             }))
             self.answer_last_step.demos.append(dspy.Example({
-                problem: example.problem, "solved": _format_solved(subquestions[:-1], list(example.subanswers[:-1])),
-                "subquestion": subquestions[-1], "subanswer": example.subanswers[-1], answer: example.answer,
+                problem: example.problem, "solved": format_solved(subquestions[:-1], subanswers[:-1]),
+                "subquestion": subquestions[-1], "subanswer": subanswers[-1], answer: example.answer,
             }))
 
 
@@ -215,7 +229,8 @@ def _default_instructions(signature: type[Signature]) -> str:
     return f"Given the fields {inputs}, produce the fields {outputs}."
 
 
-def _format_solved(subquestions: list[str], subanswers: list[str]) -> str:
+def format_solved(subquestions: list[str], subanswers: list[str]) -> str:
+    """The `solved` input of a step: earlier sub-questions with their answers."""
     pairs = [f"Q: {question}\nA: {answer}" for question, answer in zip(subquestions, subanswers)]
     return "\n".join(pairs) if pairs else "(none yet)"
 

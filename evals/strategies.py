@@ -102,26 +102,17 @@ def _builtin_problems() -> list[Problem]:
 
 
 def _set_decomposition_demos(program: dspy.Module, demos: list[Problem]) -> None:
-    # Shaped as DecomposedSolver shapes its built-in demos (dd_prompting/modules.py), from GSM8K's
-    # Socratic annotations: the sub-questions, and each step as the sub-answer.
-    from dd_prompting.modules import _format_solved
+    # GSM8K's Socratic annotations as worked examples: the sub-questions, and each step as the sub-answer.
+    from dd_prompting import WorkedExample
 
     missing = [p.id for p in demos if not p.subquestions]
     if missing:
         raise ValueError(f"decomposition demos need sub-questions; demo problems {missing[:3]} have none")
-    for p in demos:
-        subquestions, subanswers = list(p.subquestions), list(p.subanswers)
-        program.decompose.demos.append(dspy.Example(question=p.question, subquestions=subquestions))
-        if program.mode == "joint":
-            program.solve.demos.append(dspy.Example(question=p.question, subquestions=subquestions,
-                                                    subanswers=subanswers, answer=p.gold))
-            continue
-        program.answer_step.demos.append(dspy.Example(
-            question=p.question, solved=_format_solved(subquestions, []),
-            subquestion=subquestions[0], subanswer=subanswers[0]))
-        program.answer_last_step.demos.append(dspy.Example(
-            question=p.question, solved=_format_solved(subquestions[:-1], subanswers[:-1]),
-            subquestion=subquestions[-1], subanswer=subanswers[-1], answer=p.gold))
+    program.use_worked_examples(
+        WorkedExample(problem=p.question, subquestions=tuple(p.subquestions), subanswers=tuple(p.subanswers),
+                      answer=p.gold)
+        for p in demos
+    )
 
 
 def describe_program(program: dspy.Module) -> list[dict[str, Any]]:

@@ -1,0 +1,85 @@
+"""The local transformers backend on a tiny GPT-2 built offline (tokenizer trained in the test)."""
+
+import subprocess
+import sys
+
+import dspy
+import pytest
+
+from dd_prompting import DecomposedSolver, PlainTextAdapter, TransformersEngine, local_lm
+from tiny_models import tiny_gpt2, train_tokenizer
+
+CORPUS = [
+    "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nSubquestions:\n"
+    "1. How many apples does Tom have?\nAnswer: 7",
+    "Problem: Ann reads 5 pages a day for 3 days. How many pages?\nAnswer: 15",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = train_tokenizer(CORPUS)
+    return tiny_gpt2(tokenizer), tokenizer
+
+
+def test_import_does_not_load_torch():
+    code = "import dd_prompting, sys; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_base_model_prompt_is_plain_text_turns(tiny):
+    model, tokenizer = tiny
+    engine = TransformersEngine(model, tokenizer, max_new_tokens=4)
+    assert not engine.use_chat_template
+    prompt = engine.render_prompt("Solve it.", [("user", "Q: 1?\nA:"), ("assistant", "1"), ("user", "Q: 2?\nA:")])
+    assert prompt == "Solve it.\n\nQ: 1?\nA:\n1\n\nQ: 2?\nA:\n"
+
+
+def test_generation_is_capped_and_greedy_is_deterministic(tiny):
+    model, tokenizer = tiny
+    engine = TransformersEngine(model, tokenizer, max_new_tokens=6)
+    first = engine.generate("Question: Tom has", max_new_tokens=6)
+    second = engine.generate("Question: Tom has", max_new_tokens=6)
+    assert first == second
+    text, prompt_tokens, new_tokens, finish = first
+    assert new_tokens <= 6 and prompt_tokens > 0
+    assert finish in ("stop", "length")
+
+
+def test_stop_sequences_are_cut_from_the_text(tiny):
+    model, tokenizer = tiny
+    engine = TransformersEngine(model, tokenizer, max_new_tokens=30)
+    text, *_ = engine.generate("Question: Tom has", max_new_tokens=30)
+    assert text, "the untrained model should produce some text"
+    stop = text[len(text) // 2:][:2]
+    cut, _, _, finish = engine.generate("Question: Tom has", max_new_tokens=30, stop=(stop,))
+    assert stop not in cut
+    assert text.startswith(cut) and finish == "stop"
+
+
+def test_local_lm_runs_a_dspy_program_end_to_end(tiny):
+    model, tokenizer = tiny
+    lm = local_lm(model, tokenizer=tokenizer, max_new_tokens=8, cache=False)
+    with dspy.context(lm=lm):
+        pred = DecomposedSolver("question -> answer", mode="iterative")(question="Tom has 3 apples. How many?")
+    # An untrained model writes nonsense: what matters is that nothing raises and failures are recorded.
+    assert isinstance(pred.parse_failures, list)
+    assert len(lm.history) >= 2
+    assert lm.history[0]["usage"]["completion_tokens"] <= 8
+
+
+def test_plain_text_adapter_works_with_predict_on_a_local_model(tiny):
+    model, tokenizer = tiny
+    lm = local_lm(model, tokenizer=tokenizer, max_new_tokens=5, cache=False)
+    with dspy.context(lm=lm, adapter=PlainTextAdapter()):
+        pred = dspy.Predict("question -> answer")(question="Tom has 3 apples.")
+    assert isinstance(pred.answer, str)
+    messages = lm.history[0]["messages"]
+    assert messages[-1]["content"].endswith("Answer:")
+
+
+def test_loaded_model_needs_its_tokenizer(tiny):
+    model, _ = tiny
+    with pytest.raises(ValueError, match="tokenizer"):
+        local_lm(model)
