@@ -10,6 +10,7 @@ its real prompts (instructions, demos, earlier steps), and what is already paid 
 from __future__ import annotations
 
 import logging
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -49,13 +50,22 @@ class Estimate:
         self.cost = None if self.cost is None or other.cost is None else self.cost + other.cost
 
 
+_OFFLINE_TOKENIZERS = re.compile(r"gpt|(^|/)o\d|claude|text-embedding|davinci", re.IGNORECASE)
+
+
 def count_tokens(model: str, text_or_messages: Any) -> int:
-    """Tokens by litellm's counter for `model` (tiktoken's cl100k for models it doesn't know)."""
+    """Tokens by litellm's counter: OpenAI's and Anthropic's tokenizers for their models, else GPT-4o's.
+
+    litellm would fetch other tokenizers (Llama's, for one) from the Hugging Face hub; an estimate must
+    not touch the network, and GPT-4o's count is close enough for a budget.
+    """
     import os
 
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
+    if not _OFFLINE_TOKENIZERS.search(model):
+        model = "gpt-4o"
     try:
         if isinstance(text_or_messages, str):
             return int(litellm.token_counter(model=model, text=text_or_messages))

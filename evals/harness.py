@@ -23,10 +23,11 @@ from typing import Any
 import dspy
 
 from evals.cache import CallCache
-from evals.config import DatasetConfig, EvalConfig, ModelConfig, StrategyConfig
+from evals.cell import Cell, evaluate_example
+from evals.config import EvalConfig, ModelConfig, StrategyConfig
 from evals.datasets import Dataset, Problem, load_dataset, load_demo_pool
 from evals.estimate import Estimate, estimate_example
-from evals.models import CachedLM, CallIdentity, CallLog, CallRecord, Pricing, build_lm, identity_for, lookup_pricing, recording, redact
+from evals.models import CachedLM, Pricing, build_lm, identity_for, lookup_pricing, redact
 from evals.results import ResultStore
 from evals.strategies import (
     build_program,
@@ -37,40 +38,12 @@ from evals.strategies import (
     program_fingerprint,
 )
 
-__all__ = ["Cell", "Harness", "RunSummary", "evaluate_example"]
+__all__ = ["Harness", "RunSummary"]
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
-
-
-@dataclass
-class Cell:
-    """One (dataset, model, strategy) combination and everything needed to run it."""
-
-    dataset: Dataset
-    dataset_config: DatasetConfig
-    model: ModelConfig
-    strategy: StrategyConfig
-    program: dspy.Module | None
-    prompts: list[dict[str, Any]]
-    demo_source: str | None
-    adapter_name: str
-    fingerprint: str = ""
-    lm: dspy.BaseLM | None = None
-    adapter: dspy.Adapter | None = None
-    memo: tuple[CallCache, CallIdentity] | None = None  # whole-prediction cache for programs without an LM
-
-    @property
-    def label(self) -> str:
-        return f"{self.dataset.name} | {self.model.name} | {self.strategy.name}"
-
-    @property
-    def workers_cap(self) -> int | None:
-        if self.model.kind in ("local", "student"):
-            return 1  # one CPU model generates one reply at a time
-        return self.model.threads
 
 
 @dataclass
@@ -124,113 +97,6 @@ def _hash(payload: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-_PREDICTION_FIELDS = ("answer", "reasoning", "subquestions", "subanswers", "fallback", "parse_failures")
-
-
-def _run_program(cell: Cell, problem: Problem, log: CallLog) -> Any:
-    """The program's prediction; a program with no LM (a student) is cached here as a whole."""
-    if cell.lm is not None:
-        with dspy.context(lm=cell.lm, adapter=cell.adapter):
-            return cell.program(question=problem.question)
-    memo = cell.memo
-    key = memo[1].key(prompt=problem.question) if memo else None
-    stored = memo[0].get(key) if memo else None
-    if stored is not None:
-        log.add(CallRecord(output="", prompt_tokens=0, completion_tokens=0, cost=0.0, latency_s=0.0, cached=True))
-        return dspy.Prediction(**stored)
-    started = time.perf_counter()
-    prediction = cell.program(question=problem.question)
-    log.add(CallRecord(output="", prompt_tokens=0, completion_tokens=0, cost=0.0,
-                       latency_s=time.perf_counter() - started, cached=False))
-    if memo:
-        memo[0].put(key, {name: _field(prediction, name) for name in _PREDICTION_FIELDS})
-    return prediction
-
-
-def evaluate_example(cell: Cell, problem: Problem, *, secrets: list[str] = ()) -> dict[str, Any]:
-    """Run one problem through a cell's program and score it; never raises for model or API faults."""
-    from dd_prompting import INVALID, answers_match, extract_answer
-    from dspy.utils.exceptions import AdapterParseError
-
-    prediction = None
-    error = None
-    unparsed = False
-    started = time.perf_counter()
-    with recording() as log:
-        try:
-            prediction = _run_program(cell, problem, log)
-        except AdapterParseError:
-            unparsed = True
-        except Exception as err:  # API errors after retries, time-outs, malformed replies: recorded, not raised
-            error = f"{type(err).__name__}: {err}"
-    latency = time.perf_counter() - started
-    if error is None and log.errors:
-        # A call failed for good but the program carried on without it; the row still failed.
-        error = log.errors[-1]
-
-    answer_text = _field(prediction, "answer")
-    stage_failures = list(_field(prediction, "parse_failures") or [])
-    if prediction is not None and answer_text is None and stage_failures:
-        unparsed = True
-    strict = extract_answer(answer_text, strict=True) if not unparsed else INVALID
-    flexible = extract_answer(answer_text) if not unparsed else INVALID
-    if error:
-        status = "error"
-    elif unparsed:
-        status = "unparsed"
-    elif flexible == INVALID:
-        status = "no_number"
-    else:
-        status = "ok"
-    return {
-        "cell": cell.fingerprint,
-        "dataset": cell.dataset.name,
-        "model": cell.model.name,
-        "strategy": cell.strategy.name,
-        "example_id": problem.id,
-        "question": problem.question,
-        "gold": problem.gold,
-        "prediction": flexible,
-        "prediction_strict": strict,
-        "answer_text": None if answer_text is None else str(answer_text),
-        "correct": (not error) and answers_match(flexible, problem.gold),
-        "correct_strict": (not error) and answers_match(strict, problem.gold),
-        "parse_status": status,
-        "subquestions": _field(prediction, "subquestions"),
-        "subanswers": _field(prediction, "subanswers"),
-        "reasoning": _field(prediction, "reasoning"),
-        "fallback": _field(prediction, "fallback"),
-        "stage_parse_failures": stage_failures,
-        "raw_outputs": [redact(call.output, secrets) for call in log.calls],
-        "calls": len(log.calls),
-        "cached_calls": sum(call.cached for call in log.calls),
-        "retries": log.retries,
-        "prompt_tokens": sum(call.prompt_tokens for call in log.calls),
-        "completion_tokens": sum(call.completion_tokens for call in log.calls),
-        "cost": _total_cost(log),
-        "new_cost": sum(call.cost or 0.0 for call in log.calls if not call.cached),
-        "latency_s": round(latency, 4),
-        "error": redact(error, secrets)[:2000] if error else None,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def _total_cost(log: CallLog) -> float | None:
-    costs = [call.cost for call in log.calls]
-    if any(cost is None for cost in costs):
-        return None
-    return sum(costs)
-
-
-def _field(prediction: Any, name: str) -> Any:
-    if prediction is None:
-        return None
-    value = prediction.get(name) if hasattr(prediction, "get") else getattr(prediction, name, None)
-    if isinstance(value, tuple):
-        value = list(value)
-    return value
-
-
 class Harness:
     """Plans, estimates and runs an `EvalConfig`.
 
@@ -250,7 +116,6 @@ class Harness:
         self._pricing: dict[str, Pricing] = {}
         self._lms: dict[str, dspy.BaseLM] = {}
         self._datasets: dict[str, Dataset] = {}
-        self._demo_sources: dict[str, str] = {}
 
     # ---------------------------------------------------------------- planning
     @property
@@ -349,7 +214,7 @@ class Harness:
 
     def _estimate_one(self, cell: Cell, problem: Problem) -> Estimate:
         if cell.model.kind == "student":
-            return Estimate(examples=1, calls=2, cost=0.0)  # decomposer + solver, run locally for free
+            return Estimate(examples=1, calls=1, cost=0.0)  # one local pipeline run, free
         return estimate_example(
             cell.program, {"question": problem.question}, adapter=make_adapter(cell.adapter_name),
             token_model=cell.model.model, identity=identity_for(cell.model), cache=self.cache,

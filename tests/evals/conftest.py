@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
 sys.path.insert(0, str(Path(__file__).parent))  # the scripted model helper
 
 QUESTIONS = [(f"q{i}", f"Ann has {10 + i} apples and buys {i + 1} more. How many apples does she have?", 11 + 2 * i)

@@ -1,0 +1,62 @@
+"""`python -m evals` end to end: exit codes, printed summaries, the dry run and the example configs."""
+
+from pathlib import Path
+
+import pytest
+from scripted import ScriptedModel
+from test_resume import write_config
+
+from dd_prompting.testing import OpenAICompatibleServer, Reply
+from evals.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_run_prints_a_summary_and_exits_zero(tmp_path, problems_file, gold, capsys):
+    with OpenAICompatibleServer(ScriptedModel(gold=gold, right=set(list(gold)[:4]))) as server:
+        config = write_config(tmp_path / "c.toml", server.base_url, problems_file, tmp_path / "out")
+        assert main(["run", str(config), "--progress"]) == 0  # with the progress bar on
+    out = capsys.readouterr()
+    assert "10 examples run (0 already done), 10 new calls" in out.out
+    assert "Report: " in out.out and "apples | scripted | direct" in out.err  # tqdm writes to stderr
+    assert "acc=40.0%" in out.err and "spent=$" in out.err
+
+
+def test_failures_and_budget_stops_have_their_own_exit_codes(tmp_path, problems_file, gold, capsys):
+    faults = {list(gold)[0]: [Reply(status=500)] * 10}
+    with OpenAICompatibleServer(ScriptedModel(gold=gold, right=set(gold), faults=faults)) as server:
+        config = write_config(tmp_path / "c.toml", server.base_url, problems_file, tmp_path / "out")
+        assert main(["run", str(config), "--no-progress", "--retries", "1"]) == 3
+        assert "1 examples failed after retries" in capsys.readouterr().out
+        budget = write_config(tmp_path / "b.toml", server.base_url, problems_file, tmp_path / "out-budget")
+        assert main(["run", str(budget), "--no-progress", "--max-cost", "0.00001"]) == 2
+        assert "Stopped early: budget" in capsys.readouterr().out
+
+
+def test_dry_run_prints_an_estimate_and_calls_nothing(tmp_path, problems_file, gold, capsys):
+    with OpenAICompatibleServer(ScriptedModel(gold=gold, right=set(gold))) as server:
+        config = write_config(tmp_path / "c.toml", server.base_url, problems_file, tmp_path / "out")
+        assert main(["run", str(config), "--dry-run"]) == 0
+        assert server.call_count == 0
+    out = capsys.readouterr().out
+    assert "apples | scripted | direct" in out and "No model was called" in out
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_report_rebuilds_the_summary_from_the_rows(tmp_path, problems_file, gold, capsys):
+    with OpenAICompatibleServer(ScriptedModel(gold=gold, right=set(gold))) as server:
+        config = write_config(tmp_path / "c.toml", server.base_url, problems_file, tmp_path / "out")
+        assert main(["run", str(config), "--no-progress", "--no-plots"]) == 0
+    (tmp_path / "out" / "summary.md").unlink()
+    assert main(["report", str(tmp_path / "out")]) == 0
+    assert "| apples | scripted | direct | 10 | 100.0%" in (tmp_path / "out" / "summary.md").read_text()
+    assert (tmp_path / "out" / "accuracy.png").exists()
+
+
+@pytest.mark.parametrize("name", ["evals_gsm8k.toml", "evals_local.yaml"])
+def test_example_configs_dry_run_offline(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    code = main(["run", f"examples/{name}", "--dry-run", "--limit", "2", "--output-dir", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "total" in out and "unknown" not in out.split("total", 1)[1]  # every model has a price
