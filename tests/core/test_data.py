@@ -44,3 +44,28 @@ def test_unknown_split_and_source_are_rejected():
         load_gsm8k("dev")
     with pytest.raises(ValueError, match="source"):
         load_gsm8k("test", source="s3")
+
+
+def test_hub_source_reads_through_datasets(monkeypatch):
+    import datasets
+
+    rows = [{"question": "Q1?", "answer": "a ** 1 + 1 = 2\n#### 2"}, {"question": "Q2?", "answer": "#### 3"}]
+    calls = []
+
+    def fake_load_dataset(name, config, split):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    examples = load_gsm8k("test_socratic", source="hub", limit=1)
+    assert calls == [("openai/gsm8k", "socratic", "test")]
+    assert len(examples) == 1 and examples[0].answer == "2" and examples[0].subquestions == ["a"]
+
+
+def test_malformed_rows_name_where_they_are(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list(
+        [{"question": "Q?", "answer": "no marker"}]))
+    with pytest.raises(ValueError, match=r"row 0: field 'answer'"):
+        load_gsm8k("test", source="hub")

@@ -83,3 +83,13 @@ def test_loaded_model_needs_its_tokenizer(tiny):
     model, _ = tiny
     with pytest.raises(ValueError, match="tokenizer"):
         local_lm(model)
+
+
+def test_local_lm_loads_a_saved_directory(tiny, tmp_path):
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    lm = local_lm(tmp_path, max_new_tokens=4, cache=False)
+    assert lm.model == f"local/{tmp_path.name}"
+    out = lm(messages=[{"role": "user", "content": "Question: Tom has"}])
+    assert isinstance(out[0], str)
