@@ -91,5 +91,5 @@ def test_local_lm_loads_a_saved_directory(tiny, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     lm = local_lm(tmp_path, max_new_tokens=4, cache=False)
     assert lm.model == f"local/{tmp_path.name}"
-    out = lm(messages=[{"role": "user", "content": "Question: Tom has"}])
+    out = lm("Question: Tom has")
     assert isinstance(out[0], str)
