@@ -228,6 +228,8 @@ class EvalConfig:
         if self.split is not None:
             for dataset in self.datasets:
                 if dataset.kind == "gsm8k":
+                    if dataset.name == f"gsm8k-{dataset.split}":  # a default name follows the split
+                        dataset.name = f"gsm8k-{self.split}"
                     dataset.split = self.split
                     dataset.__post_init__()
         if self.threads < 1:

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,6 +255,8 @@ class Harness:
             raise
         finally:
             store.close()
+            if self._cache is not None:
+                self._cache.close()  # reopens by itself if this harness runs again
             summary.wall_s = time.perf_counter() - started
             summary.spent = budget.spent
             self._write_run_file(summary, wall)
@@ -289,6 +291,27 @@ class Harness:
         pending: dict[Future, tuple[Problem, float]] = {}
         queue = iter(todo)
         exhausted = False
+
+        def record(future: Future) -> None:
+            nonlocal correct, finished, max_seen_cost
+            problem, reserve = pending.pop(future)
+            row = future.result()
+            store.append(row)
+            budget.settle(reserve, row["new_cost"])
+            max_seen_cost = max(max_seen_cost, row["new_cost"])
+            summary.rows_written += 1
+            summary.new_calls += row["calls"] - row["cached_calls"]
+            summary.cached_calls += row["cached_calls"]
+            summary.failed += bool(row["error"])
+            summary.parse_failures += row["parse_status"] in ("unparsed", "no_number")
+            finished += 1
+            correct += bool(row["correct"])
+            progress.update(1)
+            progress.set_postfix(acc=f"{correct / finished:.1%}", spent=f"${budget.spent:.4f}",
+                                 failed=summary.failed, refresh=False)
+            if self.on_row is not None:
+                self.on_row(row)
+
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evals")
         try:
             while True:
@@ -315,23 +338,20 @@ class Harness:
                     break
                 completed, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in completed:
-                    problem, reserve = pending.pop(future)
-                    row = future.result()
-                    store.append(row)
-                    budget.settle(reserve, row["new_cost"])
-                    max_seen_cost = max(max_seen_cost, row["new_cost"])
-                    summary.rows_written += 1
-                    summary.new_calls += row["calls"] - row["cached_calls"]
-                    summary.cached_calls += row["cached_calls"]
-                    summary.failed += bool(row["error"])
-                    summary.parse_failures += row["parse_status"] in ("unparsed", "no_number")
-                    finished += 1
-                    correct += bool(row["correct"])
-                    progress.update(1)
-                    progress.set_postfix(acc=f"{correct / finished:.1%}", spent=f"${budget.spent:.4f}",
-                                         failed=summary.failed, refresh=False)
-                    if self.on_row is not None:
-                        self.on_row(row)
+                    record(future)
+        except KeyboardInterrupt:
+            # Queued examples are dropped; running ones are paid for already, so they finish and are kept.
+            summary.stopped = "interrupted"
+            for future in list(pending):
+                if future.cancel():
+                    budget.settle(pending.pop(future)[1], 0.0)
+            if pending:
+                logger.warning("Interrupted: finishing the %d examples already running (interrupt again to abort)",
+                               len(pending))
+            for future in as_completed(list(pending)):
+                record(future)
+            pool.shutdown(wait=True)
+            raise
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

@@ -71,7 +71,7 @@ def test_flags_override_the_file(tmp_path):
     args = {key: value for key, value in args.items() if key not in ("command", "config", "verbose")}
     config = load_config(tmp_path / "c.toml", overrides=args)
     assert (config.limit, config.max_cost, config.plots, config.threads) == (5, 0.5, False, 4)
-    assert config.datasets[0].split == "train" and config.datasets[0].name == "gsm8k-test"
+    assert config.datasets[0].split == "train" and config.datasets[0].name == "gsm8k-train"
     assert [m.name for m in config.models] == ["mini"]
 
 

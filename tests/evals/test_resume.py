@@ -95,3 +95,27 @@ def test_a_partial_last_line_is_cut_off_and_the_example_rerun(tmp_path, problems
     rows = ResultStore(results).read()
     assert len(rows) == 10 and rows[-1]["example_id"] == lost
     assert all(line.endswith("\n") for line in results.read_text().splitlines(keepends=True))
+
+
+def test_an_interrupted_run_writes_its_report_and_resumes(tmp_path, problems_file, gold):
+    import pytest
+    from test_harness import make_config
+
+    def interrupt_after_three(row, seen=[]):
+        seen.append(row)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with OpenAICompatibleServer(ScriptedModel(gold=gold, right=set(gold))) as server:
+        config = make_config(tmp_path, server, problems_file, [{"kind": "direct"}], threads=1)
+        with pytest.raises(KeyboardInterrupt):
+            Harness(config, on_row=interrupt_after_three).run()
+        run = json.loads((tmp_path / "out" / "run.json").read_text())
+        written = run["last_run"]["rows_written"]
+        assert run["last_run"]["stopped"] == "interrupted"
+        assert written in (3, 4)  # and the example already running when interrupted, if any, was kept
+        assert "Stopped early: interrupted" in (tmp_path / "out" / "summary.md").read_text()
+        summary = Harness(config).run()
+        asked = Counter(question_of(request) for request in server.requests)
+    assert summary.examples_skipped == written and summary.rows_written == 10 - written
+    assert max(asked.values()) == 1  # nothing was asked twice
