@@ -311,15 +311,16 @@ def _plot(output_dir: Path, summaries: list[CellSummary]) -> list[str]:
 
     priced = [s for s in summaries if s.cost_per_problem is not None]
     if priced:
-        figure = Figure(figsize=(6.5, 4.5))
+        # Colour by strategy, marker by model: labels beside the points would overlap.
+        colours = {name: f"C{index % 10}" for index, name in enumerate(strategies)}
+        markers = {name: "osD^vP*X"[index % 8] for index, name in enumerate(models)}
+        figure = Figure(figsize=(7.5, 4.8))
         axis = figure.subplots()
         for s in priced:
+            label = f"{s.model} / {s.strategy}" + (f" ({s.dataset})" if len(datasets) > 1 else "")
             axis.errorbar(s.cost_per_problem, 100 * s.accuracy,
                           yerr=[[100 * (s.accuracy - s.accuracy_low)], [100 * (s.accuracy_high - s.accuracy)]],
-                          fmt="o", capsize=3)
-            label = f"{s.model} / {s.strategy}" + (f" ({s.dataset})" if len(datasets) > 1 else "")
-            axis.annotate(label, (s.cost_per_problem, 100 * s.accuracy), textcoords="offset points",
-                          xytext=(5, 5), fontsize="small")
+                          fmt=markers[s.model], color=colours[s.strategy], capsize=3, label=label)
         positive = [s.cost_per_problem for s in priced if s.cost_per_problem > 0]
         if positive and max(positive) / min(positive) > 20 and len(positive) == len(priced):
             axis.set_xscale("log")
@@ -327,6 +328,7 @@ def _plot(output_dir: Path, summaries: list[CellSummary]) -> list[str]:
         axis.set_ylabel("accuracy (%), 95% interval")
         axis.set_ylim(0, 100)
         axis.set_title("Accuracy against cost")
+        axis.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
         figure.tight_layout()
         path = output_dir / "accuracy_vs_cost.png"
         figure.savefig(path, dpi=120)

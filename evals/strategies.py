@@ -121,7 +121,7 @@ def describe_program(program: dspy.Module) -> list[dict[str, Any]]:
     for name, predictor in program.named_predictors():
         signature = predictor.signature
         described.append({
-            "predictor": name,
+            "predictor": "predict" if name == "self" else name,
             "signature": signature.__name__,
             "instructions": signature.instructions,
             "inputs": {field: _field_info(info) for field, info in signature.input_fields.items()},
