@@ -76,16 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="Alternating repeats; medians are reported.")
     args = parser.parse_args(argv)
 
-    import socketserver
 
     from dd_prompting.testing import OpenAICompatibleServer
     from evals.config import DatasetConfig
 
-    # The scripted server writes headers and body in two sends; with Nagle's algorithm on, the body waits
-    # for the client's delayed ACK, adding about 40 ms to every call (measured: 45 ms per call at no delay,
-    # 2 ms with TCP_NODELAY). A real API server does not behave so, and the delay would swamp what is
-    # measured here, so this process turns Nagle off for the server's connections.
-    socketserver.StreamRequestHandler.disable_nagle_algorithm = True
     from evals.datasets import load_dataset
     from evals.harness import Harness
 

@@ -20,7 +20,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import dspy  # noqa: E402
 
-from dd_prompting import DecomposedSolver, PlainTextAdapter, load_gsm8k, numeric_match  # noqa: E402
+from dspy.utils.exceptions import AdapterParseError  # noqa: E402
+
+from dd_prompting import WORKED_EXAMPLES, DecomposedSolver, PlainTextAdapter, load_gsm8k, numeric_match  # noqa: E402
 
 
 class WordProblemSolver(dspy.Module):
@@ -32,6 +34,16 @@ class WordProblemSolver(dspy.Module):
 
     def forward(self, question: str) -> dspy.Prediction:
         return self.reason(question=question)
+
+
+def chain_of_thought_with_worked_examples() -> dspy.Module:
+    """CoT with the same worked examples DecomposedSolver starts with, so the comparison is fair."""
+    cot = dspy.ChainOfThought("question -> answer")
+    cot.predict.demos = [
+        dspy.Example(question=example.problem, reasoning=" ".join(example.subanswers), answer=example.answer)
+        for example in WORKED_EXAMPLES
+    ]
+    return cot
 
 
 def build_lm(args) -> dspy.LM:
@@ -55,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     small_local = not args.model
     problems = load_gsm8k("test", limit=args.limit)
     strategies = {
-        "ChainOfThought": lambda: dspy.ChainOfThought("question -> answer"),
+        "ChainOfThought": chain_of_thought_with_worked_examples,
         "DecomposedSolver (joint)": lambda: DecomposedSolver("question -> answer", mode="joint"),
         "DecomposedSolver (iterative)": lambda: DecomposedSolver("question -> answer", mode="iterative"),
     }
@@ -68,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         correct, started = 0, time.perf_counter()
         with dspy.context(lm=lm, adapter=adapter):
             for example in problems:
-                pred = program(question=example.question)
+                try:
+                    pred = program(question=example.question)
+                except AdapterParseError as err:  # ChainOfThought raises on output it cannot parse
+                    pred = dspy.Prediction(answer=None)
+                    print(f"[{name}] unparsable output: {str(err).splitlines()[0]}")
                 correct += numeric_match(example, pred)
                 print(f"[{name}] gold {example.answer:>6}  predicted {str(pred.answer)[:40]!r}")
                 for subquestion in getattr(pred, "subquestions", None) or []:
