@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="Alternating repeats; medians are reported.")
     args = parser.parse_args(argv)
 
-
     from dd_prompting.testing import OpenAICompatibleServer
     from evals.config import DatasetConfig
 
