@@ -1,11 +1,15 @@
 """Shared test set-up: nothing reaches the network, nothing lands in the user's home cache."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Before dspy or litellm are imported: litellm would fetch its price map, dspy would cache in $HOME.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("DSPY_CACHEDIR", tempfile.mkdtemp(prefix="dd-prompting-dspy-cache-"))
+if "DSPY_CACHEDIR" not in os.environ:
+    os.environ["DSPY_CACHEDIR"] = tempfile.mkdtemp(prefix="dd-prompting-dspy-cache-")
+    atexit.register(shutil.rmtree, os.environ["DSPY_CACHEDIR"], ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
