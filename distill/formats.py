@@ -311,8 +311,8 @@ def build_rows(traces: Iterable[Any], *, packed_solver: bool = True) -> dict[str
     `traces` are `distill.traces.Trace` objects or dicts with the same fields (`id`, `question`,
     `subquestions`, `subanswers`, `answer`); filter them by correctness before calling this.
     With `packed_solver` (the default) each trace gives one packed solver row, else one row per step.
-    A trace with no steps, or with sub-questions and sub-answers of different lengths, is an error
-    naming the trace.
+    A trace with no steps, or with sub-questions and
+    sub-answers of different lengths, is an error naming the trace.
     """
     rows: dict[str, list[dict]] = {role: [] for role in ROLES}
     for trace in traces:

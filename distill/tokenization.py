@@ -71,9 +71,7 @@ def train_number_tokenizer(texts: Iterable[str], *, vocab_size: int = 2048, max_
     spec = json.loads(tokenizer.to_str())
     vocab: dict[str, int] = spec["model"]["vocab"]
     merges: list = spec["model"]["merges"]
-    # "Ġ" is the byte-level form of a leading space. Its merges rank first, so " 129" becomes one
-    # token rather than " " + "129".
-    for prefix in ("\u0120", ""):
+    for prefix in ("\u0120", ""):  # "Ġ" is the byte-level form of a leading space
         for n in range(largest + 1):
             piece = prefix + str(n)
             if piece in vocab:
@@ -82,6 +80,9 @@ def train_number_tokenizer(texts: Iterable[str], *, vocab_size: int = 2048, max_
             head, tail = (prefix, piece[len(prefix) :]) if n < 10 else (piece[:-1], piece[-1])
             if head:  # a bare single digit is already in the byte alphabet
                 merges.append([head, tail])
+    # A whole pre-token found in the vocabulary is used as it is. Merges alone cannot keep every number
+    # whole: "121" needs ("1", "2") to rank before ("2", "1") and "212" needs the opposite.
+    spec["model"]["ignore_merges"] = True
     tokenizer = Tokenizer.from_str(json.dumps(spec))
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from distill.formats import FORMAT_VERSION, ROLES, read_rows, row_text
 from distill.tokenization import IGNORE_INDEX, tokenize_rows, train_number_tokenizer
@@ -168,7 +168,41 @@ def build_tiny_model(tokenizer, config: TrainConfig):
         eos_token_id=eos,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return GPT2LMHeadModel(model_config)
+    model = GPT2LMHeadModel(model_config)
+    if config.tiny_number_init == "fourier":
+        _init_number_embeddings(model, tokenizer, scale=config.tiny_number_scale)
+    return model
+
+
+_NUMBER_PERIODS = (2, 5, 10, 20, 50, 100, 200, 500, 1000, 10000)
+
+
+def _init_number_embeddings(model, tokenizer, *, scale: float) -> list[int]:
+    """Start each whole-number token's embedding with Fourier features of its value; returns their rows.
+
+    Dimensions 2i and 2i+1 of the embedding of n hold scale * cos/sin(2 pi n / T_i) over periods T_i from
+    2 to 10,000; the rest stay random. With tied input/output embeddings this hands the model a
+    representation in which adding numbers is rotating angles (the circuit small transformers find
+    for modular addition), rather than leaving it to discover one from scratch.
+    """
+    import torch
+
+    weight = model.get_input_embeddings().weight
+    width = 2 * len(_NUMBER_PERIODS)
+    if weight.shape[1] < 2 * width:
+        return []
+    periods = torch.tensor(_NUMBER_PERIODS, dtype=torch.float32)
+    rows = []
+    with torch.no_grad():
+        for token, index in tokenizer.get_vocab().items():
+            text = tokenizer.convert_tokens_to_string([token]).strip()
+            if not text.isdigit() or (len(text) > 1 and text[0] == "0"):
+                continue
+            angles = 2 * math.pi * int(text) / periods
+            weight[index, 0:width:2] = scale * torch.cos(angles)
+            weight[index, 1:width:2] = scale * torch.sin(angles)
+            rows.append(index)
+    return rows
 
 
 def load_model_and_tokenizer(config: TrainConfig, *, texts: Sequence[str] = (), tokenizer_dir: str | Path | None = None):
@@ -310,7 +344,7 @@ def train_student(
     """
     import torch
     from datasets import Dataset
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
 
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}.")
@@ -368,7 +402,9 @@ def train_student(
         disable_tqdm=False,
     )
     callbacks = [_TimeLimit(config.max_train_seconds)] if config.max_train_seconds else []
-    trainer = Trainer(
+    trainer = _StudentTrainer(
+        time_budget=config.max_train_seconds,
+        warmup_ratio=config.warmup_ratio,
         model=model,
         args=args,
         train_dataset=train_data,
@@ -377,8 +413,7 @@ def train_student(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    if eval_data is not None and last is None:
-        trainer.evaluate()
+    initial_eval = trainer.evaluate() if eval_data is not None and last is None else None
     if last is not None:
         logger.info("Resuming %s training from %s", role, last)
     started = time.monotonic()
@@ -386,6 +421,8 @@ def train_student(
     seconds = time.monotonic() - started
     if eval_data is not None:
         trainer.evaluate()
+    if initial_eval is not None:  # train() starts a fresh log, so the score before training goes in front
+        trainer.state.log_history.insert(0, {"step": 0, "epoch": 0.0, "eval_loss": initial_eval["eval_loss"]})
 
     if trainer.is_world_process_zero():
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
@@ -412,6 +449,50 @@ def train_student(
         save_loss_curves(trainer.state.log_history, output_dir, title=f"{role} student ({config.model})")
         logger.info("Saved %s student to %s (%d steps, %.0f s)", role, output_dir, stats["steps"], seconds)
     return output_dir
+
+
+def _schedule_factor(progress: float, *, warmup: float, shape: str) -> float:
+    """The learning-rate multiplier at `progress` (0 to 1) of training: linear warm-up, then `shape` decay."""
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < warmup:
+        return progress / warmup
+    if shape.startswith("constant"):
+        return 1.0
+    rest = (progress - warmup) / max(1.0 - warmup, 1e-9)
+    if shape == "linear":
+        return 1.0 - rest
+    return 0.5 * (1.0 + math.cos(math.pi * rest))
+
+
+class _StudentTrainer(Trainer):
+    """A Trainer whose learning-rate schedule also follows the clock when there is a time budget.
+
+    With `time_budget` seconds, progress through the schedule is the larger of the step fraction and
+    the time fraction, so a run cut short by the budget still warms up and anneals to zero instead
+    of stopping at its peak learning rate. (After a resume, the clock counts from the restart.)
+    """
+
+    def __init__(self, *, time_budget: float | None, warmup_ratio: float, **kwargs):
+        super().__init__(**kwargs)
+        self.time_budget = time_budget
+        self.warmup_ratio = warmup_ratio
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.time_budget is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        from torch.optim.lr_scheduler import LambdaLR
+
+        if self.lr_scheduler is None:
+            started, budget = time.monotonic(), self.time_budget
+            shape = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
+
+            def factor(step: int) -> float:
+                progress = max(step / max(num_training_steps, 1), (time.monotonic() - started) / budget)
+                return _schedule_factor(progress, warmup=self.warmup_ratio, shape=shape)
+
+            self.lr_scheduler = LambdaLR(self.optimizer if optimizer is None else optimizer, factor)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
 
 
 class _TimeLimit(TrainerCallback):

@@ -1,0 +1,150 @@
+"""The student pipeline: it learns, batching and the key/value cache change nothing, DSPy can run it."""
+
+import json
+
+import dspy
+import pytest
+
+from dd_prompting.answers import INVALID, answers_match, numeric_match
+from distill.formats import build_rows
+from distill.generator import GeneratorConfig, generate_problems
+from distill.students import (
+    CoTResult,
+    CoTStudent,
+    StudentModule,
+    StudentPipeline,
+    StudentResult,
+    read_step_answer,
+)
+from distill.train import train_student
+from distill.train_config import TrainConfig
+
+# Small numbers and 2-3 steps, so that a tiny student learns the task in about a minute of CPU.
+EASY = GeneratorConfig(min_steps=2, max_steps=3, max_value=60, max_operand=20, max_factor=3)
+
+# Fixed step counts (not a time budget), so the trained students and the accuracy are deterministic.
+STEPS = {"decomposer": 150, "solver": 500, "cot": 40}
+PASS_BAR = 0.30  # measured: 0.xx pair accuracy on these 100 held-out problems (see the closing report)
+
+
+@pytest.fixture(scope="module")
+def problems():
+    train = generate_problems(2000, seed=0, config=EASY)
+    held_out = generate_problems(100, seed=1, config=EASY, exclude=train)
+    return train, held_out
+
+
+@pytest.fixture(scope="module")
+def students(tmp_path_factory, problems):
+    train, _ = problems
+    rows = build_rows(train)
+    root = tmp_path_factory.mktemp("students")
+    for role, steps in STEPS.items():
+        config = TrainConfig(tiny_layers=2, max_steps=steps, logging_steps=50, save_steps=10_000, seed=0)
+        train_student(rows=rows[role], config=config, output_dir=root / role, role=role)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipeline(students):
+    return StudentPipeline.from_pretrained(students / "decomposer", students / "solver")
+
+
+@pytest.fixture(scope="module")
+def cot(students):
+    return CoTStudent.from_pretrained(students / "cot", max_new_tokens=60)
+
+
+@pytest.mark.slow
+def test_student_pair_learns_far_above_chance(pipeline, problems):
+    _, held_out = problems
+    results = pipeline.solve([p.question for p in held_out], batch_size=50)
+    accuracy = sum(answers_match(r.answer, p.gold) for r, p in zip(results, held_out)) / len(held_out)
+    decomposed = sum(r.subquestions == p.subquestions for r, p in zip(results, held_out)) / len(held_out)
+    assert decomposed > 0.9, decomposed
+    assert accuracy >= PASS_BAR, accuracy
+
+
+def _fields(result):
+    return json.dumps(result.__dict__, sort_keys=True)
+
+
+def test_batched_and_unbatched_pipelines_agree(pipeline, problems):
+    questions = [p.question for p in problems[1][:10]]
+    one_by_one = pipeline.solve(questions, batch_size=1)
+    batched = pipeline.solve(questions, batch_size=4)
+    assert all(isinstance(r, StudentResult) for r in batched)
+    assert [_fields(r) for r in batched] == [_fields(r) for r in one_by_one]
+
+
+def test_the_cached_and_the_re_encoding_paths_agree(pipeline, problems):
+    questions = [p.question for p in problems[1][10:20]]
+    cached = pipeline.solve(questions, batch_size=5)
+    re_encoded = pipeline.solve(questions, batch_size=5, reuse_cache=False)
+    assert [_fields(r) for r in cached] == [_fields(r) for r in re_encoded]
+    assert all(len(r.subanswers) == len(r.subquestions) for r in cached)
+
+
+def test_batched_and_unbatched_cot_agree(cot, problems):
+    questions = [p.question for p in problems[1][:8]]
+    batched = cot.solve(questions, batch_size=3)
+    assert all(isinstance(r, CoTResult) for r in batched)
+    assert [_fields(r) for r in batched] == [_fields(r) for r in cot.solve(questions, batch_size=1)]
+
+
+def test_sampling_is_seeded(pipeline, problems):
+    questions = [p.question for p in problems[1][:4]]
+    first = pipeline.solve(questions, temperature=1.0, seed=7)
+    again = pipeline.solve(questions, temperature=1.0, seed=7)
+    assert [_fields(r) for r in first] == [_fields(r) for r in again]
+
+
+def test_student_module_runs_under_dspy_evaluate(pipeline, cot, problems):
+    examples = [dspy.Example(question=p.question, answer=p.gold).with_inputs("question") for p in problems[1][:4]]
+    module = StudentModule(student=pipeline)
+    prediction = module(question=examples[0].question)
+    [expected] = pipeline.solve([examples[0].question])
+    assert prediction.answer == expected.answer
+    assert prediction.subquestions == expected.subquestions and prediction.subanswers == expected.subanswers
+    assert prediction.fallback is None
+    result = dspy.Evaluate(devset=examples, metric=numeric_match, num_threads=2, display_progress=False)(module)
+    solved = [answers_match(r.answer, e.answer) for r, e in zip(pipeline.solve([e.question for e in examples]), examples)]
+    assert result.score == pytest.approx(100 * sum(solved) / len(solved))
+
+    cot_prediction = StudentModule(student=cot)(question=examples[0].question)
+    assert cot_prediction.subquestions == [] and isinstance(cot_prediction.reasoning, str)
+
+
+def test_a_decomposer_that_writes_nothing_falls_back_to_the_question(pipeline, monkeypatch):
+    monkeypatch.setattr(pipeline, "decompose", lambda questions, **kwargs: ["" for _ in questions])
+    question = "Ann has 3 apples. She buys 5 more. How many apples does Ann have?"
+    [result] = pipeline.solve([question])
+    assert result.subquestions == ["How many apples does Ann have?"]
+    assert result.fallback and "no sub-questions" in result.fallback
+    assert len(result.subanswers) == 1
+
+
+def test_students_are_loaded_for_their_own_role(students):
+    with pytest.raises(ValueError, match="'solver' student, not a 'decomposer'"):
+        StudentPipeline.from_pretrained(students / "solver", students / "decomposer")
+    with pytest.raises(ValueError, match="not a 'cot'"):
+        CoTStudent.from_pretrained(students / "solver")
+
+
+def test_student_module_rejects_other_objects():
+    with pytest.raises(TypeError, match="StudentPipeline or a CoTStudent"):
+        StudentModule(student="runs/x")
+
+
+@pytest.mark.parametrize(
+    "sentence, number",
+    [
+        ("Sam reads 60 + 24 = 84 pages in 3 days.", "84"),
+        ("They have 32 / 2 = 16 muffins left.", "16"),
+        ("It costs $1,200 = $1,200.", "1200"),
+        ("She has 12 apples.", "12"),
+        ("Nothing here.", INVALID),
+    ],
+)
+def test_read_step_answer(sentence, number):
+    assert read_step_answer(sentence) == number
