@@ -36,7 +36,7 @@ from distill.traces import (
     NO_DECOMPOSITION,
     UNPARSABLE,
     Trace,
-    append_trace,
+    TraceWriter,
     latest_traces,
     read_traces,
     repair_partial_tail,
@@ -433,12 +433,11 @@ def collect_traces(
     if len(todo) < len(problems):
         logger.info("%s: %d of %d problems already have traces; asking the teacher for %d",
                     path, len(problems) - len(todo), len(problems), len(todo))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(exist_ok=True)
-    for trace in teacher.traces(todo):
-        if trace.key in done:
-            continue
-        append_trace(path, trace)
-        done.add(trace.key)
+    with TraceWriter(path) as writer:
+        for trace in teacher.traces(todo):
+            if trace.key in done:
+                continue
+            writer.write(trace)
+            done.add(trace.key)
     wanted = set(ids)
     return [trace for trace in latest_traces(read_traces(path)) if trace.id in wanted]

@@ -4,8 +4,8 @@ A trace records what a teacher did with one problem: its sub-questions, the answ
 each step ("She makes 9 * 2 = 18 dollars."), the final answer, and whether that answer matches
 the gold one. Failures are traces too (`error` says why), so a run's report can count them.
 
-The file is an append log. Each line is flushed and fsynced as it is written, so a killed run
-loses at most the line being written; `repair_partial_tail` cuts such a half-written last line
+The file is an append log. Each line is flushed as it is written, so a killed run loses at most
+the line being written; `repair_partial_tail` cuts such a half-written last line
 before a resumed run appends to the file again. When a key `(id, sample)` appears more than once
 (a failure retried by a later run), the last record wins: `latest_traces` keeps only it.
 
@@ -35,6 +35,7 @@ __all__ = [
     "TraceFormatError",
     "ReadResult",
     "TraceReport",
+    "TraceWriter",
     "append_trace",
     "write_traces",
     "read_traces",
@@ -145,28 +146,46 @@ class ReadResult:
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
 
+class TraceWriter:
+    """Appends traces to a JSONL file, one line each, flushed as it is written.
+
+    Flushed lines are in the operating system's hands: a killed process loses at most the line
+    being written (which `repair_partial_tail` cuts). Use as a context manager.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, append: bool = True):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a" if append else "w", encoding="utf-8")
+        self.written = 0
+
+    def write(self, trace: Trace) -> None:
+        self._handle.write(json.dumps(trace.to_dict(), ensure_ascii=False) + "\n")
+        self._handle.flush()
+        self.written += 1
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def append_trace(path: str | os.PathLike, trace: Trace) -> None:
-    """Append one trace as one JSON line, flushed to disk before returning."""
-    _write_lines(path, [trace], mode="a")
+    """Append one trace as one JSON line, flushed before returning."""
+    with TraceWriter(path) as writer:
+        writer.write(trace)
 
 
 def write_traces(path: str | os.PathLike, traces: Iterable[Trace], *, append: bool = False) -> int:
     """Write traces as JSON lines (replacing the file unless `append`); returns how many were written."""
-    return _write_lines(path, traces, mode="a" if append else "w")
-
-
-def _write_lines(path: str | os.PathLike, traces: Iterable[Trace], *, mode: str) -> int:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with open(path, mode, encoding="utf-8") as handle:
+    with TraceWriter(path, append=append) as writer:
         for trace in traces:
-            handle.write(json.dumps(trace.to_dict(), ensure_ascii=False) + "\n")
-            # One line at a time reaches the disk, so a killed run loses at most the line in flight.
-            handle.flush()
-            os.fsync(handle.fileno())
-            count += 1
-    return count
+            writer.write(trace)
+        return writer.written
 
 
 def read_traces(path: str | os.PathLike, *, skip_malformed: bool = False) -> list[Trace]:
