@@ -45,8 +45,12 @@ logger = logging.getLogger("distill.cli")
 STAGES = ("traces", "build", "train", "evaluate")
 OFFLINE_NAME = "offline"
 
-# The offline default's time budget on a shared 2-core CPU, per student (seconds of training). The
-# tiny students train for as many steps as fit; the schedule is set by `max_steps`.
+# The offline default's budget per student, for a shared 2-core CPU: the tiny students (TrainConfig's
+# tuned defaults) train until their steps or their seconds run out, and the learning-rate schedule
+# anneals within whichever comes first. The decomposer needs little (it wrote the exact sub-questions
+# of all 300 held-out problems after 346 steps); the solver's arithmetic decides the pair's accuracy.
+# Measured with `dd-distill` on this machine while other jobs ran: 8 min 12 s in all, pair 93.7%,
+# CoT student 92.3% on 300 held-out problems (another run under heavier load: 79.7% and 95.0%).
 OFFLINE_DEFAULT: dict[str, Any] = {
     "decomposer": {"max_steps": 600, "max_train_seconds": 60.0},
     "solver": {"max_steps": 3000, "max_train_seconds": 200.0},
