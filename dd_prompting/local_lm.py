@@ -17,6 +17,7 @@ send no cap of their own.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import threading
 import time
@@ -29,7 +30,7 @@ from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["TransformersEngine", "local_lm", "smollm2_lm", "smollm2_gguf_path"]
+__all__ = ["TransformersEngine", "PrefixCache", "local_lm", "smollm2_lm", "smollm2_gguf_path"]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -51,6 +52,7 @@ class TransformersEngine:
         name: str = "local",
         max_new_tokens: int = 256,
         use_chat_template: bool | None = None,
+        prefix_cache_size: int = 8,
     ):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -63,6 +65,7 @@ class TransformersEngine:
             raise ValueError(f"use_chat_template=True, but the tokenizer of {name!r} has no chat template.")
         self.use_chat_template = has_template if use_chat_template is None else use_chat_template
         self._lock = threading.Lock()
+        self._prefixes = PrefixCache(size=prefix_cache_size)
 
     @classmethod
     def from_pretrained(
@@ -119,6 +122,9 @@ class TransformersEngine:
             options.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         with self._lock, torch.inference_mode():
+            cache = self._prefixes.cache_for(self.model, encoded["input_ids"][0].tolist())
+            if cache is not None:
+                options[_cache_kwarg()] = cache
             output = self.model.generate(**encoded, pad_token_id=pad_id, **options)
         new_tokens = output[0, prompt_length:]
         text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
@@ -154,6 +160,69 @@ class TransformersEngine:
 
     def close(self) -> None:
         pass
+
+
+class PrefixCache:
+    """Key/value caches of prompt prefixes that recent prompts shared, reused by later prompts.
+
+    Calls of one DSPy predictor share their instructions and demos, most of a few-shot prompt: on
+    SmolLM2-135M a 680-token prompt takes 1.3 s to encode before the first new token. A prefix that
+    two recent prompts share is encoded once and kept; a prompt that starts with a kept prefix
+    encodes only the rest. Greedy outputs are unchanged.
+    """
+
+    def __init__(self, *, size: int = 8, min_tokens: int = 32):
+        self.size = size
+        self.min_tokens = min_tokens
+        self.hits = 0
+        self._entries: list[tuple[list[int], Any]] = []  # most recently used first
+        self._recent: list[list[int]] = []
+
+    def cache_for(self, model, ids: list[int]):
+        """A fresh copy of the longest kept cache whose prefix `ids` starts with, or None."""
+        if self.size <= 0:
+            return None
+        entry = self._longest_entry(ids) or self._new_entry(model, ids)
+        self._recent = [ids, *self._recent][: self.size]
+        if entry is None:
+            return None
+        self._entries.remove(entry)
+        self._entries.insert(0, entry)
+        self.hits += 1
+        return copy.deepcopy(entry[1])  # generate() appends to the cache it is given
+
+    def _longest_entry(self, ids: list[int]):
+        # At least one prompt token must be left for the model to encode.
+        fitting = [e for e in self._entries if len(e[0]) < len(ids) and ids[: len(e[0])] == e[0]]
+        return max(fitting, key=lambda e: len(e[0]), default=None)
+
+    def _new_entry(self, model, ids: list[int]):
+        shared = max((_common_prefix_length(ids, other) for other in self._recent), default=0)
+        shared = min(shared, len(ids) - 1)
+        if shared < self.min_tokens:
+            return None
+        import torch
+
+        out = model(input_ids=torch.tensor([ids[:shared]]), use_cache=True)
+        entry = (ids[:shared], getattr(out, "cache", None) or out.past_key_values)
+        self._entries = [entry, *self._entries][: self.size]
+        return entry
+
+
+def _common_prefix_length(a: list[int], b: list[int]) -> int:
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+def _cache_kwarg() -> str:
+    # transformers 5.x renamed `past_key_values` to `cache` (the old name is deprecated, then removed).
+    from transformers.generation import utils
+
+    return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 
 
 def local_lm(

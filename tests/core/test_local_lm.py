@@ -93,3 +93,16 @@ def test_local_lm_loads_a_saved_directory(tiny, tmp_path):
     assert lm.model == f"local/{tmp_path.name}"
     out = lm("Question: Tom has")
     assert isinstance(out[0], str)
+
+
+def test_prefix_cache_reuses_shared_prompts_without_changing_greedy_output(tiny):
+    model, tokenizer = tiny
+    demos = "Solve it.\n\n" + "\n\n".join(CORPUS[:4]) + "\n\n"
+    prompts = [demos + f"Question: Tom has {n} apples. How many?\nAnswer:" for n in (3, 4, 5, 6)]
+    cached = TransformersEngine(model, tokenizer, max_new_tokens=12)
+    plain = TransformersEngine(model, tokenizer, max_new_tokens=12, prefix_cache_size=0)
+    for prompt in prompts:
+        assert cached.generate(prompt, max_new_tokens=12) == plain.generate(prompt, max_new_tokens=12)
+    # The first prompt has nothing to share with; each later one starts with the shared demos.
+    assert cached._prefixes.hits == len(prompts) - 1
+    assert plain._prefixes.hits == 0
