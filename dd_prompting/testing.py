@@ -147,7 +147,10 @@ def _make_handler(server: OpenAICompatibleServer) -> type[BaseHTTPRequestHandler
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (a time-out test); nothing left to tell it
 
         def do_GET(self):
             if self.path.rstrip("/").endswith("/models"):
