@@ -193,10 +193,8 @@ class _Vocab:
     """Which token ids end a line, and the ids of a newline, for one tokenizer."""
 
     def __init__(self, tokenizer):
-        import torch
-
         texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        self.ends_line = torch.tensor(["\n" in text for text in texts])
+        self.ends_line = ["\n" in text for text in texts]
         self.newline = encode(tokenizer, "\n", first=False)
         self.eos = tokenizer.eos_token_id
 

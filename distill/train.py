@@ -59,7 +59,8 @@ class PackingCollator:
     another. Padding at the end of a sequence gets its own restarting positions and -100 labels. The
     first label of every row is -100 (it would be predicted from the previous row's last token).
     The model must run without a key/value cache in training (`train_student` sets `use_cache=False`),
-    or the mask falls back to plain causal.
+    or the mask falls back to plain causal; `test_packed_rows_do_not_attend_across` checks the
+    installed transformers (5.24 here) still builds the block-diagonal mask.
 
     >>> collator = PackingCollator(pad_token_id=0, pack_length=6)
     >>> batch = collator([
@@ -291,12 +292,10 @@ def save_loss_curves(log_history: Sequence[dict[str, Any]], directory: str | Pat
         writer.writeheader()
         writer.writerows(records)
 
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     train = [(e["step"], e["loss"]) for e in records if "loss" in e]
     held_out = [(e["step"], e["eval_loss"]) for e in records if "eval_loss" in e]
     if train:
@@ -310,7 +309,6 @@ def save_loss_curves(log_history: Sequence[dict[str, Any]], directory: str | Pat
     ax.legend()
     fig.tight_layout()
     fig.savefig(paths["png"], dpi=100)
-    plt.close(fig)
     return paths
 
 
@@ -496,7 +494,7 @@ class _StudentTrainer(Trainer):
 
 
 class _TimeLimit(TrainerCallback):
-    """Stops training once `seconds` have passed; the Trainer then saves and returns as usual."""
+    """Stops training once `seconds` have passed; `train_student` then saves the student as usual."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
@@ -509,4 +507,3 @@ class _TimeLimit(TrainerCallback):
         if time.monotonic() >= self.deadline:
             logger.info("Stopping at step %d: max_train_seconds=%s reached.", state.global_step, self.seconds)
             control.should_training_stop = True
-            control.should_save = True

@@ -23,8 +23,11 @@ from distill.train_config import TrainConfig
 EASY = GeneratorConfig(min_steps=2, max_steps=3, max_value=60, max_operand=20, max_factor=3)
 
 # Fixed step counts (not a time budget), so the trained students and the accuracy are deterministic.
-STEPS = {"decomposer": 150, "solver": 500, "cot": 40}
-PASS_BAR = 0.30  # measured: 0.xx pair accuracy on these 100 held-out problems (see the closing report)
+# Measured with these settings: the pair solves 80/100 held-out problems and the decomposer writes the
+# exact sub-questions for 100/100 (about 2 minutes of CPU on a busy 2-core machine). The solver's
+# arithmetic appears late and fast: at 400 solver steps the pair solved 14/100.
+STEPS = {"decomposer": 200, "solver": 650, "cot": 40}
+PASS_BAR = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def students(tmp_path_factory, problems):
     rows = build_rows(train)
     root = tmp_path_factory.mktemp("students")
     for role, steps in STEPS.items():
-        config = TrainConfig(tiny_layers=2, max_steps=steps, logging_steps=50, save_steps=10_000, seed=0)
+        config = TrainConfig(max_steps=steps, logging_steps=50, save_steps=10_000, seed=0)  # the `tiny` preset
         train_student(rows=rows[role], config=config, output_dir=root / role, role=role)
     return root
 
@@ -60,7 +63,7 @@ def test_student_pair_learns_far_above_chance(pipeline, problems):
     _, held_out = problems
     results = pipeline.solve([p.question for p in held_out], batch_size=50)
     accuracy = sum(answers_match(r.answer, p.gold) for r, p in zip(results, held_out)) / len(held_out)
-    decomposed = sum(r.subquestions == p.subquestions for r, p in zip(results, held_out)) / len(held_out)
+    decomposed = sum(r.subquestions == list(p.subquestions) for r, p in zip(results, held_out)) / len(held_out)
     assert decomposed > 0.9, decomposed
     assert accuracy >= PASS_BAR, accuracy
 
