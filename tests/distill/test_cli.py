@@ -55,7 +55,8 @@ def test_offline_run_writes_the_whole_run_directory(offline_run, capsys):
     assert not missing
     saved = json.loads((offline_run / "config.json").read_text())
     assert saved["teacher"]["kind"] == "generator" and saved["student"]["model"] == "tiny"
-    assert saved["solver"]["max_train_seconds"] == OFFLINE_DEFAULT["solver"]["max_train_seconds"]
+    # Fixed steps, no time budget: the default's students do not depend on the machine's speed.
+    assert all(saved[role].get("max_train_seconds") is None for role in OFFLINE_DEFAULT)
     metrics = json.loads((offline_run / "metrics.json").read_text())
     assert metrics["traces"]["kept"] == 40 and metrics["rows"]["decomposer"] == 40
     evaluation = metrics["evaluation"]
