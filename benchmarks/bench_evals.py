@@ -45,7 +45,7 @@ def _responder(delay: float, gold: dict[str, str]):
 
 
 def _config(output_dir: Path, base_url: str, *, threads: int, limit: int):
-    from evals.config import EvalConfig
+    from dd_prompting.evals.config import EvalConfig
 
     return EvalConfig(
         models=[{"name": "scripted", "model": "openai/gpt-4o-mini", "api_base": base_url}],
@@ -60,7 +60,7 @@ def _run_dspy_evaluate(base_url: str, problems, threads: int) -> tuple[float, fl
     import dspy
 
     from dd_prompting import numeric_match
-    from evals.strategies import SolveProblem
+    from dd_prompting.evals.strategies import SolveProblem
 
     lm = dspy.LM("openai/gpt-4o-mini", api_base=base_url, api_key="EMPTY", cache=False, num_retries=0,
                  temperature=0.0, max_tokens=1024)
@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from dd_prompting.testing import OpenAICompatibleServer
-    from evals.config import DatasetConfig
+    from dd_prompting.evals.config import DatasetConfig
 
-    from evals.datasets import load_dataset
-    from evals.harness import Harness
+    from dd_prompting.evals.datasets import load_dataset
+    from dd_prompting.evals.harness import Harness
 
     problems = load_dataset(DatasetConfig(kind="gsm8k"), limit=args.examples, seed=0).problems
     gold = {p.question: p.gold for p in problems}

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 def gsm8k_cot_rows(limit: int) -> list[dict]:
     """GSM8K training problems as CoT rows: the solution lines without <<calculator>> notes, then the answer."""
     from dd_prompting import load_gsm8k
-    from distill.formats import cot_completion, cot_prompt
+    from dd_prompting.distill.formats import cot_completion, cot_prompt
 
     rows = []
     for example in load_gsm8k("train", limit=limit):
@@ -43,12 +43,12 @@ def gsm8k_cot_rows(limit: int) -> list[dict]:
 
 def run_one(args: argparse.Namespace) -> dict:
     """One training run in this process; returns its measurements."""
-    import distill.train
-    from distill.train import train_student
-    from distill.train_config import TrainConfig
+    import dd_prompting.distill.train
+    from dd_prompting.distill.train import train_student
+    from dd_prompting.distill.train_config import TrainConfig
 
     counts = {"real": 0, "computed": 0}
-    for collator in (distill.train.PackingCollator, distill.train.PaddingCollator):
+    for collator in (dd_prompting.distill.train.PackingCollator, dd_prompting.distill.train.PaddingCollator):
         original = collator.__call__
 
         def counting(self, features, _original=original):

@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from distill.config import (
+from dd_prompting.distill.config import (
     ROLES,
     ConfigError,
     RunConfig,
@@ -40,7 +40,7 @@ from distill.config import (
 
 __all__ = ["main", "build_parser", "OFFLINE_DEFAULT", "OFFLINE_NAME", "STAGES"]
 
-logger = logging.getLogger("distill.cli")
+logger = logging.getLogger(__name__)
 
 STAGES = ("traces", "build", "train", "evaluate")
 OFFLINE_NAME = "offline"
@@ -281,8 +281,8 @@ def _clear(run: Run) -> None:
 
 def stage_traces(run: Run) -> None:
     """Training and held-out problems, then the teacher's traces of the training problems."""
-    from distill.problems import write_problems
-    from distill.teachers import collect_traces
+    from dd_prompting.distill.problems import write_problems
+    from dd_prompting.distill.teachers import collect_traces
 
     config = run.config
     teacher = _make_teacher(config)
@@ -300,10 +300,10 @@ def stage_traces(run: Run) -> None:
 
 def stage_build(run: Run) -> None:
     """Filter the traces and write the rows of each role (and held-out rows for the loss curves)."""
-    from distill.formats import build_rows, write_rows
-    from distill.problems import read_problems
-    from distill.teachers import SocraticTeacher
-    from distill.traces import read_trace_file
+    from dd_prompting.distill.formats import build_rows, write_rows
+    from dd_prompting.distill.problems import read_problems
+    from dd_prompting.distill.teachers import SocraticTeacher
+    from dd_prompting.distill.traces import read_trace_file
 
     config = run.config
     _require(run.traces, "traces")
@@ -325,7 +325,7 @@ def stage_build(run: Run) -> None:
 
 def stage_train(run: Run) -> None:
     """Train the decomposer, the solver and (unless train_cot is off) the CoT student."""
-    from distill.train import train_student
+    from dd_prompting.distill.train import train_student
 
     for role in run.roles:
         rows = run.data / f"{role}.jsonl"
@@ -340,14 +340,14 @@ def stage_train(run: Run) -> None:
             eval_rows=eval_rows if eval_rows.is_file() else None,
         )
     if _is_main_process():
-        from distill.report import plot_losses
+        from dd_prompting.distill.report import plot_losses
 
         plot_losses({role: run.student(role) for role in run.roles}, run.dir / "loss.png")
 
 
 def stage_evaluate(run: Run) -> None:
     """Held-out accuracy of the student pair, the CoT student and the teacher; then the report."""
-    from distill.problems import read_problems
+    from dd_prompting.distill.problems import read_problems
 
     config = run.config
     _require(run.heldout, "traces")
@@ -356,7 +356,7 @@ def stage_evaluate(run: Run) -> None:
     evaluation: dict[str, Any] = {"problems": len(problems)}
     run.eval.mkdir(parents=True, exist_ok=True)
 
-    from distill.students import CoTStudent, StudentPipeline
+    from dd_prompting.distill.students import CoTStudent, StudentPipeline
 
     for role in run.roles:
         _require(run.student(role) / "student.json", "train")
@@ -382,7 +382,7 @@ def stage_evaluate(run: Run) -> None:
 
 
 def _make_teacher(config: RunConfig):
-    from distill.teachers import DSPyTeacher, GeneratorTeacher, SocraticTeacher
+    from dd_prompting.distill.teachers import DSPyTeacher, GeneratorTeacher, SocraticTeacher
 
     teacher = config.teacher
     if teacher.kind == "generator":
@@ -436,7 +436,7 @@ def _make_lm(config: RunConfig):
 
 
 def _make_problems(config: RunConfig):
-    from distill.problems import generated_problems, gsm8k_problems, read_problems
+    from dd_prompting.distill.problems import generated_problems, gsm8k_problems, read_problems
 
     data = config.data
 
@@ -472,7 +472,7 @@ def _make_problems(config: RunConfig):
 
 
 def _filter(run: Run, traces, *, skipped_lines: int = 0):
-    from distill.traces import filter_traces
+    from dd_prompting.distill.traces import filter_traces
 
     teacher = run.config.teacher
     kept, report = filter_traces(
@@ -520,8 +520,8 @@ def _score(problems, results, seconds: float, path: Path) -> dict[str, Any]:
 
 def _teacher_accuracy(run: Run, problems) -> dict[str, Any]:
     """The teacher on the held-out problems when that is free (annotations) or asked for; else on its traces."""
-    from distill.teachers import SocraticTeacher, collect_traces
-    from distill.traces import API_ERROR, latest_traces, read_traces
+    from dd_prompting.distill.teachers import SocraticTeacher, collect_traces
+    from dd_prompting.distill.traces import API_ERROR, latest_traces, read_traces
 
     config = run.config
     if config.teacher.kind in ("generator", "socratic") and all(p.subquestions for p in problems):
@@ -545,7 +545,7 @@ def _teacher_accuracy(run: Run, problems) -> dict[str, Any]:
 
 def write_run_report(run: Run) -> dict[str, Any]:
     """Gather what the stages wrote into `metrics.json`, `report.md` and the plots."""
-    from distill.report import plot_accuracy, plot_losses, write_metrics, write_report
+    from dd_prompting.distill.report import plot_accuracy, plot_losses, write_metrics, write_report
 
     teacher = run.config.teacher
     metrics: dict[str, Any] = {
@@ -575,7 +575,7 @@ def write_run_report(run: Run) -> dict[str, Any]:
 
 def _finish(run: Run) -> None:
     """Write the report and print the comparison."""
-    from distill.report import comparison_table
+    from dd_prompting.distill.report import comparison_table
 
     metrics = write_run_report(run)
     if "evaluation" in metrics:

@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from distill.generator import GeneratorConfig
-from distill.train_config import TrainConfig
+from dd_prompting.distill.generator import GeneratorConfig
+from dd_prompting.distill.train_config import TrainConfig
 
 __all__ = [
     "TeacherConfig",

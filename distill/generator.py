@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from distill.traces import Trace
+from dd_prompting.distill.traces import Trace
 
 __all__ = ["GeneratorConfig", "TEMPLATES", "generate_problems", "problem_key"]
 

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from distill.generator import GeneratorConfig, generate_problems
-from distill.traces import Trace
+from dd_prompting.distill.generator import GeneratorConfig, generate_problems
+from dd_prompting.distill.traces import Trace
 
 __all__ = [
     "Problem",

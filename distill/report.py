@@ -134,7 +134,7 @@ def write_report(run_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
             lines += ["![accuracy](accuracy.png)", ""]
     traces = metrics.get("traces")
     if traces:
-        from distill.traces import TraceReport
+        from dd_prompting.distill.traces import TraceReport
 
         lines += ["## Teacher traces", "", TraceReport(**traces).to_markdown(), ""]
     rows = metrics.get("rows")

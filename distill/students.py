@@ -30,7 +30,7 @@ from pathlib import Path
 import dspy
 
 from dd_prompting.answers import INVALID, extract_answer
-from distill.formats import (
+from dd_prompting.distill.formats import (
     cot_prompt,
     decomposer_prompt,
     parse_cot,
@@ -39,8 +39,8 @@ from distill.formats import (
     solver_question,
     solver_start,
 )
-from distill.tokenization import encode
-from distill.train import read_student_metadata
+from dd_prompting.distill.tokenization import encode
+from dd_prompting.distill.train import read_student_metadata
 
 __all__ = [
     "StudentResult",

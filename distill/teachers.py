@@ -29,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Literal
 
-from distill.generator import GeneratorConfig
-from distill.problems import Problem, generated_problems
-from distill.traces import (
+from dd_prompting.distill.generator import GeneratorConfig
+from dd_prompting.distill.problems import Problem, generated_problems
+from dd_prompting.distill.traces import (
     API_ERROR,
     NO_DECOMPOSITION,
     UNPARSABLE,

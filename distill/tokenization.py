@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from distill.formats import _segments
+from dd_prompting.distill.formats import _segments
 
 __all__ = [
     "IGNORE_INDEX",

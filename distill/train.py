@@ -28,9 +28,9 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
-from distill.formats import FORMAT_VERSION, ROLES, read_rows, row_text
-from distill.tokenization import IGNORE_INDEX, tokenize_rows, train_number_tokenizer
-from distill.train_config import TrainConfig
+from dd_prompting.distill.formats import FORMAT_VERSION, ROLES, read_rows, row_text
+from dd_prompting.distill.tokenization import IGNORE_INDEX, tokenize_rows, train_number_tokenizer
+from dd_prompting.distill.train_config import TrainConfig
 
 __all__ = [
     "METADATA_FILE",

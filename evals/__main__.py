@@ -1,3 +1,3 @@
-from evals.cli import main
+from dd_prompting.evals.cli import main
 
 raise SystemExit(main())

@@ -14,10 +14,10 @@ from typing import Any
 
 import dspy
 
-from evals.cache import CallCache
-from evals.config import DatasetConfig, ModelConfig, StrategyConfig
-from evals.datasets import Dataset, Problem
-from evals.models import CallIdentity, CallLog, CallRecord, recording, redact
+from dd_prompting.evals.cache import CallCache
+from dd_prompting.evals.config import DatasetConfig, ModelConfig, StrategyConfig
+from dd_prompting.evals.datasets import Dataset, Problem
+from dd_prompting.evals.models import CallIdentity, CallLog, CallRecord, recording, redact
 
 __all__ = ["Cell", "evaluate_example"]
 

@@ -1,8 +1,8 @@
-"""`python -m evals` / `dd-evals`: compare prompting strategies across models and datasets.
+"""`python -m dd_prompting.evals` / `dd-evals`: compare prompting strategies across models and datasets.
 
-    python -m evals run examples/evals_gsm8k.toml --limit 50 --dry-run    # what would it cost?
-    python -m evals run examples/evals_gsm8k.toml --limit 50 --max-cost 1  # run, within $1
-    python -m evals report evals_output                                    # rebuild the report
+    python -m dd_prompting.evals run examples/evals_gsm8k.toml --limit 50 --dry-run    # what would it cost?
+    python -m dd_prompting.evals run examples/evals_gsm8k.toml --limit 50 --max-cost 1  # run, within $1
+    python -m dd_prompting.evals report evals_output                                    # rebuild the report
 
 The flags of `run` are built from `EvalConfig`'s fields, so each flag matches the config key of the
 same name and overrides it.
@@ -32,7 +32,7 @@ def _flag_type(hint: Any) -> tuple[Any, bool]:
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    from evals.config import EvalConfig
+    from dd_prompting.evals.config import EvalConfig
 
     hints = typing.get_type_hints(EvalConfig)
     for field in dataclasses.fields(EvalConfig):
@@ -53,7 +53,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m evals",
+        prog="dd-evals",
         description="Compare prompting strategies (direct, chain of thought, decomposition, distilled students) "
                     "across models and datasets, with cached concurrent calls, a cost guard and a report.",
     )
@@ -81,7 +81,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _print_estimate(estimates: dict, *, max_cost: float | None) -> None:
-    from evals.estimate import Estimate
+    from dd_prompting.evals.estimate import Estimate
 
     total = Estimate(cost=0.0)
     print(f"{'dataset | model | strategy':<60} {'examples':>8} {'calls':>7} {'cached':>7} {'tokens in':>10} "
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(make_parser().parse_args(argv))
     command = args.pop("command")
     if command == "report":
-        from evals.report import write_report
+        from dd_prompting.evals.report import write_report
 
         for path in write_report(args["output_dir"], plots=args["plots"]):
             print(path)
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     # litellm (imported for prices and token counts) fetches its price map from the network unless told not to.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     _setup_logging(args.pop("verbose"))
-    from evals.config import load_config
-    from evals.harness import Harness
+    from dd_prompting.evals.config import load_config
+    from dd_prompting.evals.harness import Harness
 
     config_path = args.pop("config")
     try:

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
-from evals.config import DatasetConfig
+from dd_prompting.evals.config import DatasetConfig
 
 __all__ = ["Problem", "Dataset", "load_dataset", "load_demo_pool", "read_rows", "select_problems"]
 

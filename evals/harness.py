@@ -22,14 +22,14 @@ from typing import Any
 
 import dspy
 
-from evals.cache import CallCache
-from evals.cell import Cell, evaluate_example
-from evals.config import EvalConfig, ModelConfig, StrategyConfig
-from evals.datasets import Dataset, Problem, load_dataset, load_demo_pool
-from evals.estimate import Estimate, estimate_example
-from evals.models import CachedLM, Pricing, build_lm, identity_for, lookup_pricing, redact
-from evals.results import ResultStore
-from evals.strategies import (
+from dd_prompting.evals.cache import CallCache
+from dd_prompting.evals.cell import Cell, evaluate_example
+from dd_prompting.evals.config import EvalConfig, ModelConfig, StrategyConfig
+from dd_prompting.evals.datasets import Dataset, Problem, load_dataset, load_demo_pool
+from dd_prompting.evals.estimate import Estimate, estimate_example
+from dd_prompting.evals.models import CachedLM, Pricing, build_lm, identity_for, lookup_pricing, redact
+from dd_prompting.evals.results import ResultStore
+from dd_prompting.evals.strategies import (
     build_program,
     choose_demos,
     describe_program,
@@ -224,7 +224,7 @@ class Harness:
     # ---------------------------------------------------------------- running
     def run(self) -> RunSummary:
         """Run (or with `dry_run`, only estimate) every cell; write results, then the report."""
-        from evals.report import write_report
+        from dd_prompting.evals.report import write_report
 
         summary = RunSummary()
         if self.config.dry_run:
@@ -361,7 +361,7 @@ class Harness:
 
     # ---------------------------------------------------------------- records
     def _write_run_file(self, summary: RunSummary, wall: dict[str, float]) -> None:
-        from evals.report import environment_versions
+        from dd_prompting.evals.report import environment_versions
 
         cells = self._cells or []
         models = {}

@@ -23,8 +23,8 @@ from typing import Any
 
 import dspy
 
-from evals.cache import CallCache, call_key
-from evals.config import ModelConfig
+from dd_prompting.evals.cache import CallCache, call_key
+from dd_prompting.evals.config import ModelConfig
 
 __all__ = [
     "CallRecord",

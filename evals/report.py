@@ -1,6 +1,6 @@
 """The report of a run: summary.md, summary.csv, paired.csv and PNG plots, from results.jsonl and run.json.
 
-It can be rebuilt at any time from those two files (`python -m evals report DIR`), so a report always
+It can be rebuilt at any time from those two files (`python -m dd_prompting.evals report DIR`), so a report always
 matches the rows it was made from.
 """
 
@@ -17,8 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from evals.results import ResultStore, latest_rows
-from evals.stats import mcnemar_exact, paired_counts, wilson_interval
+from dd_prompting.evals.results import ResultStore, latest_rows
+from dd_prompting.evals.stats import mcnemar_exact, paired_counts, wilson_interval
 
 __all__ = ["CellSummary", "PairedTest", "summarize", "paired_tests", "write_report", "environment_versions"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import dspy
 
-from evals.config import StrategyConfig
-from evals.datasets import Problem
+from dd_prompting.evals.config import StrategyConfig
+from dd_prompting.evals.datasets import Problem
 
 __all__ = [
     "SolveProblem",
@@ -157,7 +157,7 @@ def load_student_program(run_dir: str | Path, *, student: str = "pair") -> dspy.
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"Student run directory not found: {run_dir}")
-    from distill.students import CoTStudent, StudentModule, StudentPipeline
+    from dd_prompting.distill.students import CoTStudent, StudentModule, StudentPipeline
 
     def find(role: str) -> Path:
         for candidate in (run_dir / role, run_dir / "students" / role):

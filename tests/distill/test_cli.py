@@ -9,7 +9,7 @@ import pytest
 
 from dd_prompting import load_gsm8k
 from dd_prompting.testing import OpenAICompatibleServer, last_user_text
-from distill.cli import OFFLINE_DEFAULT, OFFLINE_NAME, STAGES, main
+from dd_prompting.distill.cli import OFFLINE_DEFAULT, OFFLINE_NAME, STAGES, main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -214,7 +214,7 @@ def test_socratic_recipe_wires_up_to_the_rows(tmp_path):
 
 
 def test_every_example_config_loads():
-    from distill.config import RunConfig
+    from dd_prompting.distill.config import RunConfig
 
     configs = sorted(EXAMPLES.glob("distill_*.toml"))
     assert len(configs) >= 5

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from distill.config import ConfigError, RunConfig, add_config_arguments, overrides_from_args, read_config_file
+from dd_prompting.distill.config import ConfigError, RunConfig, add_config_arguments, overrides_from_args, read_config_file
 
 
 def _parse(argv):

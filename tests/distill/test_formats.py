@@ -5,7 +5,7 @@ import json
 import pytest
 
 from dd_prompting.answers import extract_answer
-from distill.formats import (
+from dd_prompting.distill.formats import (
     build_rows,
     cot_row,
     decomposer_row,
@@ -20,7 +20,7 @@ from distill.formats import (
     solver_rows,
     write_rows,
 )
-from distill.traces import Trace
+from dd_prompting.distill.traces import Trace
 
 TRACE = Trace(
     id="t1",

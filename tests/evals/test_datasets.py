@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from evals.config import DatasetConfig
-from evals.datasets import load_dataset, load_demo_pool, select_problems
+from dd_prompting.evals.config import DatasetConfig
+from dd_prompting.evals.datasets import load_dataset, load_demo_pool, select_problems
 
 
 def file_config(path, **options):

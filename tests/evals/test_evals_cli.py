@@ -1,4 +1,4 @@
-"""`python -m evals` end to end: exit codes, printed summaries, the dry run and the example configs."""
+"""`python -m dd_prompting.evals` end to end: exit codes, printed summaries, the dry run and the example configs."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ from scripted import ScriptedModel
 from test_resume import write_config
 
 from dd_prompting.testing import OpenAICompatibleServer, Reply
-from evals.cli import main
+from dd_prompting.evals.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 

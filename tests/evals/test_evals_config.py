@@ -1,7 +1,7 @@
 import pytest
 
-from evals.cli import main, make_parser
-from evals.config import EvalConfig, load_config
+from dd_prompting.evals.cli import main, make_parser
+from dd_prompting.evals.config import EvalConfig, load_config
 
 TOML = """
 output_dir = "out"
@@ -101,7 +101,7 @@ def test_a_filter_naming_an_unknown_model_fails(tmp_path):
 
 
 def test_empty_sections_fail_before_running():
-    from evals.harness import Harness
+    from dd_prompting.evals.harness import Harness
 
     with pytest.raises(ValueError, match="no models"):
         Harness(EvalConfig(strategies=[{"kind": "cot"}], datasets=[{"kind": "gsm8k"}]))

@@ -7,9 +7,9 @@ import pytest
 from scripted import ScriptedModel
 
 from dd_prompting.testing import OpenAICompatibleServer, Reply
-from evals.config import EvalConfig
-from evals.harness import Harness
-from evals.results import ResultStore, latest_rows
+from dd_prompting.evals.config import EvalConfig
+from dd_prompting.evals.harness import Harness
+from dd_prompting.evals.results import ResultStore, latest_rows
 
 ALL_STRATEGIES = [
     {"kind": "direct"},
@@ -204,7 +204,7 @@ def test_cost_guard_needs_known_prices(tmp_path, problems_file, gold):
                                       {"kind": "decomposed", "mode": "joint"},
                                       {"kind": "decomposed", "mode": "iterative"}])
 def test_dry_run_calls_nothing_and_predicts_the_calls(tmp_path, problems_file, gold, strategy):
-    from evals.estimate import TYPICAL_LIST_LENGTH
+    from dd_prompting.evals.estimate import TYPICAL_LIST_LENGTH
 
     model = ScriptedModel(gold=gold, right=set(gold), subquestions=TYPICAL_LIST_LENGTH)
     with OpenAICompatibleServer(model) as server:
@@ -280,8 +280,8 @@ def test_run_json_records_versions_prompts_seeds_and_dataset_hashes(tmp_path, pr
 
 
 def test_gsm8k_with_few_shot_demos_from_the_train_and_socratic_splits(tmp_path):
-    from evals.datasets import load_dataset
-    from evals.config import DatasetConfig
+    from dd_prompting.evals.datasets import load_dataset
+    from dd_prompting.evals.config import DatasetConfig
 
     problems = load_dataset(DatasetConfig(kind="gsm8k"), limit=4, seed=3).problems
     gold = {p.question: p.gold for p in problems}

@@ -6,9 +6,9 @@ tests check the wiring (rows, parse failures, caching), not accuracy.
 
 import pytest
 
-from evals.config import EvalConfig
-from evals.harness import Harness
-from evals.results import ResultStore
+from dd_prompting.evals.config import EvalConfig
+from dd_prompting.evals.harness import Harness
+from dd_prompting.evals.results import ResultStore
 
 CORPUS = [f"Question: Ann has {i} apples and buys {i + 2} more. How many apples? Answer: {2 * i + 2}"
           for i in range(40)]
@@ -63,10 +63,10 @@ def test_a_local_transformers_model_runs_plain_text_and_is_cached(tmp_path, prob
 
 @pytest.fixture(scope="session")
 def student_run_dir(tmp_path_factory):
-    pytest.importorskip("distill.students")
-    from distill.tokenization import train_number_tokenizer
-    from distill.train import build_tiny_model, save_student
-    from distill.train_config import TrainConfig
+    pytest.importorskip("dd_prompting.distill.students")
+    from dd_prompting.distill.tokenization import train_number_tokenizer
+    from dd_prompting.distill.train import build_tiny_model, save_student
+    from dd_prompting.distill.train_config import TrainConfig
 
     tokenizer = train_number_tokenizer(CORPUS, vocab_size=300)
     run_dir = tmp_path_factory.mktemp("distill-run")

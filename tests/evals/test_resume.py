@@ -12,9 +12,9 @@ from pathlib import Path
 from scripted import ScriptedModel, question_of
 
 from dd_prompting.testing import OpenAICompatibleServer
-from evals.config import load_config
-from evals.harness import Harness
-from evals.results import ResultStore, latest_rows
+from dd_prompting.evals.config import load_config
+from dd_prompting.evals.harness import Harness
+from dd_prompting.evals.results import ResultStore, latest_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,7 @@ def test_a_killed_run_resumes_without_repeating_finished_examples(tmp_path, prob
     with OpenAICompatibleServer(model) as server:
         config_path = write_config(tmp_path / "evals.toml", server.base_url, problems_file, output_dir)
         env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-        process = subprocess.Popen([sys.executable, "-m", "evals", "run", str(config_path), "--no-progress"],
+        process = subprocess.Popen([sys.executable, "-m", "dd_prompting.evals", "run", str(config_path), "--no-progress"],
                                    cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
