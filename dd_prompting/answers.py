@@ -24,6 +24,7 @@ __all__ = [
     "answers_match",
     "numeric_match",
     "numeric_match_strict",
+    "read_step_result",
 ]
 
 INVALID = "[invalid]"
@@ -125,6 +126,31 @@ def extract_answer(text: Any, *, strict: bool = False) -> str:
             if answer != INVALID:
                 return answer
     return INVALID if strict else _last_number(text)
+
+
+_RESULT_RE = re.compile(r"=\s*" + _NUMBER, re.VERBOSE)
+
+
+def read_step_result(step: Any) -> str:
+    """The result a step computes: the number right after its last "=" that has one, else its last number.
+
+    The one reader of a step's answer: teacher traces are filtered with it, and the student pair's
+    final answer is read with it, so both sides agree on what a step computed.
+
+    >>> read_step_result("So there are 9 + 6 = 15 liters of water out of the 24 liters.")
+    '15'
+    >>> read_step_result("She uses 1/2 + 1/4 = 3/4 cup."), read_step_result("She has 12 apples left.")
+    ('0.75', '12')
+    >>> read_step_result("It costs 3 * $4 = $12, and x = y."), read_step_result("No idea.")
+    ('12', '[invalid]')
+    """
+    if step is None:
+        return INVALID
+    text = str(step)
+    results = list(_RESULT_RE.finditer(text))
+    if results:
+        return _canonical(results[-1])
+    return extract_answer(text)
 
 
 def extract_gold(solution: str) -> str:

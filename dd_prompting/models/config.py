@@ -1,0 +1,123 @@
+"""`ModelConfig`: one description of a model, whoever uses it (an eval run's `[[models]]`, a distill teacher).
+
+    kind = "api"      any litellm model string, at the provider or at an OpenAI-compatible `api_base`
+    kind = "local"    a transformers causal LM in process: a hub id, a directory, or "smollm2" (offline)
+    kind = "student"  a `dd-distill` run's students (`run_dir`), the pair or the CoT student
+
+The key is never part of the config: `api_key_env` names the environment variable that holds it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from dd_prompting.config import ConfigError
+from dd_prompting.models.secrets import safe_url
+
+__all__ = ["ModelConfig", "MODEL_KINDS", "ADAPTERS"]
+
+MODEL_KINDS = ("api", "local", "student")
+ADAPTERS = ("chat", "json", "plain")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:+-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass
+class ModelConfig:
+    """One model: what it is, where it is served, how it samples, what it costs, how hard to push it."""
+
+    model: str | None = field(
+        default=None,
+        metadata={"help": "kind='api': a litellm model string ('openai/gpt-4o-mini', 'ollama_chat/llama3'); "
+                          "kind='local': a transformers hub id or directory, or 'smollm2' for the bundled "
+                          "SmolLM2-135M; kind='student': a label."})
+    name: str | None = field(default=None, metadata={"help": "Short name used in reports; defaults to `model`."})
+    kind: Literal["api", "local", "student"] = field(default="api", metadata={"help": f"One of {MODEL_KINDS}."})
+    api_base: str | None = field(
+        default=None, metadata={"help": "Base URL of an OpenAI-compatible server (vLLM, Ollama, a proxy)."})
+    api_key_env: str | None = field(
+        default=None,
+        metadata={"help": "Name of the environment variable holding the API key (default: the provider's own, "
+                          "e.g. OPENAI_API_KEY; with a custom api_base and no api_key_env, a placeholder key is "
+                          "sent, never a provider's). Keys never reach files, logs, reports or cache keys."})
+    engine: Literal["auto", "litellm"] = field(
+        default="auto", metadata={"help": "dspy.LM engine: 'auto' (DSPy's own client where it can) or 'litellm'."})
+    temperature: float | None = field(default=0.0, metadata={"help": "Sampling temperature (None: the model's own)."})
+    max_tokens: int | None = field(default=1024, metadata={"help": "Cap on the tokens of each reply (kind='api')."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Cap on the tokens of each reply (kind='local')."})
+    gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside `model` (kind='local')."})
+    adapter: Literal["chat", "json", "plain"] | None = field(
+        default=None, metadata={"help": f"Prompt format, one of {ADAPTERS}; default chat for API models, plain "
+                                        "text for local models."})
+    threads: int | None = field(
+        default=None, metadata={"help": "Cap on concurrent calls to this model (local models run one at a time)."})
+    retries: int | None = field(
+        default=None, metadata={"help": "Retries of one failed call (rate limit, server error, time-out), with "
+                                        "exponential back-off (default: the run's)."})
+    retry_backoff: float | None = field(
+        default=None, metadata={"help": "First back-off in seconds, doubled each retry (default: the run's)."})
+    timeout: float | None = field(
+        default=None, metadata={"help": "Seconds before one call times out (default: the run's)."})
+    input_cost_per_million: float | None = field(
+        default=None, metadata={"help": "Price in USD per million input tokens; overrides litellm's price map."})
+    output_cost_per_million: float | None = field(
+        default=None, metadata={"help": "Price in USD per million output tokens."})
+    run_dir: str | None = field(default=None, metadata={"help": "A dd-distill run directory (kind='student')."})
+    student: Literal["pair", "cot"] = field(
+        default="pair", metadata={"help": "Which student of the run (kind='student'): 'pair' (decomposer + "
+                                          "solver) or 'cot'."})
+
+    def __post_init__(self):
+        self._check_model()
+
+    # A subclass (a distill teacher) names itself differently in errors.
+    @property
+    def section(self) -> str:
+        return f"models[{self.name}]"
+
+    def _check_model(self) -> None:
+        if not self.model:
+            raise ConfigError(f"{self.section}: model is required (e.g. 'openai/gpt-4o-mini', 'smollm2')")
+        if self.name is None:
+            self.name = self.model
+        section = self.section
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ConfigError(f"{section}: name {self.name!r} must start with a letter or digit and use only "
+                              "letters, digits and _ . / : + -")
+        _choice(section, "kind", self.kind, MODEL_KINDS)
+        _choice(section, "engine", self.engine, ("auto", "litellm"))
+        _choice(section, "student", self.student, ("pair", "cot"))
+        if self.adapter is not None:
+            _choice(section, "adapter", self.adapter, ADAPTERS)
+        if self.api_key_env is not None and not _ENV_NAME.match(self.api_key_env):
+            raise ConfigError(f"{section}: api_key_env must be the NAME of an environment variable (e.g. "
+                              "OPENAI_API_KEY), not the key itself")
+        if self.kind == "student" and not self.run_dir:
+            raise ConfigError(f"{section}: kind='student' needs run_dir, the dd-distill run directory")
+        for name, minimum in (("threads", 1), ("retries", 0), ("retry_backoff", 0), ("max_new_tokens", 1),
+                              ("max_tokens", 1), ("temperature", 0), ("input_cost_per_million", 0),
+                              ("output_cost_per_million", 0)):
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ConfigError(f"{section}: {name} must be at least {minimum}, got {value}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError(f"{section}: timeout must be positive seconds, got {self.timeout}")
+        if (self.input_cost_per_million is None) != (self.output_cost_per_million is None):
+            raise ConfigError(f"{section}: set both input_cost_per_million and output_cost_per_million, or neither")
+
+    @property
+    def default_adapter(self) -> str:
+        return self.adapter or ("chat" if self.kind == "api" else "plain")
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """The config as written to files and reports: `api_base` without credentials."""
+        data = asdict(self)
+        data["api_base"] = safe_url(self.api_base)
+        return data
+
+
+def _choice(section: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{section}: {name} must be one of {list(choices)}, got {value!r}")

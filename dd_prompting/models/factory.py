@@ -1,0 +1,107 @@
+"""The one place a model is built: `build_lm(config)` -> a `CachedLM` that every caller uses the same way."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from dd_prompting.config import ConfigError
+from dd_prompting.models.cache import CallCache
+from dd_prompting.models.cached_lm import CachedLM, CallIdentity
+from dd_prompting.models.config import ModelConfig
+from dd_prompting.models.pricing import lookup_pricing
+from dd_prompting.models.secrets import PLACEHOLDER_KEY, safe_url, url_secrets
+
+__all__ = ["build_lm", "identity_for", "api_key_for", "secrets_for", "DEFAULT_RETRIES", "DEFAULT_RETRY_BACKOFF",
+           "DEFAULT_TIMEOUT"]
+
+DEFAULT_RETRIES = 3
+DEFAULT_RETRY_BACKOFF = 1.0
+DEFAULT_TIMEOUT = 120.0
+
+
+def identity_for(config: ModelConfig) -> CallIdentity:
+    """What identifies a model's replies in cache keys: kind, model, endpoint and reply-shaping settings."""
+    if config.kind == "api":
+        settings = {"api_base": safe_url(config.api_base), "temperature": config.temperature,
+                    "max_tokens": config.max_tokens}
+    elif config.kind == "local":
+        settings = {"gguf_file": config.gguf_file, "max_new_tokens": config.max_new_tokens,
+                    "temperature": config.temperature}
+    else:
+        settings = {"run_dir": str(Path(config.run_dir).resolve()), "student": config.student,
+                    "weights": _weights_stamp(Path(config.run_dir))}
+    return CallIdentity(model=f"{config.kind}:{config.model}", settings=tuple(sorted(settings.items())))
+
+
+def _weights_stamp(run_dir: Path) -> str:
+    """Sizes and modification times of a run's weight files: retraining a student invalidates its cache."""
+    files = sorted(run_dir.rglob("*.safetensors")) + sorted(run_dir.rglob("*.bin"))
+    return ";".join(f"{path.relative_to(run_dir)}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in files)
+
+
+def api_key_for(config: ModelConfig, *, required: bool = True) -> str | None:
+    """The key in the variable `api_key_env` names (None when no variable is named)."""
+    if config.api_key_env is None:
+        return None
+    key = os.environ.get(config.api_key_env)
+    if not key and required:
+        raise ConfigError(f"{config.section}: the environment variable {config.api_key_env} named by api_key_env "
+                          "is not set; export the API key in it (keys are never read from config files)")
+    return key or None
+
+
+def secrets_for(config: ModelConfig) -> tuple[str, ...]:
+    """What must never be written about this model: its key and the credentials inside its api_base."""
+    key = api_key_for(config, required=False)
+    return tuple(value for value in (key, *url_secrets(config.api_base)) if value)
+
+
+def build_lm(config: ModelConfig, *, cache: CallCache | None, retries: int | None = None,
+             retry_backoff: float | None = None, timeout: float | None = None) -> CachedLM:
+    """The model of `config` behind the call cache; `retries`, `retry_backoff` and `timeout` are the run's
+    defaults, which the config's own values override.
+
+    A key reaches only its provider: with `api_key_env` the key is read from that variable; with a custom
+    `api_base` and no `api_key_env`, the server gets a placeholder (vLLM and Ollama accept any key), never
+    the provider key litellm would otherwise take from the environment.
+    """
+    retries = _first(config.retries, retries, DEFAULT_RETRIES)
+    retry_backoff = _first(config.retry_backoff, retry_backoff, DEFAULT_RETRY_BACKOFF)
+    timeout = _first(config.timeout, timeout, DEFAULT_TIMEOUT)
+    if config.kind == "api":
+        # DSPy's own response cache and retries are off: calls are cached and retried by CachedLM, once.
+        options: dict[str, Any] = {"cache": False, "num_retries": 0, "timeout": timeout,
+                                   "temperature": config.temperature, "max_tokens": config.max_tokens}
+        options = {name: value for name, value in options.items() if value is not None}
+        if config.api_base:
+            options["api_base"] = config.api_base
+        key = api_key_for(config)
+        if key:
+            options["api_key"] = key
+        elif config.api_base:
+            options["api_key"] = PLACEHOLDER_KEY
+        if config.engine != "auto":
+            options["engine"] = config.engine
+        import dspy
+
+        lm = dspy.LM(config.model, **options)
+    elif config.kind == "local":
+        from dd_prompting.local_lm import local_lm, smollm2_lm
+
+        if config.model == "smollm2":
+            lm = smollm2_lm(max_new_tokens=config.max_new_tokens, cache=False)
+        else:
+            lm = local_lm(config.model, gguf_file=config.gguf_file, max_new_tokens=config.max_new_tokens, cache=False)
+        if config.temperature:
+            lm = lm.copy(temperature=config.temperature)
+    else:
+        raise ConfigError(f"{config.section}: kind='student' is a program, not an LM; load it with "
+                          "dd_prompting.evals.strategies.load_student_program")
+    return CachedLM(lm, cache=cache, pricing=lookup_pricing(config), identity=identity_for(config),
+                    retries=retries, backoff=retry_backoff, secrets=secrets_for(config))
+
+
+def _first(*values):
+    return next(value for value in values if value is not None)
