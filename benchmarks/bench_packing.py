@@ -43,12 +43,12 @@ def gsm8k_cot_rows(limit: int) -> list[dict]:
 
 def run_one(args: argparse.Namespace) -> dict:
     """One training run in this process; returns its measurements."""
-    import dd_prompting.distill.train
+    from dd_prompting.distill.collators import PackingCollator, PaddingCollator
     from dd_prompting.distill.train import train_student
     from dd_prompting.distill.train_config import TrainConfig
 
     counts = {"real": 0, "computed": 0}
-    for collator in (dd_prompting.distill.train.PackingCollator, dd_prompting.distill.train.PaddingCollator):
+    for collator in (PackingCollator, PaddingCollator):
         original = collator.__call__
 
         def counting(self, features, _original=original):

@@ -65,6 +65,7 @@ class OpenAICompatibleServer:
         self.delay = delay
         self.model = model
         self.requests: list[dict[str, Any]] = []
+        self.authorizations: list[str | None] = []  # each request's Authorization header, to check which key came
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -100,9 +101,10 @@ class OpenAICompatibleServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _reply_for(self, request: dict[str, Any]) -> Reply:
+    def _reply_for(self, request: dict[str, Any], authorization: str | None = None) -> Reply:
         with self._lock:
             self.requests.append(request)
+            self.authorizations.append(authorization)
         reply = self.responder(request)
         return reply if isinstance(reply, Reply) else Reply(text=str(reply))
 
@@ -169,7 +171,7 @@ def _make_handler(server: OpenAICompatibleServer) -> type[BaseHTTPRequestHandler
             if not self.path.rstrip("/").endswith("/chat/completions"):
                 self._send(404, b'{"error": {"message": "only /chat/completions is served"}}')
                 return
-            reply = server._reply_for(request)
+            reply = server._reply_for(request, self.headers.get("Authorization"))
             wait = reply.delay or server.delay
             if wait:
                 time.sleep(wait)

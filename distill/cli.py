@@ -24,25 +24,18 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dd_prompting.distill.config import (
-    ROLES,
-    ConfigError,
-    RunConfig,
-    add_config_arguments,
-    overrides_from_args,
-    read_config_file,
-)
+from dd_prompting.distill.config import ConfigError, RunConfig, add_config_arguments, overrides_from_args, read_config_file
+from dd_prompting.distill.run_dir import EXPENSIVE_STAGES, STAGES, Run, is_main_process
+from dd_prompting.distill.stages import STAGE_FUNCTIONS, finish
 
 __all__ = ["main", "build_parser", "OFFLINE_DEFAULT", "OFFLINE_NAME", "STAGES"]
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("traces", "build", "train", "evaluate")
 OFFLINE_NAME = "offline"
 
 # The offline default's steps per student, sized for about 10 minutes on a 2-core CPU. Fixed steps, not a
@@ -55,84 +48,6 @@ OFFLINE_DEFAULT: dict[str, Any] = {
     "solver": {"max_steps": 1400},
     "cot": {"max_steps": 1400},
 }
-
-# Which settings each stage's results depend on: a finished stage whose settings changed is redone
-# (rows, evaluation) or refused (traces, students: they cost time or money; see `--force`).
-_STAGE_SETTINGS = {
-    "traces": ("teacher", "data"),
-    "build": ("teacher", "data"),
-    "train": ("student", "decomposer", "solver", "cot", "train_cot"),
-    "evaluate": ("eval",),
-}
-_EXPENSIVE = ("traces", "train")
-
-
-@dataclass
-class Run:
-    """A run directory and the config it runs with."""
-
-    dir: Path
-    config: RunConfig
-
-    @property
-    def traces(self) -> Path:
-        return self.dir / "traces.jsonl"
-
-    @property
-    def problems(self) -> Path:
-        return self.dir / "problems.jsonl"
-
-    @property
-    def heldout(self) -> Path:
-        return self.dir / "heldout.jsonl"
-
-    @property
-    def data(self) -> Path:
-        return self.dir / "data"
-
-    @property
-    def eval(self) -> Path:
-        return self.dir / "eval"
-
-    def student(self, role: str) -> Path:
-        return self.dir / "students" / role
-
-    @property
-    def roles(self) -> tuple[str, ...]:
-        return ROLES if self.config.train_cot else ("decomposer", "solver")
-
-    # -- stage bookkeeping --------------------------------------------------------------------------
-
-    def _stages_file(self) -> Path:
-        return self.dir / "stages.json"
-
-    def stages(self) -> dict[str, Any]:
-        path = self._stages_file()
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-    def settings(self, stage: str) -> dict[str, Any]:
-        config = self.config.to_dict()
-        return {name: config[name] for name in _STAGE_SETTINGS[stage]}
-
-    def mark_done(self, stage: str, seconds: float) -> None:
-        if not _is_main_process():
-            return
-        stages = self.stages()
-        stages[stage] = {"settings": self.settings(stage), "seconds": round(seconds, 2), "finished": _now()}
-        _write_json(self._stages_file(), stages)
-
-    def forget(self, stage: str) -> None:
-        stages = self.stages()
-        if stages.pop(stage, None) is not None:
-            _write_json(self._stages_file(), stages)
-
-    def changed_settings(self, stage: str) -> list[str]:
-        """The settings that differ from those the finished stage ran with (dotted names)."""
-        done = self.stages().get(stage)
-        if not done:
-            return []
-        return _diff(done["settings"], self.settings(stage))
-
 
 # --- command line ----------------------------------------------------------------------------------
 
@@ -193,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run_all(run, force=args.force)
         _start(run, (args.command,))
         started = time.monotonic()
-        _STAGE_FUNCTIONS[args.command](run)
+        STAGE_FUNCTIONS[args.command](run)
         run.mark_done(args.command, time.monotonic() - started)
         if args.command == "evaluate":
-            _finish(run)
+            finish(run)
         return 0
     except KeyboardInterrupt:
         where = f" with --run-dir {run.dir}" if run is not None else ""
@@ -225,6 +140,9 @@ def _open_run(args: argparse.Namespace) -> Run:
         raise ConfigError(f"`dd-distill {args.command}` needs the run directory: pass --run-dir or --name")
     saved = run_dir / "config.json"
     base = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else None
+    if base is not None:
+        # Written by an older dd-distill: retries are per call now, so its nested-retry setting means nothing.
+        (base.get("teacher") or {}).pop("lm_retries", None)
     if base is None and args.config is None:
         base = OFFLINE_DEFAULT  # no config anywhere: the offline default's steps
     config = RunConfig.load(args.config, overrides=overrides, base=base)
@@ -236,13 +154,17 @@ def _start(run: Run, stages: tuple[str, ...]) -> None:
     """Refuse settings that contradict finished expensive stages, then record the config in the run directory."""
     for stage in stages:
         changed = run.changed_settings(stage)
-        if changed and stage in _EXPENSIVE:
+        if changed and stage in EXPENSIVE_STAGES:
             raise ConfigError(
                 f"{run.dir}: the {stage} stage finished with other settings (changed: {', '.join(changed)}). "
                 "Use a new run directory (--name or --run-dir), or `dd-distill run --force` to redo every stage here."
             )
-    run.dir.mkdir(parents=True, exist_ok=True)
-    if _is_main_process():
+    try:
+        run.dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise ConfigError(f"run directory {run.dir}: {err.strerror} ({err.filename}); output_dir and --run-dir "
+                          "must name directories, not files") from err
+    if is_main_process():
         run.config.save(run.dir / "config.json")
 
 
@@ -255,13 +177,13 @@ def _run_all(run: Run, *, force: bool) -> int:
             logger.info("Stage %s already finished; skipping it.", stage)
             continue
         started = time.monotonic()
-        _STAGE_FUNCTIONS[stage](run)
+        STAGE_FUNCTIONS[stage](run)
         run.mark_done(stage, time.monotonic() - started)
         # A stage redone makes the ones after it stale (except paid-for or trained results, checked above).
         for later in STAGES[STAGES.index(stage) + 1 :]:
-            if later not in _EXPENSIVE:
+            if later not in EXPENSIVE_STAGES:
                 run.forget(later)
-    _finish(run)
+    finish(run)
     return 0
 
 
@@ -274,347 +196,6 @@ def _clear(run: Run) -> None:
     for name in ("data", "students", "eval"):
         shutil.rmtree(run.dir / name, ignore_errors=True)
     logger.info("--force: cleared %s", run.dir)
-
-
-# --- stages ----------------------------------------------------------------------------------------
-
-
-def stage_traces(run: Run) -> None:
-    """Training and held-out problems, then the teacher's traces of the training problems."""
-    from dd_prompting.distill.problems import write_problems
-    from dd_prompting.distill.teachers import collect_traces
-
-    config = run.config
-    teacher = _make_teacher(config)
-    train, held_out = _make_problems(config)
-    write_problems(run.problems, train)
-    write_problems(run.heldout, held_out)
-    logger.info("%d training problems, %d held-out problems", len(train), len(held_out))
-    try:
-        traces = collect_traces(teacher, train, run.traces, retry_failed=config.teacher.retry_failed)
-    finally:
-        getattr(teacher, "close", lambda: None)()
-    _, report = _filter(run, traces)
-    print(f"traces: {report.summary()}")
-
-
-def stage_build(run: Run) -> None:
-    """Filter the traces and write the rows of each role (and held-out rows for the loss curves)."""
-    from dd_prompting.distill.formats import build_rows, write_rows
-    from dd_prompting.distill.problems import read_problems
-    from dd_prompting.distill.teachers import SocraticTeacher
-    from dd_prompting.distill.traces import read_trace_file
-
-    config = run.config
-    _require(run.traces, "traces")
-    result = read_trace_file(run.traces, skip_malformed=config.teacher.skip_malformed)
-    kept, report = _filter(run, result.traces, skipped_lines=len(result.skipped))
-    if not kept:
-        raise RuntimeError(f"No usable traces in {run.traces}: {report.summary()}")
-    rows = build_rows(kept, packed_solver=config.data.packed_solver)
-    write_rows(rows, run.data)
-    # Held-out rows (from the held-out problems' reference steps, when they have them) give the
-    # training loss curves a held-out loss.
-    held_out = [trace for trace in SocraticTeacher().traces(read_problems(run.heldout)[:200]) if trace.correct]
-    if held_out:
-        write_rows(build_rows(held_out, packed_solver=config.data.packed_solver), run.data / "heldout")
-    counts = {role: len(role_rows) for role, role_rows in rows.items()}
-    _write_json(run.data / "counts.json", counts)
-    print(f"build: {report.kept} traces -> " + ", ".join(f"{n} {role} rows" for role, n in counts.items()))
-
-
-def stage_train(run: Run) -> None:
-    """Train the decomposer, the solver and (unless train_cot is off) the CoT student."""
-    from dd_prompting.distill.train import train_student
-
-    for role in run.roles:
-        rows = run.data / f"{role}.jsonl"
-        _require(rows, "build")
-        eval_rows = run.data / "heldout" / f"{role}.jsonl"
-        logger.info("Training the %s student", role)
-        train_student(
-            rows=rows,
-            config=run.config.train_config(role),
-            output_dir=run.student(role),
-            role=role,
-            eval_rows=eval_rows if eval_rows.is_file() else None,
-        )
-    if _is_main_process():
-        from dd_prompting.distill.report import plot_losses
-
-        plot_losses({role: run.student(role) for role in run.roles}, run.dir / "loss.png")
-
-
-def stage_evaluate(run: Run) -> None:
-    """Held-out accuracy of the student pair, the CoT student and the teacher; then the report."""
-    from dd_prompting.distill.problems import read_problems
-
-    config = run.config
-    _require(run.heldout, "traces")
-    problems = read_problems(run.heldout)
-    questions = [problem.question for problem in problems]
-    evaluation: dict[str, Any] = {"problems": len(problems)}
-    run.eval.mkdir(parents=True, exist_ok=True)
-
-    from dd_prompting.distill.students import CoTStudent, StudentPipeline
-
-    for role in run.roles:
-        _require(run.student(role) / "student.json", "train")
-    pipeline = StudentPipeline.from_pretrained(
-        run.student("decomposer"), run.student("solver"),
-        max_subquestions=config.teacher.max_subquestions,
-        max_decomposition_tokens=config.eval.max_decomposition_tokens,
-        max_answer_tokens=config.eval.max_answer_tokens,
-    )
-    started = time.monotonic()
-    results = pipeline.solve(questions, batch_size=config.eval.batch_size, progress=True)
-    evaluation["pair"] = _score(problems, results, time.monotonic() - started, run.eval / "pair.jsonl")
-    if config.train_cot:
-        cot = CoTStudent.from_pretrained(run.student("cot"), max_new_tokens=config.eval.max_cot_tokens)
-        started = time.monotonic()
-        results = cot.solve(questions, batch_size=config.eval.batch_size, progress=True)
-        evaluation["cot"] = _score(problems, results, time.monotonic() - started, run.eval / "cot.jsonl")
-    evaluation["teacher"] = _teacher_accuracy(run, problems)
-    _write_json(run.eval / "evaluation.json", evaluation)
-
-
-# --- pieces ----------------------------------------------------------------------------------------
-
-
-def _make_teacher(config: RunConfig):
-    from dd_prompting.distill.teachers import DSPyTeacher, GeneratorTeacher, SocraticTeacher
-
-    teacher = config.teacher
-    if teacher.kind == "generator":
-        return GeneratorTeacher(config=config.data.generator, seed=config.data.seed)
-    if teacher.kind == "socratic":
-        return SocraticTeacher()
-    return DSPyTeacher(
-        lm=_make_lm(config),
-        mode=teacher.mode,
-        max_subquestions=teacher.max_subquestions,
-        samples=teacher.samples,
-        temperature=teacher.temperature,
-        num_threads=teacher.num_threads,
-        cache_dir=None if teacher.cache_dir in (None, "", "none") else teacher.cache_dir,
-        retries=teacher.retries,
-        backoff=teacher.backoff,
-    )
-
-
-def _make_lm(config: RunConfig):
-    teacher = config.teacher
-    model = teacher.model or ""
-    if model == "smollm2" or model.startswith("local:"):
-        from dd_prompting import local_lm, smollm2_lm
-
-        max_new_tokens = teacher.max_tokens or 256
-        if model == "smollm2":
-            return smollm2_lm(max_new_tokens=max_new_tokens, cache=False)
-        return local_lm(model.removeprefix("local:"), max_new_tokens=max_new_tokens, cache=False)
-
-    import dspy
-
-    # DSPy's own response cache is off: the teacher's disk cache (teacher.cache_dir) keeps every
-    # problem's result, and the tokens and cost in the traces are then the ones actually spent.
-    kwargs: dict[str, Any] = {"engine": teacher.engine, "num_retries": teacher.lm_retries, "cache": False}
-    if teacher.api_base:
-        kwargs["api_base"] = teacher.api_base
-    if teacher.api_key_env:
-        key = os.environ.get(teacher.api_key_env)
-        if not key:
-            raise ConfigError(
-                f"teacher.api_key_env: the environment variable {teacher.api_key_env} is not set; export the API key "
-                "in it (the key is never read from a config file)"
-            )
-        kwargs["api_key"] = key
-    if teacher.timeout is not None:
-        kwargs["timeout"] = teacher.timeout
-    if teacher.max_tokens is not None:
-        kwargs["max_tokens"] = teacher.max_tokens
-    return dspy.LM(model, **kwargs)
-
-
-def _make_problems(config: RunConfig):
-    from dd_prompting.distill.problems import generated_problems, gsm8k_problems, read_problems
-
-    data = config.data
-
-    def load(source: str, split: str, offset: int, limit: int | None):
-        if source == "gsm8k":
-            return gsm8k_problems(split, offset=offset, limit=limit)
-        return read_problems(source, offset=offset, limit=limit)
-
-    if data.source == "generator":
-        train = generated_problems(data.train_problems, seed=data.seed, config=data.generator, id_prefix="train")
-    else:
-        train = load(data.source, data.split, data.offset, data.train_problems)
-    if data.resolved_eval_source == "generator":
-        held_out = generated_problems(
-            data.eval_problems, seed=data.seed + 1, config=data.generator, exclude=train, id_prefix="heldout"
-        )
-    else:
-        held_out = load(data.resolved_eval_source, data.eval_split, data.eval_offset, data.eval_problems)
-    if not train or not held_out:
-        raise ConfigError(f"data: got {len(train)} training and {len(held_out)} held-out problems; both must be > 0")
-    overlap = {p.question for p in train} & {p.question for p in held_out}
-    if overlap:
-        raise ConfigError(
-            f"data: {len(overlap)} held-out problems also appear among the training problems "
-            f"(e.g. {next(iter(overlap))[:80]!r}); choose disjoint sources or offsets"
-        )
-    if config.teacher.kind == "socratic" and not any(p.subquestions for p in train):
-        raise ConfigError(
-            "teacher.kind = 'socratic' needs problems with annotated sub-questions: data.source = 'gsm8k' with "
-            "data.split = 'test_socratic', or a JSONL file of Socratic solutions"
-        )
-    return train, held_out
-
-
-def _filter(run: Run, traces, *, skipped_lines: int = 0):
-    from dd_prompting.distill.traces import filter_traces
-
-    teacher = run.config.teacher
-    kept, report = filter_traces(
-        traces,
-        require_correct=teacher.require_correct,
-        keep_duplicate_samples=teacher.keep_duplicate_samples,
-        skipped_lines=skipped_lines,
-    )
-    _write_json(run.dir / "trace_report.json", report.to_dict())
-    return kept, report
-
-
-def _score(problems, results, seconds: float, path: Path) -> dict[str, Any]:
-    from dd_prompting import answers_match
-
-    correct = 0
-    exact = with_reference = 0
-    rows = []
-    for problem, result in zip(problems, results):
-        ok = answers_match(result.answer, problem.gold)
-        correct += ok
-        row = {"id": problem.id, "question": problem.question, "gold": problem.gold, "answer": result.answer,
-               "correct": ok, **{k: v for k, v in asdict(result).items() if k not in ("question", "answer")}}
-        if problem.subquestions and hasattr(result, "subquestions"):
-            with_reference += 1
-            exact += list(result.subquestions) == list(problem.subquestions)
-        rows.append(row)
-    with open(path, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    scored = {
-        "accuracy": correct / len(problems) if problems else 0.0,
-        "correct": correct,
-        "problems": len(problems),
-        "seconds": round(seconds, 2),
-        "truncated": sum(bool(getattr(result, "truncated", False)) for result in results),
-        "on": "held-out problems",
-    }
-    if any(hasattr(result, "fallback") for result in results):
-        scored["fallbacks"] = sum(getattr(result, "fallback", None) is not None for result in results)
-    if with_reference:
-        scored["subquestions_exact"] = exact / with_reference
-    return scored
-
-
-def _teacher_accuracy(run: Run, problems) -> dict[str, Any]:
-    """The teacher on the held-out problems when that is free (annotations) or asked for; else on its traces."""
-    from dd_prompting.distill.teachers import SocraticTeacher, collect_traces
-    from dd_prompting.distill.traces import API_ERROR, latest_traces, read_traces
-
-    config = run.config
-    if config.teacher.kind in ("generator", "socratic") and all(p.subquestions for p in problems):
-        traces = list(SocraticTeacher().traces(problems))
-        on = "held-out problems"
-    elif config.eval.teacher:
-        teacher = _make_teacher(config)
-        try:
-            traces = collect_traces(teacher, problems, run.eval / "teacher_traces.jsonl")
-        finally:
-            getattr(teacher, "close", lambda: None)()
-        on = "held-out problems"
-    else:
-        traces = [t for t in latest_traces(read_traces(run.traces)) if t.sample == 0]
-        on = "training problems"
-    failed = sum(t.failure == API_ERROR for t in traces)
-    correct = sum(t.correct for t in traces)
-    return {"accuracy": correct / len(traces) if traces else 0.0, "correct": correct, "problems": len(traces),
-            "api_errors": failed, "on": on}
-
-
-def write_run_report(run: Run) -> dict[str, Any]:
-    """Gather what the stages wrote into `metrics.json`, `report.md` and the plots."""
-    from dd_prompting.distill.report import plot_accuracy, plot_losses, write_metrics, write_report
-
-    teacher = run.config.teacher
-    metrics: dict[str, Any] = {
-        "run": run.dir.name,
-        "teacher": {"kind": teacher.kind, "model": teacher.model, "mode": teacher.mode if teacher.kind == "dspy" else None},
-    }
-    for name, path in (("traces", run.dir / "trace_report.json"), ("rows", run.data / "counts.json"),
-                       ("evaluation", run.eval / "evaluation.json")):
-        if path.is_file():
-            metrics[name] = json.loads(path.read_text(encoding="utf-8"))
-    students = {}
-    for role in run.roles:
-        meta = run.student(role) / "student.json"
-        if meta.is_file():
-            info = json.loads(meta.read_text(encoding="utf-8"))
-            students[role] = {"base_model": info.get("base_model"), **info.get("train_stats", {})}
-    if students:
-        metrics["students"] = students
-    metrics["stage_seconds"] = {stage: info["seconds"] for stage, info in run.stages().items()}
-    plot_losses({role: run.student(role) for role in run.roles}, run.dir / "loss.png")
-    if "evaluation" in metrics:
-        plot_accuracy(metrics["evaluation"], run.dir / "accuracy.png")
-    write_metrics(metrics, run.dir / "metrics.json")
-    write_report(run.dir, metrics)
-    return metrics
-
-
-def _finish(run: Run) -> None:
-    """Write the report and print the comparison."""
-    from dd_prompting.distill.report import comparison_table
-
-    metrics = write_run_report(run)
-    if "evaluation" in metrics:
-        print()
-        print(comparison_table(metrics["evaluation"]))
-    print(f"\nReport: {run.dir / 'report.md'}")
-
-
-def _require(path: Path, stage: str) -> None:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run the `{stage}` stage first (or `dd-distill run`).")
-
-
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        changed = []
-        for key in sorted(set(old) | set(new)):
-            changed += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
-        return changed
-    return [] if old == new else [prefix.rstrip(".")]
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def _is_main_process() -> bool:
-    # Under `accelerate launch` / `torchrun` every process runs the train stage; one writes the bookkeeping.
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _now() -> str:
-    return datetime.now().isoformat(timespec="seconds")
-
-
-_STAGE_FUNCTIONS = {"traces": stage_traces, "build": stage_build, "train": stage_train, "evaluate": stage_evaluate}
 
 
 if __name__ == "__main__":

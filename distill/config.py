@@ -1,6 +1,6 @@
 """`RunConfig`: everything one `dd-distill` run does, from the teacher to the evaluation.
 
-One typed dataclass per part (`TeacherConfig`, `DataConfig`, `EvalConfig`; the students'
+One typed dataclass per part (`TeacherConfig`, `DataConfig`, `HeldOutConfig`; the students'
 training is the students' own `TrainConfig`), read from a TOML, YAML or JSON file and overridden
 by command-line flags that are built from the same dataclasses (`--teacher.model`,
 `--data.train_problems`, `--student.learning_rate`, `--solver.max_steps`, ...), so the file, the
@@ -24,19 +24,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+import re
+import warnings
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from dd_prompting.config import ConfigError, add_arguments, from_dict, load, read_config_file
+from dd_prompting.config import overrides_from_args as _overrides_from_args
 from dd_prompting.distill.generator import GeneratorConfig
 from dd_prompting.distill.train_config import TrainConfig
+from dd_prompting.models import ModelConfig, safe_url
 
 __all__ = [
     "TeacherConfig",
     "DataConfig",
-    "EvalConfig",
+    "HeldOutConfig",
     "RunConfig",
     "ROLES",
     "ConfigError",
@@ -46,42 +49,40 @@ __all__ = [
 ]
 
 ROLES = ("decomposer", "solver", "cot")
-TEACHER_KINDS = ("generator", "socratic", "dspy")
-
-
-class ConfigError(ValueError):
-    """A configuration value or file is invalid; the message names the field or the file."""
+TEACHER_KINDS = ("generator", "socratic", "api", "local")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass
-class TeacherConfig:
-    """Who writes the decompositions the students learn from."""
+class TeacherConfig(ModelConfig):
+    """Who writes the decompositions the students learn from.
 
-    kind: Literal["generator", "socratic", "dspy"] = field(
+    A model teacher (`kind` "api" or "local") is described with the same fields as a `dd-evals` model
+    (`dd_prompting.models.ModelConfig`) and built by the same factory, with its calls cached in
+    `cache_dir`. Old spellings still load, with a FutureWarning: `kind = "dspy"` (now "api"),
+    `model = "local:<dir>"` (now kind "local"), `num_threads` (now `threads`), `backoff` (now
+    `retry_backoff`).
+    """
+
+    __renamed__: ClassVar[dict[str, str]] = {"num_threads": "threads", "backoff": "retry_backoff"}
+    __removed__: ClassVar[dict[str, str]] = {"lm_retries": "retries are per call now and never nested: set teacher.retries, and delete lm_retries"}
+    __renamed_values__: ClassVar[dict[str, dict[str, str]]] = {"kind": {"dspy": "api"}}
+
+    kind: Literal["generator", "socratic", "api", "local"] = field(
         default="generator",
         metadata={
             "help": "'generator': the built-in problem generator (exact steps, offline); 'socratic': the annotated "
-            "sub-questions in the data (GSM8K Socratic); 'dspy': an LM running DecomposedSolver."
+            "sub-questions in the data (GSM8K Socratic); 'api': a litellm model (at its provider or an api_base) "
+            "running DecomposedSolver; 'local': a transformers model in process ('smollm2', a directory, a hub id)."
         },
     )
-    model: str | None = field(
-        default=None,
-        metadata={
-            "help": "kind=dspy: a dspy.LM model ('openai/gpt-4o-mini', any litellm name), 'local:<dir or hub id>' "
-            "for an in-process transformers model, or 'smollm2' for the offline SmolLM2-135M."
-        },
-    )
-    api_base: str | None = field(default=None, metadata={"help": "kind=dspy: the API's base URL, if not the provider's."})
-    api_key_env: str | None = field(
-        default=None,
-        metadata={
-            "help": "kind=dspy: name of the environment variable holding the API key (default: the provider's own, "
-            "e.g. OPENAI_API_KEY). The key itself is never written to configs, caches or logs."
-        },
-    )
-    engine: Literal["auto", "litellm"] = field(
-        default="auto", metadata={"help": "kind=dspy: dspy's own HTTP engine ('auto') or litellm ('litellm')."}
-    )
+    temperature: float | None = field(
+        default=None, metadata={"help": "Sampling temperature (default: the model's own; set it when samples > 1)."})
+    max_tokens: int | None = field(default=None, metadata={"help": "Most tokens per teacher reply (kind='api')."})
+    threads: int | None = field(default=8, metadata={"help": "Concurrent teacher calls (use 1 for a local model)."})
+    retries: int | None = field(
+        default=3, metadata={"help": "Retries of one failed call (rate limit, server error, time-out), with back-off."})
+    retry_backoff: float | None = field(default=1.0, metadata={"help": "First back-off in seconds; doubles at each retry."})
     mode: Literal["joint", "iterative"] = field(
         default="joint",
         metadata={"help": "DecomposedSolver mode: 'joint' (2 calls per problem) or 'iterative' (1 + one per step)."},
@@ -90,22 +91,11 @@ class TeacherConfig:
     samples: int = field(
         default=1, metadata={"help": "Teacher samples per problem; >1 needs a temperature and keeps distinct correct ones."}
     )
-    temperature: float | None = field(
-        default=None, metadata={"help": "Sampling temperature (default: the LM's own; set it when samples > 1)."}
-    )
-    max_tokens: int | None = field(default=None, metadata={"help": "Most tokens per teacher reply."})
-    num_threads: int = field(default=8, metadata={"help": "Concurrent teacher calls (use 1 for a local model)."})
-    retries: int = field(
-        default=3, metadata={"help": "Retries of a problem after a rate limit, server error or time-out (with back-off)."}
-    )
-    backoff: float = field(default=1.0, metadata={"help": "First back-off in seconds; doubles at each retry."})
-    lm_retries: int = field(default=3, metadata={"help": "dspy.LM's own num_retries for each call."})
-    timeout: float | None = field(default=None, metadata={"help": "Seconds before a teacher call times out."})
     cache_dir: str | None = field(
         default="~/.cache/dd-distill/teacher",
         metadata={
-            "help": "Disk cache of teacher results, shared across runs ('none' turns it off). DSPy's own response "
-            "cache is not used for the teacher."
+            "help": "The call cache of the teacher, shared across runs ('none' turns it off): every call is stored "
+            "(as JSON) when it returns, so a rerun or a resumed run pays for no finished call twice."
         },
     )
     require_correct: bool = field(
@@ -122,31 +112,46 @@ class TeacherConfig:
         metadata={"help": "Skip (and count) malformed lines of the trace file instead of stopping with an error."},
     )
 
+    @property
+    def section(self) -> str:
+        return "teacher"
+
     def __post_init__(self):
+        self._upgrade_old_spellings()
         _check_choice("teacher.kind", self.kind, TEACHER_KINDS)
-        _check_choice("teacher.engine", self.engine, ("auto", "litellm"))
         _check_choice("teacher.mode", self.mode, ("joint", "iterative"))
-        if self.kind == "dspy" and not self.model:
-            raise ConfigError("teacher.model is required when teacher.kind = 'dspy' (e.g. 'openai/gpt-4o-mini')")
-        if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
-            raise ConfigError(
-                "teacher.api_key_env must be the NAME of an environment variable (like OPENAI_API_KEY), "
-                "got something else; never put the key itself in a config"
-            )
+        # Checked for every kind: a key pasted here would be written to config.json even by a generator run.
+        if self.api_key_env is not None and not _ENV_NAME.match(str(self.api_key_env)):
+            raise ConfigError("teacher.api_key_env must be the NAME of an environment variable (like OPENAI_API_KEY), "
+                              "got something else; never put the key itself in a config")
+        if self.kind in ("api", "local"):
+            if not self.model:
+                raise ConfigError(f"teacher.model is required when teacher.kind = {self.kind!r} "
+                                  "(e.g. 'openai/gpt-4o-mini', or 'smollm2' for kind 'local')")
+            self._check_model()  # ModelConfig's own checks (engine, prices, threads, retries, ...)
         _check_min("teacher.max_subquestions", self.max_subquestions, 1)
         _check_min("teacher.samples", self.samples, 1)
-        _check_min("teacher.num_threads", self.num_threads, 1)
-        _check_min("teacher.retries", self.retries, 0)
-        _check_min("teacher.lm_retries", self.lm_retries, 0)
-        _check_min("teacher.backoff", self.backoff, 0)
-        if self.temperature is not None:
-            _check_min("teacher.temperature", self.temperature, 0)
+        for name, minimum in (("threads", 1), ("retries", 0), ("retry_backoff", 0)):
+            if getattr(self, name) is not None:
+                _check_min(f"teacher.{name}", getattr(self, name), minimum)
         if self.samples > 1 and not self.temperature:
             raise ConfigError(f"teacher.samples = {self.samples} needs teacher.temperature > 0 (got {self.temperature})")
-        if self.max_tokens is not None:
-            _check_min("teacher.max_tokens", self.max_tokens, 1)
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigError(f"teacher.timeout must be positive seconds, got {self.timeout}")
+
+    def _upgrade_old_spellings(self) -> None:
+        # Files and flags have kind = "dspy" renamed by the config engine (__renamed_values__); this
+        # covers `TeacherConfig(kind="dspy")` in Python and the spellings that depend on two fields.
+        if self.kind == "dspy":
+            warnings.warn("teacher.kind = 'dspy' is now 'api' (or 'local' for an in-process model)", FutureWarning,
+                          stacklevel=4)
+            self.kind = "api"
+        if self.kind in ("api", "local") and isinstance(self.model, str) and self.model.startswith("local:"):
+            warnings.warn("teacher.model = 'local:<dir>' is now teacher.kind = 'local' with teacher.model = '<dir>'",
+                          FutureWarning, stacklevel=4)
+            self.model, self.kind = self.model.removeprefix("local:"), "local"
+        if self.kind == "api" and self.model == "smollm2":  # the bundled model only ever ran in process
+            warnings.warn("teacher.model = 'smollm2' runs in process: it is teacher.kind = 'local'", FutureWarning,
+                          stacklevel=4)
+            self.kind = "local"
 
 
 @dataclass
@@ -180,7 +185,7 @@ class DataConfig:
 
     def __post_init__(self):
         if isinstance(self.generator, dict):
-            self.generator = _build(GeneratorConfig, self.generator, "data.generator")
+            self.generator = from_dict(GeneratorConfig, self.generator, "data.generator")
         for name in ("offset", "eval_offset"):
             _check_min(f"data.{name}", getattr(self, name), 0)
         for name in ("train_problems", "eval_problems"):
@@ -228,7 +233,7 @@ class DataConfig:
 
 
 @dataclass
-class EvalConfig:
+class HeldOutConfig:
     """How the students (and optionally the teacher) are evaluated on the held-out problems."""
 
     batch_size: int = field(default=64, metadata={"help": "Problems decoded together by each student."})
@@ -240,7 +245,7 @@ class EvalConfig:
     teacher: bool = field(
         default=False,
         metadata={
-            "help": "Also run the teacher on the held-out problems (kind=dspy: API calls, cached). Otherwise the report "
+            "help": "Also run the teacher on the held-out problems (a model teacher: calls, cached). Otherwise the report "
             "gives the teacher's accuracy on the training problems."
         },
     )
@@ -267,20 +272,25 @@ class RunConfig:
         default_factory=TrainConfig, metadata={"help": "Training settings shared by the three students."}
     )
     decomposer: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "Overrides of `student` for the decomposer."}
+        default_factory=dict,
+        metadata={"help": "Overrides of [student] for the decomposer.", "fields_of": TrainConfig},
     )
-    solver: dict[str, Any] = field(default_factory=dict, metadata={"help": "Overrides of `student` for the solver."})
-    cot: dict[str, Any] = field(default_factory=dict, metadata={"help": "Overrides of `student` for the CoT student."})
-    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
+    solver: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Overrides of [student] for the solver.", "fields_of": TrainConfig}
+    )
+    cot: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Overrides of [student] for the CoT student.", "fields_of": TrainConfig}
+    )
+    eval: HeldOutConfig = field(default_factory=HeldOutConfig, metadata={"help": "Evaluation."})
 
     def __post_init__(self):
-        for name, cls in (("teacher", TeacherConfig), ("data", DataConfig), ("student", TrainConfig), ("eval", EvalConfig)):
+        for name, cls in (("teacher", TeacherConfig), ("data", DataConfig), ("student", TrainConfig), ("eval", HeldOutConfig)):
             if isinstance(getattr(self, name), dict):
-                setattr(self, name, _build(cls, getattr(self, name), name))
+                setattr(self, name, from_dict(cls, getattr(self, name), name))
         if self.teacher.kind == "generator" and self.data.source != "generator":
             raise ConfigError(
                 f"teacher.kind = 'generator' writes the generator's own problems; data.source must be 'generator', "
-                f"got {self.data.source!r} (use teacher.kind = 'socratic' or 'dspy' for other problems)"
+                f"got {self.data.source!r} (use teacher.kind = 'socratic', 'api' or 'local' for other problems)"
             )
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"name must be a plain directory name, got {self.name!r}")
@@ -293,88 +303,39 @@ class RunConfig:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         overrides = getattr(self, role)
         if not isinstance(overrides, dict):
-            raise ConfigError(f"{role} must be a table of TrainConfig fields, got {type(overrides).__name__}")
-        known = {f.name for f in fields(TrainConfig)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ConfigError(f"{role}: unknown field(s) {unknown}; the fields are those of [student] (TrainConfig)")
-        try:
-            return replace(self.student, **{k: _coerce(v, _hints(TrainConfig)[k], f"{role}.{k}") for k, v in overrides.items()})
-        except ConfigError:
-            raise
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{role}: {err}") from err
+            raise ConfigError(f"{role} must be a table of [student] (TrainConfig) fields, got {type(overrides).__name__}")
+        shared = {item.name: getattr(self.student, item.name) for item in fields(TrainConfig) if item.init}
+        return from_dict(TrainConfig, {**shared, **overrides}, role)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["teacher"]["name"] == data["teacher"]["model"]:
+            del data["teacher"]["name"]  # derived from the model; a saved one would go stale when the model changes
+        return data
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """The config as written to the run directory: the teacher's api_base without credentials."""
+        data = self.to_dict()
+        data["teacher"]["api_base"] = safe_url(self.teacher.api_base)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        """Build from a nested dict (a parsed config file); unknown keys are errors naming them."""
-        return _build(cls, data, "")
+        """Build from a nested dict (a parsed config file); unknown keys are errors naming the nearest valid one."""
+        return from_dict(cls, data)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, overrides: dict[str, Any] | None = None,
              base: dict[str, Any] | None = None) -> RunConfig:
         """Defaults, then `base` (e.g. a run directory's saved config), then the file at `path`, then `overrides`."""
-        merged: dict[str, Any] = {}
-        for layer in (base, read_config_file(path) if path else None, overrides):
-            if layer:
-                merged = _deep_merge(merged, layer)
-        return cls.from_dict(merged)
+        return load(cls, path, base=base, overrides=overrides)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the resolved config as JSON (loadable with `RunConfig.load`)."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-
-
-# --- files -----------------------------------------------------------------------------------------
-
-
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Parse a TOML, YAML or JSON config file into a dict; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Config file not found: {path}")
-    suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
-    try:
-        if suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError as err:  # Python 3.10
-                raise ConfigError(f"{path}: reading TOML needs Python 3.11+ (tomllib); use a YAML or JSON config") from err
-            data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise ConfigError(f"{path}: config files must end in .toml, .yaml, .yml or .json")
-    except ConfigError:
-        raise
-    except Exception as err:  # noqa: BLE001 - each parser has its own error type; all mean "bad file"
-        raise ConfigError(f"{path}: not a valid {suffix[1:].upper()} file: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a table of settings, got {type(data).__name__}")
-    return data
+        """Write the resolved config as JSON (loadable with `RunConfig.load`), without URL credentials."""
+        Path(path).write_text(json.dumps(self.to_public_dict(), indent=2) + "\n", encoding="utf-8")
 
 
 # --- command-line flags ----------------------------------------------------------------------------
-
-_SECTIONS: tuple[tuple[str, type], ...] = (
-    ("teacher", TeacherConfig),
-    ("data", DataConfig),
-    ("data.generator", GeneratorConfig),
-    ("student", TrainConfig),
-    ("decomposer", TrainConfig),
-    ("solver", TrainConfig),
-    ("cot", TrainConfig),
-    ("eval", EvalConfig),
-)
-_TOP_LEVEL = ("name", "output_dir", "train_cot")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, sections: tuple[str, ...] | None = None) -> None:
@@ -382,157 +343,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, sections: tuple[str
 
     Flags left out do not appear in the parsed namespace, so they override nothing.
     """
-    top = parser.add_argument_group("run")
-    for name in _TOP_LEVEL:
-        _add_flag(top, f"--{name.replace('_', '-')}", name, _field(RunConfig, name), _hints(RunConfig)[name])
-    for section, cls in _SECTIONS:
-        if sections is not None and section.split(".")[0] not in sections:
-            continue
-        title = f"{section} (overrides of [student] for this role)" if section in ROLES else section
-        group = parser.add_argument_group(title)
-        hints = _hints(cls)
-        for item in fields(cls):
-            if is_dataclass(hints[item.name]) or item.name.startswith("_"):
-                continue
-            dest = f"{section}.{item.name}"
-            _add_flag(group, f"--{dest}", dest, item, hints[item.name])
+    add_arguments(parser, RunConfig, sections=sections, title="run")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The config flags actually given, as a nested dict for `RunConfig.load(overrides=...)`."""
-    overrides: dict[str, Any] = {}
-    known = set(_TOP_LEVEL) | {f"{section}.{item.name}" for section, cls in _SECTIONS for item in fields(cls)}
-    for dest, value in vars(args).items():
-        if dest not in known:
-            continue
-        node = overrides
-        *parents, leaf = dest.split(".")
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return overrides
+    return _overrides_from_args(args, RunConfig)
 
 
-def _add_flag(group, flag: str, dest: str, item, hint) -> None:
-    help_text = item.metadata.get("help", "")
-    base, optional = _unwrap_optional(hint)
-    kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text}
-    if base is bool:
-        group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        return
-    if typing.get_origin(base) is Literal:
-        kwargs["choices"] = list(typing.get_args(base))
-        base = type(kwargs["choices"][0])
-    if typing.get_origin(base) is list:
-        kwargs["nargs"] = "+"
-        base = typing.get_args(base)[0]
-    if typing.get_origin(base) is dict:
-        return
-    kwargs["type"] = _optional_parser(base) if optional else base
-    if "choices" not in kwargs:
-        kwargs["metavar"] = base.__name__.upper()
-    group.add_argument(flag, **kwargs)
-
-
-def _optional_parser(base: type):
-    def parse(text: str):
-        return None if text.lower() in ("none", "null") else base(text)
-
-    parse.__name__ = base.__name__
-    return parse
-
-
-# --- building dataclasses from dicts ---------------------------------------------------------------
-
-
-def _build(cls, data: Any, where: str):
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'the config'} must be a table of settings, got {type(data).__name__}")
-    hints = _hints(cls)
-    known = {item.name: item for item in fields(cls) if item.init}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown setting(s) {[prefix + name for name in unknown]}; known in {where or 'the top level'}: "
-            f"{sorted(known)}"
-        )
-    values = {}
-    for name, value in data.items():
-        path = f"{where}.{name}" if where else name
-        hint = hints[name]
-        if is_dataclass(hint):
-            values[name] = _build(hint, value, path)
-        else:
-            values[name] = _coerce(value, hint, path)
-    try:
-        return cls(**values)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where + ': ' if where else ''}{err}") from err
-
-
-def _coerce(value: Any, hint, path: str):
-    """Check (and gently convert: int -> float, 'none' -> None) one value against its annotation."""
-    base, optional = _unwrap_optional(hint)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
-        if optional:
-            return None
-        raise ConfigError(f"{path} cannot be empty (None)")
-    if base is Any:
-        return value
-    if typing.get_origin(base) is Literal:
-        choices = typing.get_args(base)
-        if value not in choices:
-            raise ConfigError(f"{path} must be one of {list(choices)}, got {value!r}")
-        return value
-    if typing.get_origin(base) is list:
-        (item_type,) = typing.get_args(base)
-        if not isinstance(value, list):
-            raise ConfigError(f"{path} must be a list, got {value!r}")
-        return [_coerce(item, item_type, f"{path}[{index}]") for index, item in enumerate(value)]
-    if typing.get_origin(base) is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path} must be a table, got {value!r}")
-        return dict(value)
-    if base is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path} must be true or false, got {value!r}")
-        return value
-    if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if base in (int, float, str) and (not isinstance(value, base) or isinstance(value, bool)):
-        raise ConfigError(f"{path} must be {'an' if base is int else 'a'} {base.__name__}, got {value!r}")
-    return value
-
-
-def _unwrap_optional(hint) -> tuple[Any, bool]:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        if len(args) == 1:
-            return args[0], len(args) < len(typing.get_args(hint))
-    return hint, False
-
-
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _field(cls, name: str):
-    return next(item for item in fields(cls) if item.name == name)
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+# --- checks ----------------------------------------------------------------------------------------
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:

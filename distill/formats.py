@@ -43,12 +43,13 @@ Text fields are collapsed to one line, since newlines are the separators.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from dd_prompting.data.jsonl import read_jsonl, write_jsonl
 
 __all__ = [
     "FORMAT_VERSION",
@@ -351,41 +352,28 @@ def _segments(row: Mapping[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def write_rows(rows: Mapping[str, Sequence[Mapping[str, Any]]], directory: str | Path) -> dict[str, Path]:
-    """Write each role's rows to ``<directory>/<role>.jsonl``; returns the paths by role."""
+    """Write each role's rows to ``<directory>/<role>.jsonl`` (each file replaced atomically); returns the paths."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     paths = {}
     for role, role_rows in rows.items():
-        path = directory / f"{role}.jsonl"
-        tmp = path.with_suffix(".jsonl.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in role_rows:
-                _segments(row)
-                f.write(json.dumps({"prompt": row["prompt"], "completion": row["completion"]}, ensure_ascii=False))
-                f.write("\n")
-        tmp.replace(path)  # a killed write never leaves a half file under the real name
-        paths[role] = path
-        logger.info("Wrote %d %s rows to %s", len(role_rows), role, path)
+        for row in role_rows:
+            _segments(row)  # a bad row fails here, before any file is replaced
+        records = ({"prompt": row["prompt"], "completion": row["completion"]} for row in role_rows)
+        paths[role] = write_jsonl(directory / f"{role}.jsonl", records)
+        logger.info("Wrote %d %s rows to %s", len(role_rows), role, paths[role])
     return paths
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """Read a rows JSONL file, checking each row; a malformed line is an error naming file and line."""
-    path = Path(path)
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict) or "prompt" not in row or "completion" not in row:
-                    raise ValueError("expected an object with 'prompt' and 'completion'")
-                _segments(row)
-            except (json.JSONDecodeError, ValueError) as err:
-                raise ValueError(f"{path}, line {number}: malformed row: {err}") from err
-            rows.append(row)
-    return rows
+    """Read a rows JSONL file, checking each row; a malformed line is a `MalformedLineError` naming file and line."""
+    return [row for _, row in read_jsonl(path, parse=_check_row)]
+
+
+def _check_row(row: dict[str, Any]) -> dict[str, Any]:
+    if "prompt" not in row or "completion" not in row:
+        raise ValueError("expected an object with 'prompt' and 'completion'")
+    _segments(row)
+    return row
 
 
 def load_rows(path: str | Path):

@@ -12,12 +12,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dd_prompting.stats import wilson_interval
+
 __all__ = [
     "write_metrics",
     "write_report",
     "plot_losses",
     "plot_accuracy",
     "comparison_table",
+    "paired_sentence",
     "evaluation_notes",
 ]
 
@@ -33,18 +36,38 @@ def write_metrics(metrics: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def comparison_table(evaluation: Mapping[str, Any]) -> str:
-    """The held-out comparison as a Markdown table (one row per system that was evaluated)."""
-    lines = ["| system | accuracy | correct / problems | seconds | on |", "|---|---|---|---|---|"]
+    """The held-out comparison as a Markdown table (one row per system), accuracies with 95% Wilson intervals."""
+    lines = ["| system | accuracy [95% interval] | correct / problems | seconds | on |", "|---|---|---|---|---|"]
     for key in ("pair", "cot", "teacher"):
         result = evaluation.get(key)
         if not result:
             continue
         seconds = result.get("seconds")
+        low, high = result.get("interval") or wilson_interval(result["correct"], result["problems"])
         lines.append(
-            f"| {_LABELS[key]} | {100 * result['accuracy']:.1f}% | {result['correct']} / {result['problems']} | "
-            f"{'' if seconds is None else f'{seconds:.1f}'} | {result.get('on', 'held-out problems')} |"
+            f"| {_LABELS[key]} | {100 * result['accuracy']:.1f}% [{100 * low:.1f}%, {100 * high:.1f}%] | "
+            f"{result['correct']} / {result['problems']} | {'' if seconds is None else f'{seconds:.1f}'} | "
+            f"{result.get('on', 'held-out problems')} |"
         )
     return "\n".join(lines)
+
+
+def paired_sentence(evaluation: Mapping[str, Any]) -> str | None:
+    """Which of the pair and the CoT student wins on the same held-out problems, and whether it is significant."""
+    test = evaluation.get("paired")
+    if not test:
+        return None
+    a, b = test["accuracy_a"], test["accuracy_b"]
+    names = {"pair": "the student pair", "cot": "the CoT student"}
+    first, second = names.get(test["strategy_a"], test["strategy_a"]), names.get(test["strategy_b"], test["strategy_b"])
+    verdict = "significant at the 5% level" if test["p_value"] < 0.05 else "not significant at the 5% level"
+    if a == b:
+        lead = f"{first} and {second} score the same ({100 * a:.1f}%)"
+    else:
+        winner, loser = (first, second) if a > b else (second, first)
+        lead = f"{winner[0].upper() + winner[1:]} beats {loser} by {100 * abs(a - b):.1f} points"
+    return (f"{lead} on the same {test['n']} held-out problems ({test['only_a']} solved only by {first}, "
+            f"{test['only_b']} only by {second}; exact McNemar p = {test['p_value']:.3g}, {verdict}).")
 
 
 def evaluation_notes(evaluation: Mapping[str, Any]) -> list[str]:
@@ -104,11 +127,15 @@ def plot_accuracy(evaluation: Mapping[str, Any], path: str | Path) -> Path | Non
     labels = [_LABELS[key].replace(" (", "\n(") for key in systems]
     if "teacher" in systems and evaluation["teacher"].get("on") not in (None, "held-out problems"):
         labels[systems.index("teacher")] += f"\n({evaluation['teacher']['on']})"
-    bars = ax.bar(labels, values, color=["tab:blue", "tab:orange", "tab:gray"][: len(systems)])
+    intervals = [evaluation[key].get("interval") or wilson_interval(evaluation[key]["correct"], evaluation[key]["problems"])
+                 for key in systems]
+    errors = [[value - 100 * low for value, (low, _) in zip(values, intervals)],
+              [100 * high - value for value, (_, high) in zip(values, intervals)]]
+    bars = ax.bar(labels, values, yerr=errors, capsize=4, color=["tab:blue", "tab:orange", "tab:gray"][: len(systems)])
     for bar, value in zip(bars, values):
         ax.annotate(f"{value:.1f}%", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom")
     ax.set_ylim(0, 105)
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("accuracy (%), 95% interval")
     problems = evaluation.get("problems")
     ax.set_title(f"Held-out accuracy ({problems} problems)" if problems else "Held-out accuracy")
     fig.tight_layout()
@@ -127,6 +154,9 @@ def write_report(run_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
     evaluation = metrics.get("evaluation")
     if evaluation:
         lines += ["## Held-out accuracy", "", comparison_table(evaluation), ""]
+        sentence = paired_sentence(evaluation)
+        if sentence:
+            lines += [sentence, ""]
         notes = evaluation_notes(evaluation)
         if notes:
             lines += [f"- {note}" for note in notes] + [""]

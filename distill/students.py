@@ -2,12 +2,14 @@
 
 `StudentPipeline` answers a problem as the paper's students do: the decomposer writes all the
 sub-questions, then the solver answers them one at a time, each answer fed back into its context,
-and the final answer is read from the last step. Decoding is greedy unless a temperature is given.
+and the final answer is read from the last step by `dd_prompting.answers.read_step_result` (the
+reader teacher traces are filtered with). Decoding is greedy unless a temperature is given.
 
-Two things make it fast on a CPU. Problems are decoded in batches (one forward call per token for
-the whole batch). And each problem's key/value cache is kept across its steps: step k only encodes
-the new sub-question, not the problem and the k-1 earlier steps again. `benchmarks/bench_students.py`
-measures both against a loop that re-encodes the context at every step with batch size 1.
+Two things make it fast on a CPU, both in `distill.decoding`. Problems are decoded in batches (one
+forward call per token for the whole batch). And each problem's key/value cache is kept across its
+steps: step k only encodes the new sub-question, not the problem and the k-1 earlier steps again.
+`benchmarks/bench_students.py` measures both against a loop that re-encodes the context at every step
+with batch size 1. Loading a student (`distill.artifacts.load_student`) imports no training code.
 
 The prompts come from `distill.formats`, the same functions that built the training rows. The token
 sequence a solver sees is the prompt tokens plus the tokens it generated itself (up to and including
@@ -29,7 +31,9 @@ from pathlib import Path
 
 import dspy
 
-from dd_prompting.answers import INVALID, extract_answer
+from dd_prompting.answers import INVALID, extract_answer, read_step_result
+from dd_prompting.distill.artifacts import load_student
+from dd_prompting.distill.decoding import Decoder, Vocab, generate
 from dd_prompting.distill.formats import (
     cot_prompt,
     decomposer_prompt,
@@ -40,7 +44,6 @@ from dd_prompting.distill.formats import (
     solver_start,
 )
 from dd_prompting.distill.tokenization import encode
-from dd_prompting.distill.train import read_student_metadata
 
 __all__ = [
     "StudentResult",
@@ -48,13 +51,9 @@ __all__ = [
     "StudentPipeline",
     "CoTStudent",
     "StudentModule",
-    "read_step_answer",
-    "load_student",
 ]
 
 logger = logging.getLogger(__name__)
-
-_RESULT_RE = re.compile(r"=\s*(-?\s*[$€£]?\s*\d[\d,]*(?:\.\d+)?)")
 
 
 @dataclass
@@ -83,165 +82,6 @@ class CoTResult:
     answer: str
     text: str = ""
     truncated: bool = False
-
-
-def read_step_answer(subanswer: str) -> str:
-    """The number a step computed: the first number after its last "=", else its last number.
-
-    >>> read_step_answer("Sam reads 60 + 24 = 84 pages in 3 days.")
-    '84'
-    >>> read_step_answer("She has 12 apples."), read_step_answer("No idea.")
-    ('12', '[invalid]')
-    """
-    matches = list(_RESULT_RE.finditer(subanswer))
-    if matches:
-        return extract_answer(matches[-1].group(1))
-    return extract_answer(subanswer)
-
-
-def load_student(directory: str | Path, *, role: str):
-    """Load a saved student (model in eval mode, tokenizer), checking its role and format version."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    read_student_metadata(directory, role=role)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-    model.eval()
-    return model, tokenizer
-
-
-class _Decoder:
-    """Greedy (or sampled) decoding of a batch of rows with one model, fed in chunks.
-
-    Rows are left-padded inside each chunk, so the padding of a long-running batch sits between
-    chunks; the attention mask hides it and the position ids count real tokens only, so every row
-    is computed exactly as it would be alone. With `reuse_cache`, the key/value cache lives across
-    `feed` calls; without it, every `restart` drops the cache and the next `feed` re-encodes each
-    row's whole history (the naive baseline).
-    """
-
-    def __init__(self, model, tokenizer, *, rows: int, reuse_cache: bool, temperature: float, generator):
-        import torch
-
-        self.torch = torch
-        self.model, self.tokenizer = model, tokenizer
-        self.rows, self.reuse_cache = rows, reuse_cache
-        self.temperature, self.generator = temperature, generator
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.limit = _context_limit(model)
-        self.history: list[list[int]] = [[] for _ in range(rows)]
-        self.cache = None
-        self.mask = None
-        self.lengths = torch.zeros(rows, dtype=torch.long)
-        self.forward_tokens = 0  # tokens run through the model (real and padding), for the benchmarks
-
-    def restart(self) -> None:
-        """Forget the cache (naive mode only): the next `feed` re-encodes every row's history."""
-        if not self.reuse_cache:
-            self.cache, self.mask = None, None
-            self.lengths.zero_()
-
-    def room(self, row: int) -> int:
-        """Tokens row `row` may still add before the model's position table runs out."""
-        return self.limit - len(self.history[row])
-
-    def feed(self, chunks: Sequence[Sequence[int]]):
-        """Run the model on each row's new tokens; returns the next-token logits of every row ([rows, vocab])."""
-        torch = self.torch
-        inputs = list(chunks)
-        if not self.reuse_cache and self.cache is None:
-            inputs = [history + list(chunk) for history, chunk in zip(self.history, chunks)]
-        width = max(len(chunk) for chunk in inputs)
-        ids = torch.full((self.rows, width), self.pad_id, dtype=torch.long)
-        real = torch.zeros((self.rows, width), dtype=torch.long)
-        for row, chunk in enumerate(inputs):
-            if chunk:
-                ids[row, width - len(chunk) :] = torch.tensor(chunk, dtype=torch.long)
-                real[row, width - len(chunk) :] = 1
-        positions = self.lengths[:, None] + (real.cumsum(1) - 1).clamp(min=0)
-        mask = real if self.mask is None else torch.cat([self.mask, real], dim=1)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        self.cache, self.mask = out.cache, mask
-        self.lengths += real.sum(1)
-        self.forward_tokens += ids.numel()
-        for history, chunk in zip(self.history, chunks):
-            history.extend(chunk)
-        return out.logits[:, -1, :]
-
-    def next_tokens(self, logits):
-        torch = self.torch
-        if self.temperature <= 0:
-            return logits.argmax(-1)
-        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
-
-
-def _context_limit(model) -> int:
-    config = model.config
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
-
-
-class _Vocab:
-    """Which token ids end a line, and the ids of a newline, for one tokenizer."""
-
-    def __init__(self, tokenizer):
-        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        self.ends_line = ["\n" in text for text in texts]
-        self.newline = encode(tokenizer, "\n", first=False)
-        self.eos = tokenizer.eos_token_id
-
-
-def _generate(decoder: _Decoder, vocab: _Vocab, chunks, *, active, max_new_tokens: int, stop_at_newline: bool):
-    """Decode from `chunks` until each active row stops; returns (generated ids, pending ids, truncated) per row.
-
-    A row stops at EOS (not kept), at a token holding a newline when `stop_at_newline` (kept), after
-    `max_new_tokens`, or when its context is full. `pending` is what must be fed before the row's
-    next chunk: the last generated token (never fed yet), plus a newline if the reply did not end one.
-    """
-    torch = decoder.torch
-    rows = decoder.rows
-    generated: list[list[int]] = [[] for _ in range(rows)]
-    pending: list[list[int]] = [[] for _ in range(rows)]
-    truncated = [False] * rows
-    running = list(active)
-    for row in range(rows):
-        if running[row] and decoder.room(row) - len(chunks[row]) < 2:
-            running[row], truncated[row] = False, True
-    if not any(running):
-        return generated, pending, truncated
-    logits = decoder.feed([chunk if run else [] for chunk, run in zip(chunks, running)])
-    for step in range(max_new_tokens):
-        tokens = decoder.next_tokens(logits).tolist()
-        feed = [[] for _ in range(rows)]
-        for row in range(rows):
-            if not running[row]:
-                continue
-            token = tokens[row]
-            if token == vocab.eos:
-                running[row] = False
-                pending[row] = list(vocab.newline)
-                continue
-            generated[row].append(token)
-            if stop_at_newline and vocab.ends_line[token]:
-                running[row] = False
-                pending[row] = [token]
-            elif step == max_new_tokens - 1 or decoder.room(row) <= len(vocab.newline) + 1:
-                running[row], truncated[row] = False, True
-                pending[row] = [token] + list(vocab.newline)
-            else:
-                feed[row] = [token]
-        if not any(running):
-            break
-        logits = decoder.feed(feed)
-    return generated, pending, truncated
 
 
 class _Student:
@@ -293,8 +133,8 @@ class StudentPipeline(_Student):
         self.max_subquestions = max_subquestions
         self.max_decomposition_tokens = max_decomposition_tokens
         self.max_answer_tokens = max_answer_tokens
-        self._decomposer_vocab = _Vocab(decomposer_tokenizer)
-        self._solver_vocab = _Vocab(solver_tokenizer)
+        self._decomposer_vocab = Vocab(decomposer_tokenizer)
+        self._solver_vocab = Vocab(solver_tokenizer)
 
     @classmethod
     def from_pretrained(
@@ -325,11 +165,11 @@ class StudentPipeline(_Student):
 
         tokenizer = self.decomposer_tokenizer
         chunks = [encode(tokenizer, decomposer_prompt(q), first=True) for q in questions]
-        decoder = _Decoder(
+        decoder = Decoder(
             self.decomposer, tokenizer, rows=len(questions), reuse_cache=True, temperature=temperature, generator=generator
         )
         with torch.inference_mode():
-            generated, _, _ = _generate(
+            generated, _, _ = generate(
                 decoder,
                 self._decomposer_vocab,
                 chunks,
@@ -353,7 +193,7 @@ class StudentPipeline(_Student):
 
         tokenizer, vocab = self.solver_tokenizer, self._solver_vocab
         rows = len(questions)
-        decoder = _Decoder(
+        decoder = Decoder(
             self.solver, tokenizer, rows=rows, reuse_cache=reuse_cache, temperature=temperature, generator=generator
         )
         answers: list[list[str]] = [[] for _ in range(rows)]
@@ -373,7 +213,7 @@ class StudentPipeline(_Student):
                     else:
                         chunks.append(pending[row] + encode(tokenizer, solver_question(subquestions[row][k]), first=False))
                 decoder.restart()
-                generated, step_pending, step_truncated = _generate(
+                generated, step_pending, step_truncated = generate(
                     decoder, vocab, chunks, active=active, max_new_tokens=self.max_answer_tokens, stop_at_newline=True
                 )
                 for row in range(rows):
@@ -420,7 +260,7 @@ class StudentPipeline(_Student):
                 batch, texts, plans, answers, fallbacks, truncated
             ):
                 complete = len(subanswers) == len(subquestions)
-                final = read_step_answer(subanswers[-1]) if subanswers and complete else INVALID
+                final = read_step_result(subanswers[-1]) if subanswers and complete else INVALID
                 results.append(
                     StudentResult(
                         question=question,
@@ -447,7 +287,7 @@ class CoTStudent(_Student):
     def __init__(self, *, model, tokenizer, max_new_tokens: int = 200):
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens = max_new_tokens
-        self._vocab = _Vocab(tokenizer)
+        self._vocab = Vocab(tokenizer)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, max_new_tokens: int = 200) -> CoTStudent:
@@ -472,11 +312,11 @@ class CoTStudent(_Student):
         results: list[CoTResult] = []
         for batch in self._batches(questions, batch_size, progress, "CoT student"):
             chunks = [encode(self.tokenizer, cot_prompt(q), first=True) for q in batch]
-            decoder = _Decoder(
+            decoder = Decoder(
                 self.model, self.tokenizer, rows=len(batch), reuse_cache=True, temperature=temperature, generator=generator
             )
             with torch.inference_mode():
-                generated, _, truncated = _generate(
+                generated, _, truncated = generate(
                     decoder,
                     self._vocab,
                     chunks,

@@ -4,10 +4,11 @@ A trace records what a teacher did with one problem: its sub-questions, the answ
 each step ("She makes 9 * 2 = 18 dollars."), the final answer, and whether that answer matches
 the gold one. Failures are traces too (`error` says why), so a run's report can count them.
 
-The file is an append log. Each line is flushed as it is written, so a killed run loses at most
-the line being written; `repair_partial_tail` cuts such a half-written last line
-before a resumed run appends to the file again. When a key `(id, sample)` appears more than once
-(a failure retried by a later run), the last record wins: `latest_traces` keeps only it.
+The file is an append log, read and written through `dd_prompting.data.jsonl`. Each line is
+flushed as it is written, so a killed run loses at most the line being written; `TraceWriter`
+(or `repair_partial_tail`) cuts such a half-written last line before a resumed run appends again.
+When a key `(id, sample)` appears more than once (a failure retried by a later run), the last
+record wins: `latest_traces` keeps only it.
 
 Malformed lines are an error naming the file and line (`TraceFormatError`), never a silent
 loss; `read_trace_file(..., skip_malformed=True)` skips them instead, logs each one and counts
@@ -16,14 +17,14 @@ them in `ReadResult.skipped`.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from dd_prompting.data.jsonl import JsonlWriter, MalformedLineError, read_jsonl, repair_torn_tail
 
 __all__ = [
     "API_ERROR",
@@ -36,16 +37,12 @@ __all__ = [
     "ReadResult",
     "TraceReport",
     "TraceWriter",
-    "append_trace",
-    "write_traces",
     "read_traces",
     "read_trace_file",
     "repair_partial_tail",
     "latest_traces",
     "filter_traces",
 ]
-
-logger = logging.getLogger(__name__)
 
 # Why a trace is not used for training. A failed trace stores "<kind>: <detail>" in `error`.
 API_ERROR = "api_error"  # the teacher call failed after its retries (rate limit, server error, time-out...)
@@ -127,15 +124,11 @@ class Trace:
         return cls(**data)
 
 
-class TraceFormatError(ValueError):
+class TraceFormatError(MalformedLineError):
     """A line of a trace file is not a valid trace."""
 
-    def __init__(self, path: str | os.PathLike, line: int, reason: str):
-        self.path, self.line, self.reason = Path(path), line, reason
-        super().__init__(
-            f"{self.path}:{line}: not a valid trace: {reason}. Fix or delete the line, or read the file with "
-            "skip_malformed=True (`--skip-malformed` on the CLI) to skip and count such lines."
-        )
+    what = "trace"
+    remedy = "read the file with skip_malformed=True (`--skip-malformed` on the CLI) to skip and count such lines"
 
 
 @dataclass
@@ -146,46 +139,21 @@ class ReadResult:
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
 
-class TraceWriter:
-    """Appends traces to a JSONL file, one line each, flushed as it is written.
+class TraceWriter(JsonlWriter):
+    """Appends traces to a JSONL file, one line each, flushed as it is written (`dd_prompting.data.JsonlWriter`).
 
-    Flushed lines are in the operating system's hands: a killed process loses at most the line
-    being written (which `repair_partial_tail` cuts). Use as a context manager.
+    A half-written last line left by a killed run is cut before the first trace is appended.
+    Use as a context manager.
     """
 
-    def __init__(self, path: str | os.PathLike, *, append: bool = True):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path, parse=Trace.from_dict)
+        # The file exists once a writer is made, even if no trace comes: readers after a run expect it.
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a" if append else "w", encoding="utf-8")
-        self.written = 0
+        self.path.touch()
 
     def write(self, trace: Trace) -> None:
-        self._handle.write(json.dumps(trace.to_dict(), ensure_ascii=False) + "\n")
-        self._handle.flush()
-        self.written += 1
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> TraceWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def append_trace(path: str | os.PathLike, trace: Trace) -> None:
-    """Append one trace as one JSON line, flushed before returning."""
-    with TraceWriter(path) as writer:
-        writer.write(trace)
-
-
-def write_traces(path: str | os.PathLike, traces: Iterable[Trace], *, append: bool = False) -> int:
-    """Write traces as JSON lines (replacing the file unless `append`); returns how many were written."""
-    with TraceWriter(path, append=append) as writer:
-        for trace in traces:
-            writer.write(trace)
-        return writer.written
+        super().write(trace.to_dict())
 
 
 def read_traces(path: str | os.PathLike, *, skip_malformed: bool = False) -> list[Trace]:
@@ -203,59 +171,21 @@ def read_trace_file(path: str | os.PathLike, *, skip_malformed: bool = False) ->
     if not path.is_file():
         raise FileNotFoundError(f"Trace file not found: {path}")
     result = ReadResult(traces=[])
-    for number, trace_or_reason in _iter_lines(path):
-        if isinstance(trace_or_reason, Trace):
-            result.traces.append(trace_or_reason)
-        elif skip_malformed:
-            logger.warning("%s:%d: skipping a malformed trace line: %s", path, number, trace_or_reason)
-            result.skipped.append((number, trace_or_reason))
-        else:
-            raise TraceFormatError(path, number, trace_or_reason)
+    try:
+        lines = read_jsonl(path, parse=Trace.from_dict, skip_malformed=skip_malformed, skipped=result.skipped)
+        result.traces.extend(trace for _, trace in lines)
+    except MalformedLineError as err:
+        raise TraceFormatError(err.path, err.line, err.reason) from None
     return result
 
 
-def _iter_lines(path: Path) -> Iterator[tuple[int, Trace | str]]:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as err:
-                hint = " (the line is cut short: was the run killed while writing it?)" if not line.endswith("\n") else ""
-                yield number, f"invalid JSON ({err.msg} at column {err.colno}){hint}"
-                continue
-            try:
-                yield number, Trace.from_dict(data)
-            except (TypeError, ValueError) as err:
-                yield number, str(err)
-
-
 def repair_partial_tail(path: str | os.PathLike) -> bool:
-    """Cut a last line that a killed run left half-written (no final newline, not valid JSON).
+    """Cut a last line that a killed run left half-written (no final newline, not a valid trace).
 
     Returns True if something was cut. The cut record is not lost work: its problem has no trace
     in the file any more, so a resumed run asks the teacher again (from the cache, if it answered).
     """
-    path = Path(path)
-    if not path.is_file():
-        return False
-    data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return False
-    start = data.rfind(b"\n") + 1
-    tail = data[start:]
-    try:
-        Trace.from_dict(json.loads(tail))
-    except (ValueError, TypeError):
-        logger.warning("%s: cutting a half-written last line (%d bytes) left by an interrupted run", path, len(tail))
-        with open(path, "r+b") as handle:
-            handle.truncate(start)
-        return True
-    # A complete record that only lacks its newline: keep it, add the newline.
-    with open(path, "ab") as handle:
-        handle.write(b"\n")
-    return False
+    return repair_torn_tail(path, parse=Trace.from_dict)
 
 
 def latest_traces(traces: Iterable[Trace]) -> list[Trace]:

@@ -7,17 +7,16 @@ retries is recorded in `error` and the example counts as failed.
 
 from __future__ import annotations
 
-import datetime
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import dspy
 
-from dd_prompting.evals.cache import CallCache
 from dd_prompting.evals.config import DatasetConfig, ModelConfig, StrategyConfig
 from dd_prompting.evals.datasets import Dataset, Problem
-from dd_prompting.evals.models import CallIdentity, CallLog, CallRecord, recording, redact
+from dd_prompting.results import make_row
+from dd_prompting.models import CallCache, CallIdentity, CallLog, CallRecord, recording, redact
 
 __all__ = ["Cell", "evaluate_example"]
 
@@ -108,44 +107,36 @@ def evaluate_example(cell: Cell, problem: Problem, *, secrets: list[str] = ()) -
         status = "no_number"
     else:
         status = "ok"
-    return {
-        "cell": cell.fingerprint,
-        "dataset": cell.dataset.name,
-        "model": cell.model.name,
-        "strategy": cell.strategy.name,
-        "example_id": problem.id,
-        "question": problem.question,
-        "gold": problem.gold,
-        "prediction": flexible,
-        "prediction_strict": strict,
-        "answer_text": None if answer_text is None else str(answer_text),
-        "correct": (not error) and answers_match(flexible, problem.gold),
-        "correct_strict": (not error) and answers_match(strict, problem.gold),
-        "parse_status": status,
-        "subquestions": _field(prediction, "subquestions"),
-        "subanswers": _field(prediction, "subanswers"),
-        "reasoning": _field(prediction, "reasoning"),
-        "fallback": _field(prediction, "fallback"),
-        "stage_parse_failures": stage_failures,
-        "raw_outputs": [redact(call.output, secrets) for call in log.calls],
-        "calls": len(log.calls),
-        "cached_calls": sum(call.cached for call in log.calls),
-        "retries": log.retries,
-        "prompt_tokens": sum(call.prompt_tokens for call in log.calls),
-        "completion_tokens": sum(call.completion_tokens for call in log.calls),
-        "cost": _total_cost(log),
-        "new_cost": sum(call.cost or 0.0 for call in log.calls if not call.cached),
-        "latency_s": round(latency, 4),
-        "error": redact(error, secrets)[:2000] if error else None,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def _total_cost(log: CallLog) -> float | None:
-    costs = [call.cost for call in log.calls]
-    if any(cost is None for cost in costs):
-        return None
-    return sum(costs)
+    return make_row(
+        cell=cell.fingerprint,
+        dataset=cell.dataset.name,
+        model=cell.model.name,
+        strategy=cell.strategy.name,
+        example_id=problem.id,
+        question=problem.question,
+        gold=problem.gold,
+        prediction=flexible,
+        prediction_strict=strict,
+        answer_text=None if answer_text is None else str(answer_text),
+        correct=(not error) and answers_match(flexible, problem.gold),
+        correct_strict=(not error) and answers_match(strict, problem.gold),
+        parse_status=status,
+        subquestions=_field(prediction, "subquestions"),
+        subanswers=_field(prediction, "subanswers"),
+        reasoning=_field(prediction, "reasoning"),
+        fallback=_field(prediction, "fallback"),
+        stage_parse_failures=stage_failures,
+        raw_outputs=[redact(call.output, secrets) for call in log.calls],
+        calls=len(log.calls),
+        cached_calls=sum(call.cached for call in log.calls),
+        retries=log.retries,
+        prompt_tokens=log.prompt_tokens,
+        completion_tokens=log.completion_tokens,
+        cost=log.cost,
+        new_cost=log.new_cost,
+        latency_s=round(latency, 4),
+        error=redact(error, secrets)[:2000] if error else None,
+    )
 
 
 def _field(prediction: Any, name: str) -> Any:

@@ -11,12 +11,9 @@ same name and overrides it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
-import typing
-from typing import Any
 
 __all__ = ["main", "make_parser"]
 
@@ -24,31 +21,11 @@ EXIT_OK, EXIT_STOPPED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
 _ALIASES = {"only_models": "--models", "only_strategies": "--strategies", "only_datasets": "--datasets"}
 
 
-def _flag_type(hint: Any) -> tuple[Any, bool]:
-    """(argparse type, is_bool) for a field type such as `int | None`."""
-    args = [arg for arg in typing.get_args(hint) if arg is not type(None)] or [hint]
-    kind = args[0]
-    return (None, True) if kind is bool else (kind, False)
-
-
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from dd_prompting.config import add_arguments
     from dd_prompting.evals.config import EvalConfig
 
-    hints = typing.get_type_hints(EvalConfig)
-    for field in dataclasses.fields(EvalConfig):
-        if field.name in ("models", "strategies", "datasets"):
-            continue
-        kind, is_bool = _flag_type(hints[field.name])
-        names = ["--" + field.name.replace("_", "-")]
-        if field.name in _ALIASES:
-            names.insert(0, _ALIASES[field.name])
-        help_text = field.metadata.get("help", "")
-        if is_bool:
-            parser.add_argument(*names, dest=field.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(*names, dest=field.name, type=kind, default=argparse.SUPPRESS, help=help_text,
-                                metavar=field.name.upper())
+    add_arguments(parser, EvalConfig, aliases=_ALIASES)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -115,12 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     # litellm (imported for prices and token counts) fetches its price map from the network unless told not to.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     _setup_logging(args.pop("verbose"))
-    from dd_prompting.evals.config import load_config
+    from dd_prompting.config import overrides_from_args
+    from dd_prompting.evals.config import EvalConfig, load_config
     from dd_prompting.evals.harness import Harness
 
     config_path = args.pop("config")
     try:
-        config = load_config(config_path, overrides=args)
+        config = load_config(config_path, overrides=overrides_from_args(args, EvalConfig))
         harness = Harness(config)
         if config.dry_run:
             _print_estimate(harness.estimate(), max_cost=config.max_cost)

@@ -13,17 +13,23 @@
     name = "gsm8k"
     kind = "gsm8k"
 
-Each section is a dataclass whose fields carry `metadata={"help": ...}`; the command line is built
-from `EvalConfig`'s own fields, so a flag and the file key of the same name always agree.
+Each section is a dataclass whose fields carry `metadata={"help": ...}`, read by the one config
+engine (`dd_prompting.config`, shared with `dd-distill`): values are type-checked, an unknown key is
+named with the nearest valid one, and the command line is built from `EvalConfig`'s own fields, so
+a flag and the file key of the same name always agree. A model is a `dd_prompting.models.ModelConfig`,
+the same description a `dd-distill` teacher uses.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from dd_prompting.config import ConfigError, from_dict, load, read_config_file
+from dd_prompting.models import MODEL_KINDS, ModelConfig
 
 __all__ = [
     "ModelConfig",
@@ -31,94 +37,35 @@ __all__ = [
     "DatasetConfig",
     "EvalConfig",
     "load_config",
+    "ConfigError",
     "MODEL_KINDS",
     "STRATEGY_KINDS",
     "DATASET_KINDS",
 ]
 
-MODEL_KINDS = ("api", "local", "student")
 STRATEGY_KINDS = ("direct", "cot", "decomposed", "student")
 DATASET_KINDS = ("gsm8k", "file")
-ADAPTERS = ("chat", "json", "plain")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:+-]*$")
 
 
 def _check_name(section: str, name: str) -> None:
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(
+        raise ConfigError(
             f"{section}: name {name!r} must start with a letter or digit and use only letters, digits and _ . / : + -"
         )
-
-
-@dataclass
-class ModelConfig:
-    """One model to evaluate."""
-
-    model: str = field(metadata={"help": "litellm model string ('openai/gpt-4o-mini', 'ollama_chat/llama3'), a "
-                                         "transformers model path or hub id for kind='local' ('smollm2' for the "
-                                         "bundled SmolLM2-135M), or a label for kind='student'."})
-    name: str | None = field(default=None, metadata={"help": "Short name used in reports; defaults to `model`."})
-    kind: str = field(default="api", metadata={"help": f"One of {MODEL_KINDS}."})
-    api_base: str | None = field(default=None, metadata={"help": "Base URL of an OpenAI-compatible server "
-                                                                  "(vLLM, Ollama, a proxy)."})
-    api_key_env: str | None = field(default=None, metadata={"help": "Environment variable holding the API key. Keys "
-                                                                     "are never written in config files, logs, "
-                                                                     "reports or cache keys."})
-    engine: str = field(default="auto", metadata={"help": "dspy.LM engine: 'auto' (DSPy's own client where it can) "
-                                                          "or 'litellm'."})
-    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature."})
-    max_tokens: int | None = field(default=1024, metadata={"help": "Cap on the tokens of each reply."})
-    threads: int | None = field(default=None, metadata={"help": "Cap on concurrent calls for this model (local "
-                                                                 "models run one at a time)."})
-    adapter: str | None = field(default=None, metadata={"help": f"Prompt format, one of {ADAPTERS}; default chat "
-                                                                 "for API models, plain text for local models."})
-    input_cost_per_million: float | None = field(default=None, metadata={"help": "Price in USD per million input "
-                                                                                  "tokens; overrides litellm's map."})
-    output_cost_per_million: float | None = field(default=None, metadata={"help": "Price in USD per million "
-                                                                                   "output tokens."})
-    gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside `model` (kind='local')."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Generation cap for kind='local'."})
-    run_dir: str | None = field(default=None, metadata={"help": "A dd-distill run directory (kind='student')."})
-    student: str = field(default="pair", metadata={"help": "Which student of the run (kind='student'): 'pair' "
-                                                           "(decomposer + solver) or 'cot'."})
-
-    def __post_init__(self):
-        if self.name is None:
-            self.name = self.model
-        section = f"models[{self.name}]"
-        _check_name(section, self.name)
-        if self.kind not in MODEL_KINDS:
-            raise ValueError(f"{section}: kind must be one of {MODEL_KINDS}, got {self.kind!r}")
-        if self.adapter is not None and self.adapter not in ADAPTERS:
-            raise ValueError(f"{section}: adapter must be one of {ADAPTERS}, got {self.adapter!r}")
-        if self.engine not in ("auto", "litellm"):
-            raise ValueError(f"{section}: engine must be 'auto' or 'litellm', got {self.engine!r}")
-        if self.student not in ("pair", "cot"):
-            raise ValueError(f"{section}: student must be 'pair' or 'cot', got {self.student!r}")
-        if self.kind == "student" and not self.run_dir:
-            raise ValueError(f"{section}: kind='student' needs run_dir, the dd-distill run directory")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"{section}: threads must be at least 1, got {self.threads}")
-        if self.api_key_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", self.api_key_env):
-            raise ValueError(
-                f"{section}: api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), "
-                "not the key itself"
-            )
-
-    @property
-    def default_adapter(self) -> str:
-        return self.adapter or ("chat" if self.kind == "api" else "plain")
 
 
 @dataclass
 class StrategyConfig:
     """One way of prompting: answer directly, chain of thought, decomposition, or a distilled student."""
 
-    kind: str = field(metadata={"help": f"One of {STRATEGY_KINDS}: dspy.Predict, dspy.ChainOfThought, "
-                                        "dd_prompting.DecomposedSolver, or a dd-distill student pair."})
+    kind: Literal["direct", "cot", "decomposed", "student"] = field(
+        metadata={"help": f"One of {STRATEGY_KINDS}: dspy.Predict, dspy.ChainOfThought, "
+                          "dd_prompting.DecomposedSolver, or a dd-distill student pair."})
     name: str | None = field(default=None, metadata={"help": "Short name used in reports; defaults to the kind "
                                                              "(and mode)."})
-    mode: str = field(default="joint", metadata={"help": "DecomposedSolver mode: 'joint' or 'iterative'."})
+    mode: Literal["joint", "iterative"] = field(
+        default="joint", metadata={"help": "DecomposedSolver mode: 'joint' or 'iterative'."})
     demos: int | str = field(default=0, metadata={"help": "Few-shot demos: 0 for none, N to draw N solved "
                                                           "examples from the dataset's demo pool (seeded), or "
                                                           "'builtin' for dd_prompting's hand-written worked "
@@ -127,31 +74,32 @@ class StrategyConfig:
 
     def __post_init__(self):
         if self.kind not in STRATEGY_KINDS:
-            raise ValueError(f"strategies: kind must be one of {STRATEGY_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"strategies: kind must be one of {STRATEGY_KINDS}, got {self.kind!r}")
         if self.name is None:
             self.name = f"decomposed-{self.mode}" if self.kind == "decomposed" else self.kind
         section = f"strategies[{self.name}]"
         _check_name(section, self.name)
         if self.mode not in ("joint", "iterative"):
-            raise ValueError(f"{section}: mode must be 'joint' or 'iterative', got {self.mode!r}")
+            raise ConfigError(f"{section}: mode must be 'joint' or 'iterative', got {self.mode!r}")
         if isinstance(self.demos, bool) or not (
             self.demos == "builtin" or (isinstance(self.demos, int) and self.demos >= 0)
         ):
-            raise ValueError(f"{section}: demos must be a count >= 0 or 'builtin', got {self.demos!r}")
+            raise ConfigError(f"{section}: demos must be a count >= 0 or 'builtin', got {self.demos!r}")
         if self.max_subquestions < 1:
-            raise ValueError(f"{section}: max_subquestions must be at least 1, got {self.max_subquestions}")
+            raise ConfigError(f"{section}: max_subquestions must be at least 1, got {self.max_subquestions}")
         if self.kind == "student" and self.demos not in (0,):
-            raise ValueError(f"{section}: a student pipeline takes no demos (it was trained without them)")
+            raise ConfigError(f"{section}: a student pipeline takes no demos (it was trained without them)")
 
 
 @dataclass
 class DatasetConfig:
     """One dataset: the bundled GSM8K, or a JSON/JSONL/CSV file with a field mapping."""
 
-    kind: str = field(metadata={"help": f"One of {DATASET_KINDS}."})
+    kind: Literal["gsm8k", "file"] = field(metadata={"help": f"One of {DATASET_KINDS}."})
     name: str | None = field(default=None, metadata={"help": "Short name used in reports; defaults to the kind or "
                                                              "file stem."})
-    split: str = field(default="test", metadata={"help": "GSM8K split: train, test or test_socratic."})
+    split: Literal["train", "test", "test_socratic"] = field(
+        default="test", metadata={"help": "GSM8K split: train, test or test_socratic."})
     path: str | None = field(default=None, metadata={"help": "The data file (kind='file'); .json (a list of "
                                                              "objects), .jsonl or .csv."})
     question: str | list[str] = field(default="question", metadata={"help": "Field(s) that make the question; "
@@ -161,8 +109,9 @@ class DatasetConfig:
                                                                           "fields, e.g. '{Body} {Question}'; "
                                                                           "overrides `question`."})
     answer: str = field(default="answer", metadata={"help": "Field with the gold answer."})
-    answer_format: str = field(default="number", metadata={"help": "'number' (the field is the answer) or "
-                                                                   "'gsm8k' (a solution ending '#### N')."})
+    answer_format: Literal["number", "gsm8k"] = field(
+        default="number", metadata={"help": "'number' (the field is the answer) or 'gsm8k' (a solution ending "
+                                            "'#### N')."})
     id: str | None = field(default=None, metadata={"help": "Field with a unique example id; default: line/row "
                                                            "number."})
     demos_path: str | None = field(default=None, metadata={"help": "File of solved examples (same mapping) that "
@@ -173,21 +122,21 @@ class DatasetConfig:
 
     def __post_init__(self):
         if self.kind not in DATASET_KINDS:
-            raise ValueError(f"datasets: kind must be one of {DATASET_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"datasets: kind must be one of {DATASET_KINDS}, got {self.kind!r}")
         if self.kind == "file" and not self.path:
-            raise ValueError(f"datasets[{self.name or 'file'}]: kind='file' needs path")
+            raise ConfigError(f"datasets[{self.name or 'file'}]: kind='file' needs path")
         if self.name is None:
             self.name = Path(self.path).stem if self.kind == "file" else f"gsm8k-{self.split}"
         section = f"datasets[{self.name}]"
         _check_name(section, self.name)
         if self.kind == "gsm8k" and self.split not in ("train", "test", "test_socratic"):
-            raise ValueError(f"{section}: split must be train, test or test_socratic, got {self.split!r}")
+            raise ConfigError(f"{section}: split must be train, test or test_socratic, got {self.split!r}")
         if self.answer_format not in ("number", "gsm8k"):
-            raise ValueError(f"{section}: answer_format must be 'number' or 'gsm8k', got {self.answer_format!r}")
+            raise ConfigError(f"{section}: answer_format must be 'number' or 'gsm8k', got {self.answer_format!r}")
         if isinstance(self.question, str):
             self.question = [self.question]
         if not self.question or not all(isinstance(name, str) and name for name in self.question):
-            raise ValueError(f"{section}: question must name one or more fields, got {self.question!r}")
+            raise ConfigError(f"{section}: question must name one or more fields, got {self.question!r}")
 
 
 @dataclass
@@ -203,8 +152,8 @@ class EvalConfig:
                                                                   "Share it between runs to never pay twice."})
     limit: int | None = field(default=None, metadata={"help": "Examples per dataset: a sample drawn with `seed`."})
     seed: int = field(default=0, metadata={"help": "Seed for the example sample and the few-shot demos."})
-    split: str | None = field(default=None, metadata={"help": "GSM8K split for every gsm8k dataset (overrides "
-                                                              "the file)."})
+    split: Literal["train", "test", "test_socratic"] | None = field(
+        default=None, metadata={"help": "GSM8K split for every gsm8k dataset (overrides the file)."})
     threads: int = field(default=8, metadata={"help": "Concurrent examples."})
     max_cost: float | None = field(default=None, metadata={"help": "Budget in USD for new (uncached) calls; the run "
                                                                    "stops before it would pass it."})
@@ -222,9 +171,10 @@ class EvalConfig:
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self):
-        self.models = [_section(ModelConfig, item, "models") for item in self.models]
-        self.strategies = [_section(StrategyConfig, item, "strategies") for item in self.strategies]
-        self.datasets = [_section(DatasetConfig, item, "datasets") for item in self.datasets]
+        self.models = [_section(ModelConfig, item, f"models[{index}]") for index, item in enumerate(self.models)]
+        self.strategies = [_section(StrategyConfig, item, f"strategies[{index}]")
+                           for index, item in enumerate(self.strategies)]
+        self.datasets = [_section(DatasetConfig, item, f"datasets[{index}]") for index, item in enumerate(self.datasets)]
         if self.split is not None:
             for dataset in self.datasets:
                 if dataset.kind == "gsm8k":
@@ -233,21 +183,21 @@ class EvalConfig:
                     dataset.split = self.split
                     dataset.__post_init__()
         if self.threads < 1:
-            raise ValueError(f"threads must be at least 1, got {self.threads}")
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be at least 1, got {self.limit}")
+            raise ConfigError(f"limit must be at least 1, got {self.limit}")
         if self.max_cost is not None and self.max_cost < 0:
-            raise ValueError(f"max_cost must be >= 0, got {self.max_cost}")
+            raise ConfigError(f"max_cost must be >= 0, got {self.max_cost}")
         if self.retries < 0:
-            raise ValueError(f"retries must be >= 0, got {self.retries}")
+            raise ConfigError(f"retries must be >= 0, got {self.retries}")
         if self.timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {self.timeout}")
+            raise ConfigError(f"timeout must be positive, got {self.timeout}")
         for section, items in (("models", self.models), ("strategies", self.strategies),
                                ("datasets", self.datasets)):
             names = [item.name for item in items]
             duplicates = sorted({name for name in names if names.count(name) > 1})
             if duplicates:
-                raise ValueError(f"{section}: names must be unique; repeated: {duplicates}")
+                raise ConfigError(f"{section}: names must be unique; repeated: {duplicates}")
         self.models = _only(self.models, self.only_models, "only_models")
         self.strategies = _only(self.strategies, self.only_strategies, "only_strategies")
         self.datasets = _only(self.datasets, self.only_datasets, "only_datasets")
@@ -260,7 +210,7 @@ class EvalConfig:
         """Fail early when there is nothing to run."""
         for section in ("models", "strategies", "datasets"):
             if not getattr(self, section):
-                raise ValueError(f"The config lists no {section}; add at least one [[{section}]] section.")
+                raise ConfigError(f"The config lists no {section}; add at least one [[{section}]] section.")
 
 
 def _only(items: list, names: str | None, flag: str) -> list:
@@ -270,64 +220,37 @@ def _only(items: list, names: str | None, flag: str) -> list:
     known = {item.name for item in items}
     unknown = [name for name in wanted if name not in known]
     if unknown:
-        raise ValueError(f"{flag}: unknown names {unknown}; the config has {sorted(known)}")
+        raise ConfigError(f"{flag}: unknown names {unknown}; the config has {sorted(known)}")
     return [item for item in items if item.name in wanted]
 
 
 def _section(cls: type, item: Any, where: str):
-    if isinstance(item, cls):
-        return item
-    if not isinstance(item, dict):
-        raise ValueError(f"{where}: each entry must be a table/mapping, got {type(item).__name__}")
-    return _build(cls, item, where)
+    """One entry of `[[models]]`, `[[strategies]]` or `[[datasets]]` (a table, or an instance in Python)."""
+    if isinstance(item, dict):
+        _refuse_api_key(item, where)
+    return from_dict(cls, item, where)
 
 
-def _build(cls: type, values: dict[str, Any], where: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    if "api_key" in values:
-        raise ValueError(
+def _refuse_api_key(item: dict[str, Any], where: str) -> None:
+    if "api_key" in item:
+        raise ConfigError(
             f"{where}: 'api_key' is not accepted in a config file, so that keys never land in shared files; "
             "set api_key_env to the name of the environment variable that holds it"
         )
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
-    try:
-        return cls(**values)
-    except TypeError as err:
-        raise ValueError(f"{where}: {err}") from err
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> EvalConfig:
-    """Read a TOML (.toml) or YAML (.yaml/.yml) config, apply `overrides` (e.g. from flags), and validate.
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> EvalConfig:
+    """Read a TOML, YAML or JSON config, apply `overrides` (e.g. from flags), and validate.
 
     Errors name the file and the key at fault.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        import tomllib
-
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path}: not valid TOML: {err}") from err
-    elif suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {err}") from err
-    else:
-        raise ValueError(f"{path}: config files must end in .toml, .yaml or .yml")
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: the top level must be a table/mapping")
-    data = {**data, **{key: value for key, value in (overrides or {}).items() if value is not None}}
+    data = read_config_file(path)  # its errors name the file already
+    for section in ("models", "strategies", "datasets"):
+        entries = data.get(section)
+        for index, entry in enumerate(entries if isinstance(entries, list) else []):
+            if isinstance(entry, dict):
+                _refuse_api_key(entry, f"{path}: {section}[{entry.get('name') or index}]")
     try:
-        return _build(EvalConfig, data, "config")
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from err
+        return load(EvalConfig, base=data, overrides=overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err

@@ -1,39 +1,28 @@
 """Problems to evaluate: the bundled GSM8K, or a JSON/JSONL/CSV file mapped onto question and answer.
 
 A question may be built from several fields (SVAMP's `Body` + `Question`). A bad row fails the load
-with the file, line and field named, before any model is called.
+with the file, line and field named, before any model is called. Problems are `dd_prompting.data`'s
+`Problem`, the type distill's teachers take too; files are read by `dd_prompting.data.read_rows`.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import random
 import re
 import string
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from dd_prompting.data import Problem, gsm8k_path, gsm8k_problems, read_rows
 from dd_prompting.evals.config import DatasetConfig
 
-__all__ = ["Problem", "Dataset", "load_dataset", "load_demo_pool", "read_rows", "select_problems"]
+# `Problem` stays importable from here: evals/cell.py imports it from this module.
+__all__ = ["Problem", "Dataset", "load_dataset", "load_demo_pool", "select_problems"]
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One question with its canonical gold answer, and what few-shot demos need if it serves as one."""
-
-    id: str
-    question: str
-    gold: str
-    solution: str | None = None
-    subquestions: tuple[str, ...] = ()
-    subanswers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -62,10 +51,6 @@ def _file_sha256(path: Path | Any) -> str:
     return digest.hexdigest()
 
 
-def _gsm8k_file(split: str):
-    return resources.files("dd_prompting") / "data" / "gsm8k" / f"{split}.jsonl"
-
-
 def select_problems(problems: list[Problem], *, limit: int | None, seed: int) -> list[Problem]:
     """`limit` problems sampled with `seed`, kept in file order; all of them without a limit."""
     if limit is None or limit >= len(problems):
@@ -77,9 +62,9 @@ def select_problems(problems: list[Problem], *, limit: int | None, seed: int) ->
 def load_dataset(config: DatasetConfig, *, limit: int | None = None, seed: int = 0) -> Dataset:
     """Load and validate every row, then sample `limit` of them with `seed`."""
     if config.kind == "gsm8k":
-        problems = _gsm8k_problems(config.split)
+        problems = gsm8k_problems(config.split)
         source = f"dd_prompting/data/gsm8k/{config.split}.jsonl (bundled)"
-        sha = _file_sha256(_gsm8k_file(config.split))
+        sha = _file_sha256(gsm8k_path(config.split))
     else:
         path = Path(config.path)
         problems = _file_problems(path, config)
@@ -92,16 +77,16 @@ def load_demo_pool(config: DatasetConfig, *, socratic: bool, exclude: set[str]) 
     """Solved problems to draw few-shot demos from, and a note saying where they come from.
 
     GSM8K demos come from the train split; demos with sub-questions (for decomposition) come from the
-    Socratic test annotations, leaving out every problem being evaluated. A file dataset draws its
+    Socratic test annotations, leaving out every problem being evaluated (`test_socratic` problems
+    have the ids of the same `test` problems, so the ids alone tell). A file dataset draws its
     demos from `demos_path`.
     """
     if config.kind == "gsm8k":
         if socratic:
-            pool = [p for p in _gsm8k_problems("test_socratic") if p.id.replace("test_socratic", "test") not in exclude
-                    and p.id not in exclude]
+            pool = [p for p in gsm8k_problems("test_socratic") if p.id not in exclude]
             return pool, "GSM8K test_socratic rows that are not evaluated in this run"
         split = "train" if config.split != "train" else "test"
-        pool = [replace(p, solution=_clean_solution(p.solution)) for p in _gsm8k_problems(split)
+        pool = [replace(p, solution=_clean_solution(p.solution)) for p in gsm8k_problems(split)
                 if p.id not in exclude and p.solution]
         return pool, f"GSM8K {split} split"
     if socratic:
@@ -118,104 +103,11 @@ def load_demo_pool(config: DatasetConfig, *, socratic: bool, exclude: set[str]) 
     return pool, f"{config.demos_path}"
 
 
-def _gsm8k_problems(split: str) -> list[Problem]:
-    from dd_prompting import load_gsm8k
-
-    problems = []
-    for index, example in enumerate(load_gsm8k(split)):
-        solution = example.get("solution")
-        problems.append(Problem(
-            id=f"{split}-{index}",
-            question=example.question,
-            gold=example.answer,
-            solution=solution or None,  # raw; cleaned only when the problem becomes a demo
-            subquestions=tuple(example.get("subquestions") or ()),
-            subanswers=tuple(example.get("steps") or ()),
-        ))
-    return problems
-
-
 def _clean_solution(solution: str) -> str:
     """A GSM8K solution as reasoning: without calculator annotations and the '#### N' line."""
     lines = [line for line in solution.strip().splitlines() if not line.strip().startswith("####")]
     text = _CALCULATOR.sub("", "\n".join(lines))
     return "\n".join(line.split(" ** ", 1)[-1] for line in text.splitlines()).strip()
-
-
-def read_rows(path: Path, fmt: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) for every record of a .jsonl, .json (a list of objects) or .csv file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"Dataset file not found: {path}")
-    fmt = (fmt or path.suffix.lstrip(".")).lower()
-    if fmt == "jsonl":
-        yield from _read_jsonl(path)
-    elif fmt == "json":
-        yield from _read_json(path)
-    elif fmt == "csv":
-        yield from _read_csv(path)
-    else:
-        raise ValueError(f"{path}: unknown dataset format {fmt!r}; use a .json, .jsonl or .csv file")
-
-
-def _read_jsonl(path: Path):
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            yield number, row
-
-
-def _read_json(path: Path):
-    text = path.read_text(encoding="utf-8")
-    decoder = json.JSONDecoder()
-    position = _skip_space(text, 0)
-    if position >= len(text) or text[position] != "[":
-        raise ValueError(f"{path}:1: a .json dataset must be a list of objects ([{{...}}, ...])")
-    position = _skip_space(text, position + 1)
-    if position < len(text) and text[position] == "]":
-        return
-    while True:
-        line = text.count("\n", 0, position) + 1
-        try:
-            row, position = decoder.raw_decode(text, position)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from err
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
-        yield line, row
-        position = _skip_space(text, position)
-        if position < len(text) and text[position] == ",":
-            position = _skip_space(text, position + 1)
-            continue
-        if position < len(text) and text[position] == "]":
-            return
-        line = text.count("\n", 0, position) + 1
-        raise ValueError(f"{path}:{line}: expected ',' or ']' between list items")
-
-
-def _skip_space(text: str, position: int) -> int:
-    while position < len(text) and text[position] in " \t\r\n":
-        position += 1
-    return position
-
-
-def _read_csv(path: Path):
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
-            return
-        width = len(reader.fieldnames)
-        for row in reader:
-            if None in row or any(value is None for value in row.values()):
-                got = width + len(row.get(None) or []) - sum(value is None for value in row.values())
-                raise ValueError(f"{path}:{reader.line_num}: the row has {got} fields, the header has {width}")
-            yield reader.line_num, row
 
 
 def _file_problems(path: Path, config: DatasetConfig) -> list[Problem]:

@@ -17,8 +17,7 @@ from typing import Any
 
 import dspy
 
-from dd_prompting.evals.cache import CallCache
-from dd_prompting.evals.models import CallIdentity, Pricing
+from dd_prompting.models import CallCache, CallIdentity, Pricing
 
 __all__ = ["Estimate", "estimate_example", "count_tokens", "TYPICAL_OUTPUT_TOKENS"]
 

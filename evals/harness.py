@@ -12,7 +12,6 @@ import datetime
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
@@ -22,12 +21,23 @@ from typing import Any
 
 import dspy
 
-from dd_prompting.evals.cache import CallCache
+from dd_prompting.data import Problem
+from dd_prompting.evals.budget import Budget, Calibration
 from dd_prompting.evals.cell import Cell, evaluate_example
 from dd_prompting.evals.config import EvalConfig, ModelConfig, StrategyConfig
-from dd_prompting.evals.datasets import Dataset, Problem, load_dataset, load_demo_pool
+from dd_prompting.evals.datasets import Dataset, load_dataset, load_demo_pool
 from dd_prompting.evals.estimate import Estimate, estimate_example
-from dd_prompting.evals.models import CachedLM, Pricing, build_lm, identity_for, lookup_pricing, redact
+from dd_prompting.models import (
+    CallCache,
+    Pricing,
+    build_lm,
+    environment_secrets,
+    identity_for,
+    lookup_pricing,
+    redact,
+    safe_url,
+    url_secrets,
+)
 from dd_prompting.evals.results import ResultStore
 from dd_prompting.evals.strategies import (
     build_program,
@@ -63,33 +73,10 @@ class RunSummary:
     estimates: dict[str, Estimate] = field(default_factory=dict)
 
 
-class _Budget:
-    """Keeps spent + reserved + the next example's estimate within `limit`."""
-
-    def __init__(self, limit: float | None):
-        self.limit = limit
-        self.spent = 0.0
-        self.reserved = 0.0
-
-    def try_reserve(self, amount: float) -> bool:
-        if self.limit is None:
-            return True
-        if self.spent + self.reserved + amount > self.limit + 1e-12:
-            return False
-        self.reserved += amount
-        return True
-
-    def settle(self, reserved: float, actual: float) -> None:
-        self.reserved = max(0.0, self.reserved - reserved)
-        self.spent += actual
-
-
 def _secrets(config: EvalConfig) -> list[str]:
-    """Values that must never be written: configured keys and anything in a key-like environment variable."""
-    names = {model.api_key_env for model in config.models if model.api_key_env}
-    names |= {name for name in os.environ if any(part in name.upper() for part in ("KEY", "TOKEN", "SECRET"))}
-    return sorted({os.environ[name] for name in names if len(os.environ.get(name) or "") >= 8}, key=len,
-                  reverse=True)
+    """Values that must never be written: configured keys, key-like environment variables, URL credentials."""
+    names = [model.api_key_env for model in config.models if model.api_key_env]
+    return [*environment_secrets(names), *(secret for model in config.models for secret in url_secrets(model.api_base))]
 
 
 def _hash(payload: Any) -> str:
@@ -173,9 +160,10 @@ class Harness:
         return cells
 
     def _fingerprint(self, cell: Cell) -> str:
-        model = {key: value for key, value in asdict(cell.model).items()
-                 if key not in ("name", "threads", "api_key_env", "input_cost_per_million",
-                                "output_cost_per_million", "api_base")}
+        # The name and the endpoint are part of a cell: two servers of one model string are two rows.
+        model = {key: value for key, value in cell.model.to_public_dict().items()
+                 if key not in ("threads", "api_key_env", "input_cost_per_million", "output_cost_per_million",
+                                "retries", "retry_backoff", "timeout")}
         dataset = {key: value for key, value in asdict(cell.dataset_config).items() if key not in ("name",)}
         dataset["sha256"] = cell.dataset.sha256
         strategy = program_fingerprint(cell.prompts) if cell.program is not None else asdict(cell.strategy)
@@ -191,34 +179,52 @@ class Harness:
             cell.memo = (self.cache, identity_for(model))
             return
         if model.name not in self._lms:
-            self._lms[model.name] = CachedLM(
-                build_lm(model, timeout=self.config.timeout), cache=self.cache, pricing=self.pricing(model),
-                identity=identity_for(model), retries=self.config.retries, backoff=self.config.retry_backoff,
-            )
+            self._lms[model.name] = build_lm(model, cache=self.cache, timeout=self.config.timeout,
+                                             retries=self.config.retries, retry_backoff=self.config.retry_backoff)
         cell.lm = self._lms[model.name]
         cell.adapter = make_adapter(cell.adapter_name)  # adapters keep no per-call state; one serves all threads
 
     # ---------------------------------------------------------------- estimating
     def estimate(self, *, skip_done: bool = True) -> dict[str, Estimate]:
-        """Calls, tokens and cost per cell for the examples still to run; no model is called."""
+        """Calls, tokens and cost per cell for the examples still to run; no model is called.
+
+        A cell that has run examples already is estimated from what they really cost: the structural
+        estimate (the program's real prompts, typical reply lengths) is scaled by how far it was off on
+        the finished examples (`Calibration`).
+        """
         done = ResultStore(self.output_dir / RESULTS_FILE).completed() if skip_done else {}
         estimates = {}
         for cell in self.cells():
+            calibration = self._calibration(cell, done)
             total = Estimate(cost=0.0)
             for problem in cell.dataset.problems:
                 if (cell.fingerprint, problem.id) in done:
                     continue
-                total.add(self._estimate_one(cell, problem))
+                total.add(calibration.scale(self._estimate_one(cell, problem)))
             estimates[cell.label] = total
         return estimates
 
-    def _estimate_one(self, cell: Cell, problem: Problem) -> Estimate:
+    def _calibration(self, cell: Cell, done: dict, *, sample: int = 20) -> Calibration:
+        """How the structural estimate compares with what finished examples of this cell really cost."""
+        calibration = Calibration()
+        if cell.model.kind == "student":
+            return calibration
+        problems = {problem.id: problem for problem in cell.dataset.problems}
+        paid = [row for (fingerprint, example_id), row in done.items()
+                if fingerprint == cell.fingerprint and example_id in problems and row.get("calls", 0) > row.get(
+                    "cached_calls", 0)]
+        for row in paid[:sample]:
+            fresh = self._estimate_one(cell, problems[row["example_id"]], cache=None)
+            calibration.observe(fresh, row)
+        return calibration
+
+    def _estimate_one(self, cell: Cell, problem: Problem, *, cache: Any = "run") -> Estimate:
         if cell.model.kind == "student":
             return Estimate(examples=1, calls=1, cost=0.0)  # one local pipeline run, free
         return estimate_example(
             cell.program, {"question": problem.question}, adapter=make_adapter(cell.adapter_name),
-            token_model=cell.model.model, identity=identity_for(cell.model), cache=self.cache,
-            pricing=self.pricing(cell.model),
+            token_model=cell.model.model, identity=identity_for(cell.model),
+            cache=self.cache if cache == "run" else cache, pricing=self.pricing(cell.model),
         )
 
     # ---------------------------------------------------------------- running
@@ -234,7 +240,7 @@ class Harness:
         store = ResultStore(self.output_dir / RESULTS_FILE)
         done = store.completed()
         self._check_budget_prices(cells, done)
-        budget = _Budget(self.config.max_cost)
+        budget = Budget(self.config.max_cost)
         wall = _load_wall_times(self.output_dir / RUN_FILE)
         started = time.perf_counter()
         try:
@@ -275,7 +281,7 @@ class Harness:
                 "input_cost_per_million and output_cost_per_million in their [[models]] sections"
             )
 
-    def _run_cell(self, cell: Cell, todo: list[Problem], store: ResultStore, budget: _Budget,
+    def _run_cell(self, cell: Cell, todo: list[Problem], store: ResultStore, budget: Budget,
                   summary: RunSummary, done: dict) -> None:
         from tqdm.auto import tqdm
 
@@ -285,20 +291,21 @@ class Harness:
         previous = [row for key, row in done.items() if key[0] == cell.fingerprint]
         correct = sum(bool(row.get("correct")) for row in previous)
         finished = len(previous)
-        max_seen_cost = 0.0
+        calibration = self._calibration(cell, done) if budget.limit is not None else Calibration()
         progress = tqdm(total=total, initial=total - len(todo), desc=cell.label, unit="ex",
                         disable=not self.config.progress, dynamic_ncols=True)
-        pending: dict[Future, tuple[Problem, float]] = {}
+        pending: dict[Future, tuple[Problem, float, Estimate | None]] = {}
         queue = iter(todo)
         exhausted = False
 
         def record(future: Future) -> None:
-            nonlocal correct, finished, max_seen_cost
-            problem, reserve = pending.pop(future)
+            nonlocal correct, finished
+            problem, reserve, estimate = pending.pop(future)
             row = future.result()
             store.append(row)
             budget.settle(reserve, row["new_cost"])
-            max_seen_cost = max(max_seen_cost, row["new_cost"])
+            if estimate is not None:
+                calibration.observe(estimate, row)
             summary.rows_written += 1
             summary.new_calls += row["calls"] - row["cached_calls"]
             summary.cached_calls += row["cached_calls"]
@@ -313,27 +320,29 @@ class Harness:
                 self.on_row(row)
 
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evals")
+        # Twice as many queued as there are workers, so none waits for this thread to hand it work; under a
+        # budget only as many as run, since every queued example holds a reservation the run cannot spend.
+        depth = workers if budget.limit is not None else 2 * workers
         try:
             while True:
-                # Twice as many queued as there are workers, so none waits for this thread to hand it work.
-                while not exhausted and not summary.stopped and len(pending) < 2 * workers:
+                # Until the estimate is calibrated, a budgeted run feels its way one example at a time.
+                room = depth if budget.limit is None or calibration.calibrated else 1
+                while not exhausted and not summary.stopped and len(pending) < room:
                     problem = next(queue, None)
                     if problem is None:
                         exhausted = True
                         break
-                    reserve = 0.0
+                    reserve, estimate = 0.0, None
                     if budget.limit is not None:
-                        # Reserve half again the estimate (replies can run longer than the typical lengths it
-                        # assumes), or the dearest example so far; an example whose calls are all cached is free.
-                        estimate = self._estimate_one(cell, problem).cost or 0.0
-                        reserve = max(1.5 * estimate, max_seen_cost) if estimate else 0.0
+                        estimate = self._estimate_one(cell, problem)
+                        reserve = calibration.reserve(estimate)
                     if not budget.try_reserve(reserve):
                         summary.stopped = (f"budget: ${budget.spent:.4f} spent and ${budget.reserved:.4f} in flight; "
                                            f"the next example (about ${reserve:.4f}) would pass max_cost "
                                            f"${budget.limit:.4f}")
                         break
                     future = pool.submit(evaluate_example, cell, problem, secrets=self.secrets)
-                    pending[future] = (problem, reserve)
+                    pending[future] = (problem, reserve, estimate)
                 if not pending:
                     break
                 completed, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -368,7 +377,7 @@ class Harness:
         for model in self.config.models:
             pricing = self.pricing(model)
             models[model.name] = {
-                "model": model.model, "kind": model.kind, "api_base": _safe_url(model.api_base),
+                "model": model.model, "kind": model.kind, "api_base": safe_url(model.api_base),
                 "temperature": model.temperature, "max_tokens": model.max_tokens, "adapter": model.default_adapter,
                 "run_dir": model.run_dir, "gguf_file": model.gguf_file,
                 "price_source": pricing.source,
@@ -429,18 +438,3 @@ def _load_wall_times(path: Path) -> dict[str, float]:
     except (json.JSONDecodeError, AttributeError):
         return {}
     return {fingerprint: float(cell.get("wall_s") or 0.0) for fingerprint, cell in cells.items()}
-
-
-def _safe_url(url: str | None) -> str | None:
-    """A URL without user:password@, so credentials in a base URL never reach the report."""
-    if not url:
-        return url
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        parts = parts._replace(netloc=host)
-    return urlunsplit(parts._replace(query=""))

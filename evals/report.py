@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import csv
 import functools
-import itertools
 import json
 import platform
-from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from dd_prompting.evals.results import ResultStore, latest_rows
-from dd_prompting.evals.stats import mcnemar_exact, paired_counts, wilson_interval
+from dd_prompting.results import CellSummary, PairedTest, paired_tests, summarize
 
-__all__ = ["CellSummary", "PairedTest", "summarize", "paired_tests", "write_report", "environment_versions"]
+__all__ = ["write_report", "environment_versions"]
 
 _PACKAGES = ("dd-prompting", "dspy", "litellm", "openai", "transformers", "torch", "diskcache", "tokenizers")
 
@@ -35,106 +34,6 @@ def environment_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     return versions
-
-
-@dataclass
-class CellSummary:
-    dataset: str
-    model: str
-    strategy: str
-    n: int
-    planned: int | None
-    accuracy: float
-    accuracy_low: float
-    accuracy_high: float
-    accuracy_strict: float
-    accuracy_strict_low: float
-    accuracy_strict_high: float
-    parse_failure_rate: float
-    failed: int
-    calls_per_problem: float
-    prompt_tokens_per_problem: float
-    completion_tokens_per_problem: float
-    cost_per_problem: float | None
-    total_cost: float | None
-    mean_latency_s: float
-    wall_s: float | None
-
-
-@dataclass
-class PairedTest:
-    dataset: str
-    model: str
-    strategy_a: str
-    strategy_b: str
-    n: int
-    accuracy_a: float
-    accuracy_b: float
-    only_a: int
-    only_b: int
-    p_value: float
-
-
-def summarize(rows: list[dict[str, Any]], run: dict[str, Any] | None = None) -> list[CellSummary]:
-    """One summary per (dataset, model, strategy). Failed examples (API errors) count as wrong."""
-    cells_meta = (run or {}).get("cells", {})
-    planned = {name: info.get("evaluated") for name, info in (run or {}).get("datasets", {}).items()}
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        groups[row["cell"]].append(row)
-    summaries = []
-    for fingerprint, group in groups.items():
-        n = len(group)
-        right = sum(bool(row["correct"]) for row in group)
-        right_strict = sum(bool(row["correct_strict"]) for row in group)
-        low, high = wilson_interval(right, n)
-        strict_low, strict_high = wilson_interval(right_strict, n)
-        costs = [row.get("cost") for row in group]
-        total_cost = None if any(cost is None for cost in costs) else float(sum(costs))
-        first = group[0]
-        summaries.append(CellSummary(
-            dataset=first["dataset"], model=first["model"], strategy=first["strategy"], n=n,
-            planned=planned.get(first["dataset"]),
-            accuracy=right / n, accuracy_low=low, accuracy_high=high,
-            accuracy_strict=right_strict / n, accuracy_strict_low=strict_low, accuracy_strict_high=strict_high,
-            parse_failure_rate=sum(row["parse_status"] in ("unparsed", "no_number") for row in group) / n,
-            failed=sum(bool(row.get("error")) for row in group),
-            calls_per_problem=sum(row["calls"] for row in group) / n,
-            prompt_tokens_per_problem=sum(row["prompt_tokens"] for row in group) / n,
-            completion_tokens_per_problem=sum(row["completion_tokens"] for row in group) / n,
-            cost_per_problem=None if total_cost is None else total_cost / n,
-            total_cost=total_cost,
-            mean_latency_s=sum(row["latency_s"] for row in group) / n,
-            wall_s=cells_meta.get(fingerprint, {}).get("wall_s"),
-        ))
-    summaries.sort(key=lambda s: (s.dataset, s.model, s.strategy))
-    return summaries
-
-
-def paired_tests(rows: list[dict[str, Any]]) -> list[PairedTest]:
-    """Exact McNemar tests between every two strategies of one model on one dataset.
-
-    Only problems both strategies finished without an API error are paired.
-    """
-    outcomes: dict[tuple[str, str], dict[str, dict[str, bool]]] = defaultdict(dict)
-    for row in rows:
-        if row.get("error"):
-            continue
-        outcomes[(row["dataset"], row["model"])].setdefault(row["strategy"], {})[row["example_id"]] = bool(
-            row["correct"])
-    tests = []
-    for (dataset, model), by_strategy in sorted(outcomes.items()):
-        for a, b in itertools.combinations(sorted(by_strategy), 2):
-            both, only_a, only_b, neither = paired_counts(by_strategy[a], by_strategy[b])
-            n = both + only_a + only_b + neither
-            if n == 0:
-                continue
-            tests.append(PairedTest(
-                dataset=dataset, model=model, strategy_a=a, strategy_b=b, n=n,
-                accuracy_a=(both + only_a) / n, accuracy_b=(both + only_b) / n,
-                only_a=only_a, only_b=only_b, p_value=mcnemar_exact(only_a, only_b),
-            ))
-    return tests
 
 
 def _load(output_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -2,21 +2,18 @@
 
 A run killed mid-write leaves at most one partial last line; opening the file again cuts it off, so
 the next append starts on a clean line. When a row appears twice (an example retried after an API
-error), the later one wins.
+error), the later one wins. Reading and appending are `dd_prompting.data.jsonl`'s, with its one
+malformed-line policy.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ResultStore", "row_key", "latest_rows"]
+from dd_prompting.data.jsonl import JsonlWriter, read_jsonl, repair_torn_tail
 
-logger = logging.getLogger(__name__)
+__all__ = ["ResultStore", "row_key", "latest_rows"]
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, str]:
@@ -32,43 +29,27 @@ def latest_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class ResultStore:
-    """Append-only JSONL of result rows, safe to reopen after a crash."""
+    """Append-only JSONL of result rows, safe to reopen after a crash (through `dd_prompting.data.jsonl`).
 
-    def __init__(self, path: str | Path):
+    Opening the store cuts a half-written last line, so reading a killed run's file works and the
+    next append starts on a clean line. A malformed line anywhere else is an error naming it, or
+    with `skip_malformed` is logged and counted in `skipped`: its example then simply runs again.
+    """
+
+    def __init__(self, path: str | Path, *, skip_malformed: bool = False):
         self.path = Path(path)
+        self.skip_malformed = skip_malformed
+        self.skipped: list[tuple[int, str]] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._handle = None
-        self._repair_tail()
-
-    def _repair_tail(self) -> None:
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return
-        with self.path.open("rb+") as handle:
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) == b"\n":
-                return
-            handle.seek(0)
-            data = handle.read()
-            cut = data.rfind(b"\n") + 1
-            logger.warning("%s: dropping a partial last line (%d bytes) left by an interrupted run",
-                           self.path, len(data) - cut)
-            handle.truncate(cut)
+        repair_torn_tail(self.path)
+        self._writer = JsonlWriter(self.path, default=str)
 
     def read(self) -> list[dict[str, Any]]:
-        """Every row in the file, in order; malformed lines are skipped with a warning naming them."""
+        """Every row in the file, in order; none if there is no file yet."""
         if not self.path.exists():
             return []
-        rows = []
-        with self.path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    logger.warning("%s:%d: skipping a malformed row (%s)", self.path, number, err.msg)
-        return rows
+        self.skipped = []
+        return [row for _, row in read_jsonl(self.path, skip_malformed=self.skip_malformed, skipped=self.skipped)]
 
     def completed(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Rows that need no rerun: finished without an API error."""
@@ -76,15 +57,7 @@ class ResultStore:
 
     def append(self, row: dict[str, Any]) -> None:
         """Write one row and flush it to the OS, so a killed process loses nothing already appended."""
-        line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
-        with self._lock:
-            if self._handle is None:
-                self._handle = self.path.open("a", encoding="utf-8")
-            self._handle.write(line)
-            self._handle.flush()
+        self._writer.write(row)
 
     def close(self) -> None:
-        with self._lock:
-            if self._handle is not None:
-                self._handle.close()
-                self._handle = None
+        self._writer.close()

@@ -15,8 +15,8 @@ from typing import Any
 
 import dspy
 
+from dd_prompting.data import Problem
 from dd_prompting.evals.config import StrategyConfig
-from dd_prompting.evals.datasets import Problem
 
 __all__ = [
     "SolveProblem",
@@ -96,7 +96,7 @@ def _builtin_problems() -> list[Problem]:
     return [
         Problem(id=f"builtin-{index}", question=example.problem, gold=example.answer,
                 solution=" ".join(example.subanswers), subquestions=example.subquestions,
-                subanswers=example.subanswers)
+                steps=example.subanswers)
         for index, example in enumerate(WORKED_EXAMPLES)
     ]
 
@@ -109,7 +109,7 @@ def _set_decomposition_demos(program: dspy.Module, demos: list[Problem]) -> None
     if missing:
         raise ValueError(f"decomposition demos need sub-questions; demo problems {missing[:3]} have none")
     program.use_worked_examples(
-        WorkedExample(problem=p.question, subquestions=tuple(p.subquestions), subanswers=tuple(p.subanswers),
+        WorkedExample(problem=p.question, subquestions=tuple(p.subquestions), subanswers=tuple(p.steps or ()),
                       answer=p.gold)
         for p in demos
     )

@@ -84,6 +84,10 @@ def build_lm(config: ModelConfig, *, cache: CallCache | None, retries: int | Non
             options["api_key"] = PLACEHOLDER_KEY
         if config.engine != "auto":
             options["engine"] = config.engine
+        elif url_secrets(config.api_base):
+            # DSPy's own HTTP engine cannot connect to a user:password@host URL (it resolves "user:password@host"
+            # as a host name); litellm's client sends the credentials as HTTP basic auth, as such proxies expect.
+            options["engine"] = "litellm"
         import dspy
 
         lm = dspy.LM(config.model, **options)

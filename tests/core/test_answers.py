@@ -3,6 +3,7 @@ import pytest
 
 from dd_prompting import INVALID, answers_match, canonical_number, extract_answer, extract_gold, numeric_match
 from dd_prompting import numeric_match_strict
+from dd_prompting.answers import read_step_result
 
 
 @pytest.mark.parametrize(
@@ -85,3 +86,20 @@ def test_metrics_strict_and_flexible_side_by_side():
     assert not numeric_match_strict(example, pred)
     assert numeric_match_strict(example, dspy.Prediction(answer="19 apples"))
     assert not numeric_match(example, dspy.Prediction(answer=None))
+
+
+@pytest.mark.parametrize(
+    "step, result",
+    [
+        ("So there are 9 + 6 = 15 liters out of the 24 liters.", "15"),
+        ("The house is worth 120,000+80,000=$200,000", "200000"),
+        ("She has 12 apples left.", "12"),
+        ("It is 3 = three apples, so 4 pears.", "4"),
+        ("Sam reads 60 + 24 = 84 pages in 3 days.", "84"),
+        # The two readers of a step (teacher filtering, student evaluation) once disagreed here: 0.75 vs 3.
+        ("1/2 + 1/4 = 3/4 cup.", "0.75"),
+        ("No idea.", "[invalid]"),
+    ],
+)
+def test_read_step_result_reads_the_computed_number(step, result):
+    assert read_step_result(step) == result

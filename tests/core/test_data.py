@@ -69,3 +69,39 @@ def test_malformed_rows_name_where_they_are(monkeypatch):
         [{"question": "Q?", "answer": "no marker"}]))
     with pytest.raises(ValueError, match=r"row 0: field 'answer'"):
         load_gsm8k("test", source="hub")
+
+
+def test_gsm8k_problem_ids_name_the_split_and_socratic_shares_the_test_ids():
+    from dd_prompting.data import gsm8k_problems
+
+    test = gsm8k_problems("test", offset=10, limit=3)
+    socratic = gsm8k_problems("test_socratic", offset=10, limit=3)
+    assert [p.id for p in test] == [p.id for p in socratic] == ["gsm8k-test-10", "gsm8k-test-11", "gsm8k-test-12"]
+    assert [p.question for p in test] == [p.question for p in socratic]  # the same problems
+    assert all(p.steps and len(p.steps) == len(p.subquestions) for p in socratic)
+    assert all(p.steps is None and p.solution.endswith(f"#### {p.gold}") for p in test)
+    assert [p.id for p in gsm8k_problems("train", limit=2)] == ["gsm8k-train-0", "gsm8k-train-1"]
+
+
+def test_problem_files_round_trip_with_their_decomposition(tmp_path):
+    from dd_prompting.data import Problem, gsm8k_problems, read_problems, write_problems
+
+    problems = [*gsm8k_problems("test_socratic", limit=2), *gsm8k_problems("train", limit=1),
+                Problem("gen-0", "Ann has 2 cats and gets 3. How many?", "5", subquestions=["How many?"],
+                        steps=["She has 2 + 3 = 5 cats."])]
+    path = write_problems(tmp_path / "problems.jsonl", problems)
+    again = read_problems(path)
+    assert again[:3] == problems[:3]
+    assert (again[3].subquestions, again[3].steps, again[3].gold) == (("How many?",), ("She has 2 + 3 = 5 cats.",), "5")
+    assert read_problems(path, offset=1, limit=2) == again[1:3]
+
+
+def test_a_bad_problem_line_names_the_file_and_line(tmp_path):
+    from dd_prompting.data import MalformedLineError, read_problems
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"question": "Q?", "answer": "#### 3"}\n{"question": "Q2?"}\n', encoding="utf-8")
+    with pytest.raises(MalformedLineError, match=r"p.jsonl:2: .*'question' and 'answer'"):
+        read_problems(path)
+    [problem] = read_problems(path, skip_malformed=True)
+    assert problem.id == "p-1" and problem.gold == "3"

@@ -25,7 +25,7 @@ RUN_FILES = [
     "config.json", "problems.jsonl", "heldout.jsonl", "traces.jsonl", "trace_report.json", "stages.json",
     "data/decomposer.jsonl", "data/solver.jsonl", "data/cot.jsonl",
     "students/decomposer/student.json", "students/solver/student.json", "students/cot/student.json",
-    "students/solver/model.safetensors", "eval/pair.jsonl", "eval/cot.jsonl",
+    "students/solver/model.safetensors", "eval/results.jsonl", "eval/run.json",
     "metrics.json", "report.md", "loss.png", "accuracy.png",
 ]
 
@@ -65,7 +65,14 @@ def test_offline_run_writes_the_whole_run_directory(offline_run, capsys):
     assert {role: info["steps"] for role, info in metrics["students"].items()} == {"decomposer": 3, "solver": 3, "cot": 3}
     report = (offline_run / "report.md").read_text()
     assert "| student pair (decomposer + solver) |" in report and "![accuracy](accuracy.png)" in report
-    assert len((offline_run / "eval" / "pair.jsonl").read_text().splitlines()) == 10
+    rows = [json.loads(line) for line in (offline_run / "eval" / "results.jsonl").read_text().splitlines()]
+    assert sorted(row["strategy"] for row in rows if row["model"] == "students") == ["cot"] * 10 + ["pair"] * 10
+    # Every accuracy carries its interval, and the pair and the CoT student are compared on the same problems.
+    for system in ("pair", "cot", "teacher"):
+        low, high = evaluation[system]["interval"]
+        assert 0 <= low <= evaluation[system]["accuracy"] <= high <= 1
+    assert evaluation["paired"]["n"] == 10 and 0 <= evaluation["paired"]["p_value"] <= 1
+    assert "exact McNemar p =" in report and "% [" in report
     held_out = {json.loads(line)["question"] for line in (offline_run / "heldout.jsonl").read_text().splitlines()}
     train = {json.loads(line)["question"] for line in (offline_run / "problems.jsonl").read_text().splitlines()}
     assert not held_out & train
@@ -168,7 +175,7 @@ def gsm8k_server():
 def _recipe_flags(server, tmp_path, run_dir):
     return [
         "--run-dir", str(run_dir), "--teacher.api_base", server.base_url, "--teacher.cache_dir", str(tmp_path / "cache"),
-        "--teacher.num_threads", "4", "--data.train_problems", "6", "--data.eval_problems", "4", "--quiet", *TINY,
+        "--teacher.threads", "4", "--data.train_problems", "6", "--data.eval_problems", "4", "--quiet", *TINY,
     ]
 
 
@@ -179,7 +186,7 @@ def test_gsm8k_gpt2_recipe_runs_end_to_end_at_tiny_scale(gsm8k_server, tmp_path,
     assert main(["run", "--config", str(config), *_recipe_flags(gsm8k_server, tmp_path, run_dir)]) == 0
     assert gsm8k_server.call_count >= 12  # two teacher calls per training problem, over real HTTP
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["teacher"] == {"kind": "dspy", "model": "openai/gpt-4o-mini", "mode": "joint"}
+    assert metrics["teacher"] == {"kind": "api", "model": "openai/gpt-4o-mini", "mode": "joint"}
     assert metrics["traces"]["kept"] == 6 and metrics["traces"]["cost"] > 0
     assert metrics["evaluation"]["teacher"]["on"] == "training problems"
     assert metrics["evaluation"]["problems"] == 4
@@ -221,3 +228,83 @@ def test_every_example_config_loads():
     for path in configs:
         config = RunConfig.load(path)
         assert all(config.train_config(role).model.startswith("gpt2") for role in ("decomposer", "solver", "cot"))
+
+
+def test_dd_evals_report_renders_a_distill_run(offline_run, tmp_path):
+    from dd_prompting.evals.cli import main as evals_main
+
+    assert evals_main(["report", str(offline_run / "eval"), "--no-plots"]) == 0
+    summary = (offline_run / "eval" / "summary.md").read_text()
+    assert "| heldout | students | pair | 10 |" in summary and "| heldout | students | cot | 10 |" in summary
+    assert "| heldout | students | cot | pair | 10 |" in summary  # the paired test
+
+
+def _api_teacher_flags(server, tmp_path, run_dir, api_base=None):
+    return ["--run-dir", str(run_dir), "--teacher.kind", "api", "--teacher.model", "openai/gpt-4o-mini",
+            "--teacher.api_base", api_base or server.base_url, "--teacher.cache_dir", str(tmp_path / "cache"),
+            "--teacher.retries", "0", "--data.source", "gsm8k", "--data.train_problems", "4",
+            "--data.eval_problems", "2", "--data.eval_offset", "4", "--quiet", *TINY]
+
+
+def test_a_traces_stage_whose_every_call_failed_is_not_finished_and_reruns(tmp_path, capsys):
+    from dd_prompting.testing import Reply
+
+    refused = {"on": True}
+
+    def respond(request):
+        if refused["on"]:
+            return Reply("Incorrect API key provided", status=401)
+        return '[[ ## subquestions ## ]]\n["What is asked?"]\n\n[[ ## completed ## ]]'
+
+    run_dir = tmp_path / "refused"
+    with OpenAICompatibleServer(respond) as server:
+        assert main(["traces", *_api_teacher_flags(server, tmp_path, run_dir)]) != 0
+        assert "no usable trace" in capsys.readouterr().err
+        stages = run_dir / "stages.json"
+        assert not stages.exists() or "traces" not in json.loads(stages.read_text())
+        refused["on"] = False
+        calls = server.call_count
+        main(["traces", *_api_teacher_flags(server, tmp_path, run_dir)])
+        assert server.call_count > calls  # asked again, not skipped as done
+
+
+def test_url_credentials_in_api_base_reach_no_file_or_log(gsm8k_server, tmp_path, capsys, caplog):
+    host = gsm8k_server.base_url.split("://", 1)[1]
+    api_base = f"http://proxyuser:proxy-pass-0417@{host}"
+    run_dir = tmp_path / "creds"
+    flags = _api_teacher_flags(gsm8k_server, tmp_path, run_dir, api_base=api_base)
+    flags[flags.index("--data.source") + 1] = "gsm8k"
+    main(["traces", *flags])
+    captured = capsys.readouterr()
+    assert gsm8k_server.call_count > 0
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert b"proxy-pass-0417" not in path.read_bytes(), path
+    assert "proxy-pass-0417" not in captured.out + captured.err + caplog.text
+    assert json.loads((run_dir / "config.json").read_text())["teacher"]["api_base"] == gsm8k_server.base_url
+
+
+def test_an_output_dir_that_is_a_file_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file, not a directory")
+    assert main(["traces", "--output-dir", str(blocker), "--name", "x", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "must name directories" in err and "Traceback" not in err
+
+
+def test_old_flag_spellings_still_work_with_a_future_warning(tmp_path):
+    run_dir = tmp_path / "old-flags"
+    with pytest.warns(FutureWarning) as caught:
+        code = main(["traces", "--run-dir", str(run_dir), "--teacher.num_threads", "2", "--teacher.backoff", "0.5",
+                     "--data.train_problems", "4", "--data.eval_problems", "2", "--quiet"])
+    assert code == 0
+    assert {"teacher.num_threads is now spelled teacher.threads",
+            "teacher.backoff is now spelled teacher.retry_backoff"} <= {str(w.message) for w in caught}
+    saved = json.loads((run_dir / "config.json").read_text())["teacher"]
+    assert (saved["threads"], saved["retry_backoff"]) == (2, 0.5)
+    assert "num_threads" not in saved and "backoff" not in saved and "lm_retries" not in saved
+
+
+def test_a_removed_setting_is_an_error_saying_so(tmp_path, capsys):
+    assert main(["traces", "--run-dir", str(tmp_path / "r"), "--teacher.lm_retries", "2", "--quiet"]) == 2
+    assert "teacher.lm_retries is no longer a setting" in capsys.readouterr().err

@@ -3,7 +3,14 @@ import json
 
 import pytest
 
-from dd_prompting.distill.config import ConfigError, RunConfig, add_config_arguments, overrides_from_args, read_config_file
+from dd_prompting.distill.config import (
+    ConfigError,
+    RunConfig,
+    TeacherConfig,
+    add_config_arguments,
+    overrides_from_args,
+    read_config_file,
+)
 
 
 def _parse(argv):
@@ -16,7 +23,7 @@ TOML = """
 name = "demo"
 
 [teacher]
-kind = "dspy"
+kind = "api"
 model = "openai/gpt-4o-mini"
 samples = 2
 temperature = 0.7
@@ -82,18 +89,21 @@ def test_saved_config_reloads_identically(tmp_path):
     "data, message",
     [
         ({"teacher": {"kind": "oracle"}}, r"teacher.kind must be one of"),
-        ({"teacher": {"kind": "dspy"}}, r"teacher.model is required"),
+        ({"teacher": {"kind": "api"}}, r"teacher.model is required"),
         ({"teacher": {"samples": 0}}, r"teacher.samples must be"),
         ({"teacher": {"samples": 4}}, r"teacher.samples = 4 needs teacher.temperature"),
         ({"teacher": {"api_key_env": "sk-abc123/xyz"}}, r"teacher.api_key_env must be the NAME"),
-        ({"teacher": {"num_threads": "8"}}, r"teacher.num_threads must be an int"),
-        ({"teacher": {"modle": "x"}}, r"unknown setting\(s\) \['teacher.modle'\]"),
+        ({"teacher": {"threads": "8"}}, r"teacher.threads must be an int"),
+        ({"teacher": {"temprature": 0.5}}, r"unknown setting teacher.temprature; did you mean teacher.temperature\?"),
+        ({"teacher": {"lm_retries": 2}}, r"teacher.lm_retries is no longer a setting: retries are per call"),
+        ({"teacher": {"threads": 2, "num_threads": 4}}, r"are one setting"),
         ({"data": {"source": "imagenet"}}, r"data.source must be"),
         ({"data": {"generator": {"max_factor": 1}}}, r"max_factor"),
         ({"data": {"source": "gsm8k", "split": "test_socratic"}}, r"overlap the held-out"),
         ({"student": {"tiny_hidden": 100, "tiny_heads": 3}}, r"student: .*tiny_hidden"),
         ({"solver": {"learning_rate": -1.0}}, r"solver: .*learning_rate"),
-        ({"cot": {"max_stepz": 1}}, r"cot: unknown field"),
+        ({"cot": {"max_stepz": 1}}, r"unknown setting cot.max_stepz; did you mean cot.max_steps\?"),
+        ({"solver": {"epochs": "3"}}, r"solver.epochs must be a float, got '3'"),
         ({"eval": {"batch_size": 0}}, r"eval.batch_size"),
         ({"name": "a/b"}, r"name must be a plain directory name"),
         ({"train_cot": "yes"}, r"train_cot must be true or false"),
@@ -133,3 +143,59 @@ def test_bad_config_files_name_the_file(tmp_path, name, text, message):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="not found: .*nope.toml"):
         RunConfig.load(tmp_path / "nope.toml")
+
+
+def test_old_teacher_spellings_still_load_with_a_future_warning():
+    with pytest.warns(FutureWarning) as caught:
+        config = RunConfig.from_dict({"teacher": {"kind": "dspy", "model": "openai/gpt-4o-mini", "num_threads": 4,
+                                                  "backoff": 0.5}})
+    assert (config.teacher.kind, config.teacher.threads, config.teacher.retry_backoff) == ("api", 4, 0.5)
+    assert {str(w.message) for w in caught} == {"teacher.num_threads is now spelled teacher.threads",
+                                                "teacher.backoff is now spelled teacher.retry_backoff",
+                                                "teacher.kind = 'dspy' is now 'api'"}
+    with pytest.warns(FutureWarning) as caught:
+        smollm2 = RunConfig.from_dict({"teacher": {"kind": "dspy", "model": "smollm2"}})
+    assert any("teacher.kind = 'local'" in str(w.message) for w in caught)
+    assert (smollm2.teacher.kind, smollm2.teacher.model) == ("local", "smollm2")
+    with pytest.warns(FutureWarning, match="teacher.kind = 'dspy' is now 'api'"):
+        direct = TeacherConfig(kind="dspy", model="openai/gpt-4o-mini")  # the Python API too
+    assert direct.kind == "api"
+    with pytest.warns(FutureWarning, match="kind = 'local'"):
+        local = RunConfig.from_dict({"teacher": {"kind": "api", "model": "local:runs/x/students/solver"}})
+    assert (local.teacher.kind, local.teacher.model) == ("local", "runs/x/students/solver")
+
+
+def test_a_saved_config_never_holds_url_credentials(tmp_path):
+    config = RunConfig.from_dict({"teacher": {"kind": "api", "model": "openai/m",
+                                              "api_base": "http://bob:s3cret-pw@proxy:8000/v1"}})
+    config.save(tmp_path / "config.json")
+    text = (tmp_path / "config.json").read_text()
+    assert "s3cret-pw" not in text and "http://proxy:8000/v1" in text
+    assert config.teacher.api_base == "http://bob:s3cret-pw@proxy:8000/v1"  # the run itself still uses them
+
+
+def test_old_teacher_flags_and_a_saved_config_do_not_collide(tmp_path):
+    # A run directory's config.json has the new spelling; an old flag still overrides it.
+    RunConfig.from_dict({"teacher": {"kind": "socratic"}}).save(tmp_path / "config.json")
+    base = json.loads((tmp_path / "config.json").read_text())
+    with pytest.warns(FutureWarning, match="teacher.num_threads is now spelled teacher.threads"):
+        config = RunConfig.load(overrides=_parse(["--teacher.num_threads", "3"]), base=base)
+    assert config.teacher.threads == 3
+
+
+def test_teacher_is_a_model_config_with_the_same_fields_as_an_eval_model():
+    from dd_prompting.models import ModelConfig
+
+    teacher = RunConfig.from_dict({"teacher": {"kind": "api", "model": "openai/m", "api_base": "http://h/v1",
+                                               "input_cost_per_million": 1, "output_cost_per_million": 2}}).teacher
+    assert isinstance(teacher, ModelConfig) and teacher.section == "teacher"
+    assert (teacher.threads, teacher.retries, teacher.retry_backoff, teacher.temperature) == (8, 3, 1.0, None)
+    with pytest.raises(ConfigError, match="teacher: set both input_cost_per_million"):
+        RunConfig.from_dict({"teacher": {"kind": "api", "model": "openai/m", "input_cost_per_million": 1}})
+
+
+def test_held_out_evaluation_is_held_out_config_in_the_eval_section():
+    from dd_prompting.distill.config import HeldOutConfig
+
+    config = RunConfig.from_dict({"eval": {"batch_size": 8}})
+    assert isinstance(config.eval, HeldOutConfig) and config.eval.batch_size == 8

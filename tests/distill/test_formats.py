@@ -105,10 +105,11 @@ def test_write_then_load_rows_with_datasets(tmp_path):
 
 @pytest.mark.parametrize(
     "line, reason",
-    [("{not json", "line 2"), (json.dumps({"prompt": "p"}), "line 2"), (json.dumps({"prompt": ["a"], "completion": "b"}), "line 2")],
+    [("{not json", "invalid JSON"), (json.dumps({"prompt": "p"}), "'completion'"),
+     (json.dumps({"prompt": ["a"], "completion": "b"}), "both strings")],
 )
 def test_malformed_row_names_file_and_line(tmp_path, line, reason):
     path = tmp_path / "solver.jsonl"
     path.write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n" + line + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=f"solver.jsonl, {reason}"):
+    with pytest.raises(ValueError, match=f"solver.jsonl:2: .*{reason}"):
         read_rows(path)

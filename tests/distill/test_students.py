@@ -1,12 +1,16 @@
-"""The student pipeline: it learns, batching and the key/value cache change nothing, DSPy can run it."""
+"""The student pipeline: it learns, batching and the key/value cache change nothing, DSPy can run it,
+its final answer is the last step's result, and loading it imports no training code."""
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import dspy
 import pytest
 
 from dd_prompting.answers import INVALID, answers_match, numeric_match
-from dd_prompting.distill.formats import build_rows
+from dd_prompting.distill.formats import build_rows, row_text
 from dd_prompting.distill.generator import GeneratorConfig, generate_problems
 from dd_prompting.distill.students import (
     CoTResult,
@@ -14,7 +18,6 @@ from dd_prompting.distill.students import (
     StudentModule,
     StudentPipeline,
     StudentResult,
-    read_step_answer,
 )
 from dd_prompting.distill.train import train_student
 from dd_prompting.distill.train_config import TrainConfig
@@ -139,15 +142,74 @@ def test_student_module_rejects_other_objects():
         StudentModule(student="runs/x")
 
 
+# --- an untrained pair: loading and reading answers, no training needed ----------------------------
+
+
+@pytest.fixture(scope="module")
+def untrained_pair(tmp_path_factory):
+    """A decomposer and a solver saved straight from `build_tiny_model` (noise, but real saved students)."""
+    from dd_prompting.distill.artifacts import save_student
+    from dd_prompting.distill.modeling import build_tiny_model
+    from dd_prompting.distill.tokenization import train_number_tokenizer
+
+    rows = build_rows(generate_problems(20, seed=0, config=EASY))
+    tokenizer = train_number_tokenizer([row_text(row) for role in rows.values() for row in role], vocab_size=300)
+    config = TrainConfig(tiny_layers=1, tiny_hidden=32, tiny_heads=2, max_length=256)
+    root = tmp_path_factory.mktemp("untrained")
+    for role in ("decomposer", "solver"):
+        save_student(build_tiny_model(tokenizer, config), tokenizer, root / role, role=role, base_model="tiny")
+    return root
+
+
+@pytest.fixture(scope="module")
+def untrained_pipeline(untrained_pair):
+    return StudentPipeline.from_pretrained(untrained_pair / "decomposer", untrained_pair / "solver")
+
+
 @pytest.mark.parametrize(
-    "sentence, number",
+    "last_step, answer",
     [
+        ("She uses 1/2 + 1/4 = 3/4 cup.", "0.75"),  # read_step_answer read the "3" of "3/4"
         ("Sam reads 60 + 24 = 84 pages in 3 days.", "84"),
-        ("They have 32 / 2 = 16 muffins left.", "16"),
         ("It costs $1,200 = $1,200.", "1200"),
         ("She has 12 apples.", "12"),
         ("Nothing here.", INVALID),
     ],
 )
-def test_read_step_answer(sentence, number):
-    assert read_step_answer(sentence) == number
+def test_the_pair_reads_its_final_answer_with_read_step_result(untrained_pipeline, monkeypatch, last_step, answer):
+    pipeline = untrained_pipeline
+    monkeypatch.setattr(pipeline, "decompose", lambda questions, **kwargs: ["- How much flour?\n- How much in all?"])
+    monkeypatch.setattr(
+        pipeline, "answer", lambda questions, plans, **kwargs: ([["She uses 1 cup.", last_step]], [False])
+    )
+    [result] = pipeline.solve(["Ann uses 1/2 cup of flour and 1/4 cup more. How much flour does she use?"])
+    assert result.subquestions == ["How much flour?", "How much in all?"]
+    assert result.answer == answer
+
+
+def test_loading_and_running_a_student_imports_no_training_code(untrained_pair, tmp_path):
+    # A fresh interpreter: this test process has imported the Trainer already.
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        from dd_prompting.distill.students import StudentPipeline
+
+        pipeline = StudentPipeline.from_pretrained(
+            {str(untrained_pair / "decomposer")!r}, {str(untrained_pair / "solver")!r},
+            max_decomposition_tokens=8, max_answer_tokens=8,
+        )
+        [result] = pipeline.solve(["Ann has 3 apples and buys 5 more. How many apples does she have?"])
+        names = ["torch", "transformers", "transformers.trainer", "dd_prompting.distill.train",
+                 "dd_prompting.distill.collators"]
+        print(json.dumps({{name: name in sys.modules for name in names}}))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded["torch"] and loaded["transformers"]  # a model really was loaded and run
+    assert not loaded["transformers.trainer"]
+    assert not loaded["dd_prompting.distill.train"]
+    assert not loaded["dd_prompting.distill.collators"]

@@ -10,13 +10,12 @@ from dd_prompting.distill.traces import (
     WRONG_ANSWER,
     Trace,
     TraceFormatError,
-    append_trace,
+    TraceWriter,
     filter_traces,
     latest_traces,
     read_trace_file,
     read_traces,
     repair_partial_tail,
-    write_traces,
 )
 
 
@@ -37,17 +36,24 @@ def _trace(id="p1", *, sample=0, correct=True, error=None, steps=("She has 2 + 3
     )
 
 
+def _write(path, traces):
+    with TraceWriter(path) as writer:
+        for trace in traces:
+            writer.write(trace)
+    return writer.written
+
+
 def test_write_then_read_round_trips_every_field(tmp_path):
     traces = [_trace("a", usage={"prompt_tokens": 10, "completion_tokens": 2}, cost=0.5), _trace("b", sample=1)]
     path = tmp_path / "traces.jsonl"
-    assert write_traces(path, traces) == 2
+    assert _write(path, traces) == 2
     assert read_traces(path) == traces
 
 
 def test_append_adds_one_complete_line_per_trace(tmp_path):
     path = tmp_path / "traces.jsonl"
-    append_trace(path, _trace("a"))
-    append_trace(path, _trace("b"))
+    _write(path, [_trace("a")])
+    _write(path, [_trace("b")])  # a second writer appends, as a resumed run does
     lines = path.read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines] == ["a", "b"]
     assert path.read_text().endswith("\n")
@@ -66,7 +72,7 @@ def test_append_adds_one_complete_line_per_trace(tmp_path):
 )
 def test_malformed_line_is_an_error_naming_file_and_line(tmp_path, line, reason):
     path = tmp_path / "traces.jsonl"
-    write_traces(path, [_trace("a")])
+    _write(path, [_trace("a")])
     with open(path, "a") as handle:
         handle.write(line + "\n")
     with pytest.raises(TraceFormatError, match=rf"traces.jsonl:2: not a valid trace: .*{reason}"):
@@ -88,7 +94,7 @@ def test_missing_file_is_an_error_naming_it(tmp_path):
 
 def test_half_written_last_line_is_cut_and_complete_lines_kept(tmp_path):
     path = tmp_path / "traces.jsonl"
-    write_traces(path, [_trace("a"), _trace("b")])
+    _write(path, [_trace("a"), _trace("b")])
     with open(path, "a") as handle:
         handle.write(json.dumps(_trace("c").to_dict())[:40])  # killed mid-write: no newline
     with pytest.raises(TraceFormatError, match="cut short"):
@@ -98,12 +104,21 @@ def test_half_written_last_line_is_cut_and_complete_lines_kept(tmp_path):
     assert repair_partial_tail(path) is False
 
 
+def test_a_writer_cuts_a_half_written_last_line_before_appending(tmp_path):
+    path = tmp_path / "traces.jsonl"
+    _write(path, [_trace("a")])
+    with open(path, "a") as handle:
+        handle.write(json.dumps(_trace("b").to_dict())[:40])  # killed mid-write
+    _write(path, [_trace("c")])
+    assert [trace.id for trace in read_traces(path)] == ["a", "c"]
+
+
 def test_complete_last_line_without_newline_is_kept(tmp_path):
     path = tmp_path / "traces.jsonl"
     path.write_text(json.dumps(_trace("a").to_dict()))
     assert repair_partial_tail(path) is False
     assert [trace.id for trace in read_traces(path)] == ["a"]
-    append_trace(path, _trace("b"))
+    _write(path, [_trace("b")])
     assert [trace.id for trace in read_traces(path)] == ["a", "b"]
 
 

@@ -11,16 +11,10 @@ import pytest
 from dd_prompting.distill.formats import FORMAT_VERSION, build_rows
 from dd_prompting.distill.generator import generate_problems
 from dd_prompting.distill.tokenization import IGNORE_INDEX, tokenize_row, tokenize_rows, train_number_tokenizer
-from dd_prompting.distill.train import (
-    METADATA_FILE,
-    PackingCollator,
-    PaddingCollator,
-    _schedule_factor,
-    _StudentTrainer,
-    build_tiny_model,
-    read_student_metadata,
-    train_student,
-)
+from dd_prompting.distill.artifacts import METADATA_FILE, read_student_metadata
+from dd_prompting.distill.collators import PackingCollator, PaddingCollator
+from dd_prompting.distill.modeling import build_tiny_model
+from dd_prompting.distill.train import _schedule_factor, _StudentTrainer, train_student
 from dd_prompting.distill.train_config import TrainConfig
 
 torch = pytest.importorskip("torch")

@@ -77,10 +77,18 @@ def test_flags_override_the_file(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("[[models]]\nmodel = 'x'\napi_key = 'sk-123'\n", "api_key_env"),
-    ("[[models]]\nmodel = 'x'\ntemprature = 0.5\n", r"models: unknown keys \['temprature'\]"),
-    ("limt = 3\n", r"unknown keys \['limt'\]"),
+    ("[[models]]\nmodel = 'x'\ntemprature = 0.5\n",
+     r"unknown setting models\[0\].temprature; did you mean models\[0\].temperature\?"),
+    ("[[models]]\nname = 'mini'\nmodel = 'x'\nkind = 'remote'\n",
+     r"models\[mini\].kind must be one of \['api', 'local', 'student'\], got 'remote'"),
+    ("[[models]]\nmodel = 'x'\nthreads = 'four'\n", r"models\[0\].threads must be an int or none, got 'four'"),
+    ("[[strategies]]\nkind = 'cot'\ndemos = 1.5\n", r"strategies\[0\].demos must be an int or a str, got 1.5"),
+    ("[[datasets]]\nkind = 'file'\npath = 'a.csv'\nquestion = ['Body', 2]\n",
+     r"datasets\[0\].question\[1\] must be a str, got 2"),
+    ("dry_run = 'yes'\n", "dry_run must be true or false, got 'yes'"),
+    ("limt = 3\n", r"unknown setting limt; did you mean limit\?"),
     ("[[strategies]]\nkind = 'tree-of-thought'\n", "kind must be one of"),
-    ("[[strategies]]\nkind = 'decomposed'\nmode = 'parallel'\n", "mode must be 'joint' or 'iterative'"),
+    ("[[strategies]]\nkind = 'decomposed'\nmode = 'parallel'\n", r"strategies\[0\].mode must be one of \['joint', 'iterative'\], got 'parallel'"),
     ("[[datasets]]\nkind = 'file'\n", "needs path"),
     ("[[models]]\nmodel = 'a'\n[[models]]\nmodel = 'a'\n", "names must be unique"),
     ("[[models]]\nmodel = 'a'\napi_key_env = 'sk-live-123'\n", "NAME of an environment variable"),
@@ -119,4 +127,4 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
     path = tmp_path / "bad.toml"
     path.write_text("limt = 3\n")
     assert main(["run", str(path)]) == 1
-    assert "unknown keys ['limt']" in capsys.readouterr().err
+    assert "unknown setting limt; did you mean limit?" in capsys.readouterr().err

@@ -65,7 +65,8 @@ def test_a_local_transformers_model_runs_plain_text_and_is_cached(tmp_path, prob
 def student_run_dir(tmp_path_factory):
     pytest.importorskip("dd_prompting.distill.students")
     from dd_prompting.distill.tokenization import train_number_tokenizer
-    from dd_prompting.distill.train import build_tiny_model, save_student
+    from dd_prompting.distill.artifacts import save_student
+    from dd_prompting.distill.modeling import build_tiny_model
     from dd_prompting.distill.train_config import TrainConfig
 
     tokenizer = train_number_tokenizer(CORPUS, vocab_size=300)

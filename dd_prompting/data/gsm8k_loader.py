@@ -1,7 +1,8 @@
 """GSM8K as DSPy examples: the bundled files (offline), or the `datasets` hub copy when online.
 
-The package ships GSM8K's `train.jsonl`, `test.jsonl` and `test_socratic.jsonl` (MIT, see
-`data/gsm8k/LICENSE`). Socratic solutions interleave sub-questions and steps:
+The package ships GSM8K's `train.jsonl`, `test.jsonl` and `test_socratic.jsonl` in the `gsm8k/`
+folder beside this module (MIT, see `gsm8k/LICENSE`). `test_socratic` is `test` with Socratic
+solutions (same problems, same order), which interleave sub-questions and steps:
 
     How many eggs does Janet sell? ** Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.
     #### 18
@@ -9,17 +10,17 @@ The package ships GSM8K's `train.jsonl`, `test.jsonl` and `test_socratic.jsonl` 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from importlib import resources
+from itertools import islice
 from pathlib import Path
 
 import dspy
 
 from dd_prompting.answers import extract_gold
+from dd_prompting.data.jsonl import read_jsonl
 
-__all__ = ["SocraticSolution", "parse_socratic", "load_gsm8k", "GSM8K_SPLITS"]
+__all__ = ["SocraticSolution", "parse_socratic", "load_gsm8k", "gsm8k_path", "GSM8K_SPLITS"]
 
 GSM8K_SPLITS = ("train", "test", "test_socratic")
 _HUB_CONFIGS = {"train": ("main", "train"), "test": ("main", "test"), "test_socratic": ("socratic", "test")}
@@ -57,16 +58,22 @@ def parse_socratic(solution: str) -> SocraticSolution:
     return SocraticSolution(subquestions=subquestions, steps=steps, answer=extract_gold(solution))
 
 
+def gsm8k_path(split: str) -> Path:
+    """The bundled JSONL file of a GSM8K split."""
+    _check_split(split)
+    return Path(__file__).parent / "gsm8k" / f"{split}.jsonl"
+
+
 def load_gsm8k(split: str = "test", *, limit: int | None = None, source: str = "bundled") -> list[dspy.Example]:
     """GSM8K problems as `dspy.Example(question, answer, solution)` with `question` as the input.
 
     `answer` is the canonical gold number. The `test_socratic` split also carries `subquestions`
     and `steps`. `source="hub"` reads `openai/gsm8k` through `datasets` (needs the network).
     """
-    if split not in GSM8K_SPLITS:
-        raise ValueError(f"split must be one of {GSM8K_SPLITS}, got {split!r}")
+    _check_split(split)
     if source == "bundled":
-        rows = _read_bundled(split, limit)
+        path = gsm8k_path(split)
+        rows = ((row, f"{path}:{line}") for line, row in islice(read_jsonl(path), limit))
     elif source == "hub":
         rows = _read_hub(split, limit)
     else:
@@ -74,21 +81,9 @@ def load_gsm8k(split: str = "test", *, limit: int | None = None, source: str = "
     return [_to_example(row, split, where) for row, where in rows]
 
 
-def _read_bundled(split: str, limit: int | None):
-    path = resources.files("dd_prompting") / "data" / "gsm8k" / f"{split}.jsonl"
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if not line.strip():
-                continue
-            where = f"{Path(str(path)).name}:{number}"
-            try:
-                rows.append((json.loads(line), where))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
-    return rows
+def _check_split(split: str) -> None:
+    if split not in GSM8K_SPLITS:
+        raise ValueError(f"split must be one of {GSM8K_SPLITS}, got {split!r}")
 
 
 def _read_hub(split: str, limit: int | None):

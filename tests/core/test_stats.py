@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from dd_prompting.evals.stats import mcnemar_exact, paired_counts, wilson_interval
+from dd_prompting.stats import mcnemar_exact, paired_counts, wilson_interval
 
 
 @pytest.mark.parametrize("k, n, low, high", [

@@ -1,0 +1,119 @@
+"""The model and tokenizer a student starts from: a fresh `tiny` GPT-2, or a pretrained (or GGUF) checkpoint.
+
+The `tiny` preset builds a GPT-2-architecture model from a config, sized by the `tiny_*` fields of
+`TrainConfig`, with its vocabulary fitted to a number tokenizer trained on the rows (see
+`distill.tokenization`) and, by default, Fourier features of each whole number's value in that
+number's embedding. A pretrained checkpoint is loaded with `from_pretrained`; a GGUF one is
+dequantised into a plain float32 model so that it can be trained and saved.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from dd_prompting.distill.tokenization import train_number_tokenizer
+from dd_prompting.distill.train_config import TrainConfig
+
+__all__ = ["build_tiny_model", "load_model_and_tokenizer"]
+
+
+def build_tiny_model(tokenizer, config: TrainConfig):
+    """A GPT-2-architecture model sized by the `tiny_*` fields, its vocabulary fitted to `tokenizer`."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(config.seed)
+    eos = tokenizer.eos_token_id
+    model_config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=config.max_length,
+        n_embd=config.tiny_hidden,
+        n_layer=config.tiny_layers,
+        n_head=config.tiny_heads,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = GPT2LMHeadModel(model_config)
+    if config.tiny_number_init == "fourier":
+        _init_number_embeddings(model, tokenizer, scale=config.tiny_number_scale)
+    return model
+
+
+_NUMBER_PERIODS = (2, 5, 10, 20, 50, 100, 200, 500, 1000, 10000)
+
+
+def _init_number_embeddings(model, tokenizer, *, scale: float) -> list[int]:
+    """Start each whole-number token's embedding with Fourier features of its value; returns their rows.
+
+    Dimensions 2i and 2i+1 of the embedding of n hold scale * cos/sin(2 pi n / T_i) over periods T_i from
+    2 to 10,000; the rest stay random. With tied input/output embeddings this hands the model a
+    representation in which adding numbers is rotating angles (the circuit small transformers find
+    for modular addition), rather than leaving it to discover one from scratch.
+    """
+    import torch
+
+    weight = model.get_input_embeddings().weight
+    width = 2 * len(_NUMBER_PERIODS)
+    if weight.shape[1] < 2 * width:
+        return []
+    periods = torch.tensor(_NUMBER_PERIODS, dtype=torch.float32)
+    rows = []
+    with torch.no_grad():
+        for token, index in tokenizer.get_vocab().items():
+            text = tokenizer.convert_tokens_to_string([token]).strip()
+            if not text.isdigit() or (len(text) > 1 and text[0] == "0"):
+                continue
+            angles = 2 * math.pi * int(text) / periods
+            weight[index, 0:width:2] = scale * torch.cos(angles)
+            weight[index, 1:width:2] = scale * torch.sin(angles)
+            rows.append(index)
+    return rows
+
+
+def load_model_and_tokenizer(config: TrainConfig, *, texts: Sequence[str] = (), tokenizer_dir: str | Path | None = None):
+    """The model and tokenizer to train: a fresh `tiny` GPT-2, or a pretrained checkpoint.
+
+    For `tiny`, the tokenizer is loaded from `tokenizer_dir` when given (a resumed run must reuse
+    its vocabulary), else trained on `texts`. A pretrained tokenizer without a pad token pads with EOS.
+    A GGUF checkpoint is dequantised into a plain float32 model, so it can be trained and saved.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if config.is_tiny:
+        if tokenizer_dir is not None:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        else:
+            if not texts:
+                raise ValueError("The 'tiny' preset trains its tokenizer on the rows; got no texts.")
+            tokenizer = train_number_tokenizer(texts, vocab_size=config.tiny_vocab_size, max_number=config.tiny_max_number)
+        return build_tiny_model(tokenizer, config), tokenizer
+
+    gguf = {"gguf_file": config.gguf_file} if config.gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model, **gguf)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"The tokenizer of {config.model!r} has no EOS token; students need one to end completions.")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32, **gguf)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model = _dequantized_copy(model)
+    return model, tokenizer
+
+
+def _dequantized_copy(model):
+    # A GGUF checkpoint loads with its weights already in float32, but flagged as quantized, which the
+    # Trainer refuses to fine-tune and save_pretrained refuses to write: copy it into a plain model.
+    model_config = model.config
+    if hasattr(model_config, "quantization_config"):
+        del model_config.quantization_config
+    plain = type(model)(model_config)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    return plain

@@ -1,0 +1,232 @@
+"""The stages of a `dd-distill` run, each a function of the run directory: traces, build, train, evaluate.
+
+Each stage reads what the stage before it wrote and writes its own files; a stage that produced
+nothing usable raises `StageFailed`, so it is never recorded as finished. `finish` writes the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from dd_prompting.distill.config import ConfigError, RunConfig
+from dd_prompting.distill.run_dir import Run, is_main_process, write_json
+
+__all__ = ["STAGE_FUNCTIONS", "StageFailed", "stage_traces", "stage_build", "stage_train", "stage_evaluate",
+           "make_teacher", "write_run_report", "finish"]
+
+logger = logging.getLogger(__name__)
+
+
+class StageFailed(RuntimeError):
+    """A stage ran but produced nothing usable; it is not marked finished."""
+
+
+def stage_traces(run: Run) -> None:
+    """Training and held-out problems, then the teacher's traces of the training problems."""
+    from dd_prompting.distill.problems import write_problems
+    from dd_prompting.distill.teachers import collect_traces
+
+    config = run.config
+    teacher = make_teacher(config)
+    train, held_out = make_problems(config)
+    write_problems(run.problems, train)
+    write_problems(run.heldout, held_out)
+    logger.info("%d training problems, %d held-out problems", len(train), len(held_out))
+    try:
+        traces = collect_traces(teacher, train, run.traces, retry_failed=config.teacher.retry_failed)
+    finally:
+        getattr(teacher, "close", lambda: None)()
+    _, report = _filter(run, traces)
+    if not report.kept:
+        # Nothing usable (every call failed, say with a 401): the stage is not finished, so a rerun asks again.
+        errors = sorted({t.error.split(":", 1)[0] for t in traces if t.error})
+        first = next((t.error for t in traces if t.error), "no error recorded")
+        raise StageFailed(
+            f"traces: no usable trace from the teacher ({report.summary()}; first failure: {first[:300]}). "
+            f"Fix the cause ({', '.join(errors) or 'see the log'}) and run the stage again; it is not marked done."
+        )
+    print(f"traces: {report.summary()}")
+
+
+def stage_build(run: Run) -> None:
+    """Filter the traces and write the rows of each role (and held-out rows for the loss curves)."""
+    from dd_prompting.distill.formats import build_rows, write_rows
+    from dd_prompting.distill.problems import read_problems
+    from dd_prompting.distill.teachers import SocraticTeacher
+    from dd_prompting.distill.traces import read_trace_file
+
+    config = run.config
+    _require(run.traces, "traces")
+    result = read_trace_file(run.traces, skip_malformed=config.teacher.skip_malformed)
+    kept, report = _filter(run, result.traces, skipped_lines=len(result.skipped))
+    if not kept:
+        raise RuntimeError(f"No usable traces in {run.traces}: {report.summary()}")
+    rows = build_rows(kept, packed_solver=config.data.packed_solver)
+    write_rows(rows, run.data)
+    # Held-out rows (from the held-out problems' reference steps, when they have them) give the
+    # training loss curves a held-out loss.
+    held_out = [trace for trace in SocraticTeacher().traces(read_problems(run.heldout)[:200]) if trace.correct]
+    if held_out:
+        write_rows(build_rows(held_out, packed_solver=config.data.packed_solver), run.data / "heldout")
+    counts = {role: len(role_rows) for role, role_rows in rows.items()}
+    write_json(run.data / "counts.json", counts)
+    print(f"build: {report.kept} traces -> " + ", ".join(f"{n} {role} rows" for role, n in counts.items()))
+
+
+def stage_train(run: Run) -> None:
+    """Train the decomposer, the solver and (unless train_cot is off) the CoT student."""
+    from dd_prompting.distill.train import train_student
+
+    for role in run.roles:
+        rows = run.data / f"{role}.jsonl"
+        _require(rows, "build")
+        eval_rows = run.data / "heldout" / f"{role}.jsonl"
+        logger.info("Training the %s student", role)
+        train_student(
+            rows=rows,
+            config=run.config.train_config(role),
+            output_dir=run.student(role),
+            role=role,
+            eval_rows=eval_rows if eval_rows.is_file() else None,
+        )
+    if is_main_process():
+        from dd_prompting.distill.report import plot_losses
+
+        plot_losses({role: run.student(role) for role in run.roles}, run.dir / "loss.png")
+
+
+def stage_evaluate(run: Run) -> None:
+    """Held-out accuracy of the student pair, the CoT student and the teacher, with intervals and a paired test."""
+    from dd_prompting.distill.heldout import evaluate_heldout
+
+    _require(run.heldout, "traces")
+    evaluate_heldout(run)
+
+
+def make_teacher(config: RunConfig):
+    """The teacher a run's config describes: the generator, the Socratic annotations, or a model."""
+    from dd_prompting.distill.teachers import DSPyTeacher, GeneratorTeacher, SocraticTeacher
+    from dd_prompting.models import CallCache, build_lm
+
+    teacher = config.teacher
+    if teacher.kind == "generator":
+        return GeneratorTeacher()
+    if teacher.kind == "socratic":
+        return SocraticTeacher()
+    # The one model factory and call cache that dd-evals uses: every call cached as it returns, retried on its own.
+    cache = None if teacher.cache_dir in (None, "", "none") else CallCache(teacher.cache_dir)
+    return DSPyTeacher(
+        lm=build_lm(teacher, cache=cache),
+        mode=teacher.mode,
+        max_subquestions=teacher.max_subquestions,
+        samples=teacher.samples,
+        temperature=teacher.temperature,
+        threads=teacher.threads,
+    )
+
+
+def make_problems(config: RunConfig):
+    """The training and held-out problems of a run, checked to be disjoint."""
+    from dd_prompting.distill.problems import generated_problems, gsm8k_problems, read_problems
+
+    data = config.data
+
+    def load(source: str, split: str, offset: int, limit: int | None):
+        if source == "gsm8k":
+            return gsm8k_problems(split, offset=offset, limit=limit)
+        return read_problems(source, offset=offset, limit=limit)
+
+    if data.source == "generator":
+        train = generated_problems(data.train_problems, seed=data.seed, config=data.generator, id_prefix="train")
+    else:
+        train = load(data.source, data.split, data.offset, data.train_problems)
+    if data.resolved_eval_source == "generator":
+        held_out = generated_problems(
+            data.eval_problems, seed=data.seed + 1, config=data.generator, exclude=train, id_prefix="heldout"
+        )
+    else:
+        held_out = load(data.resolved_eval_source, data.eval_split, data.eval_offset, data.eval_problems)
+    if not train or not held_out:
+        raise ConfigError(f"data: got {len(train)} training and {len(held_out)} held-out problems; both must be > 0")
+    overlap = {p.question for p in train} & {p.question for p in held_out}
+    if overlap:
+        raise ConfigError(
+            f"data: {len(overlap)} held-out problems also appear among the training problems "
+            f"(e.g. {next(iter(overlap))[:80]!r}); choose disjoint sources or offsets"
+        )
+    if config.teacher.kind == "socratic" and not any(p.subquestions for p in train):
+        raise ConfigError(
+            "teacher.kind = 'socratic' needs problems with annotated sub-questions: data.source = 'gsm8k' with "
+            "data.split = 'test_socratic', or a JSONL file of Socratic solutions"
+        )
+    return train, held_out
+
+
+def _filter(run: Run, traces, *, skipped_lines: int = 0):
+    from dd_prompting.distill.traces import filter_traces
+
+    teacher = run.config.teacher
+    kept, report = filter_traces(
+        traces,
+        require_correct=teacher.require_correct,
+        keep_duplicate_samples=teacher.keep_duplicate_samples,
+        skipped_lines=skipped_lines,
+    )
+    write_json(run.dir / "trace_report.json", report.to_dict())
+    return kept, report
+
+
+def write_run_report(run: Run) -> dict[str, Any]:
+    """Gather what the stages wrote into `metrics.json`, `report.md` and the plots."""
+    from dd_prompting.distill.report import plot_accuracy, plot_losses, write_metrics, write_report
+
+    teacher = run.config.teacher
+    metrics: dict[str, Any] = {
+        "run": run.dir.name,
+        "teacher": {"kind": teacher.kind, "model": teacher.model,
+                    "mode": teacher.mode if teacher.kind in ("api", "local") else None},
+    }
+    for name, path in (("traces", run.dir / "trace_report.json"), ("rows", run.data / "counts.json"),
+                       ("evaluation", run.eval / "evaluation.json")):
+        if path.is_file():
+            metrics[name] = json.loads(path.read_text(encoding="utf-8"))
+    students = {}
+    for role in run.roles:
+        meta = run.student(role) / "student.json"
+        if meta.is_file():
+            info = json.loads(meta.read_text(encoding="utf-8"))
+            students[role] = {"base_model": info.get("base_model"), **info.get("train_stats", {})}
+    if students:
+        metrics["students"] = students
+    metrics["stage_seconds"] = {stage: info["seconds"] for stage, info in run.stages().items()}
+    plot_losses({role: run.student(role) for role in run.roles}, run.dir / "loss.png")
+    if "evaluation" in metrics:
+        plot_accuracy(metrics["evaluation"], run.dir / "accuracy.png")
+    write_metrics(metrics, run.dir / "metrics.json")
+    write_report(run.dir, metrics)
+    return metrics
+
+
+def finish(run: Run) -> None:
+    """Write the report and print the comparison."""
+    from dd_prompting.distill.report import comparison_table, paired_sentence
+
+    metrics = write_run_report(run)
+    if "evaluation" in metrics:
+        print()
+        print(comparison_table(metrics["evaluation"]))
+        sentence = paired_sentence(metrics["evaluation"])
+        if sentence:
+            print(sentence)
+    print(f"\nReport: {run.dir / 'report.md'}")
+
+
+def _require(path: Path, stage: str) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the `{stage}` stage first (or `dd-distill run`).")
+
+
+STAGE_FUNCTIONS = {"traces": stage_traces, "build": stage_build, "train": stage_train, "evaluate": stage_evaluate}
