@@ -197,10 +197,9 @@ class CachedLM(dspy.BaseLM):
 
     def copy(self, **settings: Any) -> CachedLM:
         """The same model with other request settings (`temperature`, `rollout_id`), sharing the cache."""
-        copied = CachedLM(self.lm.copy(**settings), cache=self.call_cache, pricing=self.pricing,
-                          identity=self.identity.with_settings(**settings), retries=self.retries,
-                          backoff=self.backoff, secrets=self.secrets)
-        return copied
+        return CachedLM(self.lm.copy(**settings), cache=self.call_cache, pricing=self.pricing,
+                        identity=self.identity.with_settings(**settings), retries=self.retries,
+                        backoff=self.backoff, secrets=self.secrets)
 
     # Adapters read these to pick a prompt format; they describe the wrapped model.
     @property
