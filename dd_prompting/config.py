@@ -22,6 +22,11 @@ A dataclass may declare its old spellings, which still load with a FutureWarning
     __renamed_values__: ClassVar = {"kind": {"dspy": "api"}}    # an old value of a field -> the new value
     __removed__: ClassVar = {"lm_retries": "why, and what to set instead"}   # an error saying so
 
+and one setting may stand for several (a shorthand), filled in within the layer that gives it, so a
+field named in the same layer, or in a later one, still wins:
+
+    __shorthands__: ClassVar = {"seed": ("data.seed", "student.seed")}
+
 and a `dict[str, Any]` field may name the dataclass whose fields it overrides with
 `metadata={"fields_of": TrainConfig}`, which gives it flags (`--solver.max_steps`).
 """
@@ -235,6 +240,16 @@ def _upgrade(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
         if isinstance(value, str) and value in renamed:
             _warn(f"{_join(where, name)} = {value!r} is now {renamed[value]!r}")
             data[name] = renamed[value]
+    for name, targets in getattr(cls, "__shorthands__", {}).items():
+        if data.get(name) is not None:
+            for target in targets:
+                section, _, key = target.rpartition(".")
+                if section and not isinstance(data.get(section) or {}, Mapping):
+                    continue  # from_dict names the malformed section
+                table = data if not section else dict(data.get(section) or {})
+                table.setdefault(key, data[name])
+                if section:
+                    data[section] = table
     return data
 
 

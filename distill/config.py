@@ -259,12 +259,29 @@ class HeldOutConfig:
 class RunConfig:
     """A whole `dd-distill` run: teacher -> traces -> rows -> students -> evaluation -> report."""
 
+    # `seed = 3` (or `--seed 3`) stands for data.seed = 3 and student.seed = 3; either given too wins.
+    __shorthands__: ClassVar[dict[str, tuple[str, ...]]] = {"seed": ("data.seed", "student.seed")}
+
     name: str | None = field(
         default=None, metadata={"help": "Run name: the run directory is <output_dir>/<name> (default: a timestamp)."}
     )
     output_dir: str = field(default="runs", metadata={"help": "Where run directories are created."})
+    seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "One seed for the whole run: the problems (data.seed) and every student (student.seed). "
+            "data.seed, student.seed and a role's seed (solver.seed, ...) still override it."
+        },
+    )
     train_cot: bool = field(
         default=True, metadata={"help": "Also train the chain-of-thought student of the same size (the baseline)."}
+    )
+    equal_compute: bool = field(
+        default=False,
+        metadata={
+            "help": "Give the CoT student as many training steps as the pair has in total (decomposer + solver "
+            "max_steps), so that the comparison is at equal training compute rather than equal steps per student."
+        },
     )
     teacher: TeacherConfig = field(default_factory=TeacherConfig, metadata={"help": "The teacher."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training and held-out problems."})
@@ -305,7 +322,17 @@ class RunConfig:
         if not isinstance(overrides, dict):
             raise ConfigError(f"{role} must be a table of [student] (TrainConfig) fields, got {type(overrides).__name__}")
         shared = {item.name: getattr(self.student, item.name) for item in fields(TrainConfig) if item.init}
+        if role == "cot" and self.equal_compute:
+            overrides = {**overrides, "max_steps": self.pair_steps()}
         return from_dict(TrainConfig, {**shared, **overrides}, role)
+
+    def pair_steps(self) -> int:
+        """The student pair's training steps in all (decomposer + solver); needs both set by max_steps."""
+        steps = [self.train_config(role).max_steps for role in ("decomposer", "solver")]
+        if min(steps) <= 0:
+            raise ConfigError("equal_compute needs decomposer and solver trained for a number of steps "
+                              f"(student.max_steps or decomposer/solver.max_steps), got max_steps {steps}")
+        return sum(steps)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -59,6 +59,9 @@ def evaluate_heldout(run) -> dict[str, Any]:
     paired = [test for test in paired_tests(rows) if test.model == STUDENTS_MODEL]
     if paired:
         evaluation["paired"] = asdict(paired[0])
+    by_steps = _accuracy_by_steps(problems, rows)
+    if by_steps:
+        evaluation["by_steps"] = by_steps
 
     run.eval.mkdir(parents=True, exist_ok=True)
     write_jsonl(run.eval / RESULTS_FILE, rows)
@@ -137,6 +140,22 @@ def _accuracy(rows: list[dict[str, Any]], *, on: str) -> dict[str, Any]:
     low, high = wilson_interval(correct, total)
     return {"accuracy": correct / total if total else 0.0, "correct": correct, "problems": total,
             "interval": [low, high], "on": on}
+
+
+def _accuracy_by_steps(problems, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each system's held-out accuracy per number of reference steps (problems without steps are left out)."""
+    steps = {problem.id: len(problem.subquestions) for problem in problems if problem.subquestions}
+    if not steps:
+        return {}
+    groups: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for row in rows:
+        count = steps.get(row["example_id"])
+        if count is not None and row["dataset"] == "heldout":
+            system = "teacher" if row["model"] == "teacher" else row["strategy"]
+            groups.setdefault(count, {}).setdefault(system, []).append(row)
+    return {str(count): {system: _accuracy(system_rows, on="held-out problems")
+                         for system, system_rows in groups[count].items()}
+            for count in sorted(groups)}
 
 
 def _write_run_file(run, rows: list[dict[str, Any]]) -> None:

@@ -22,6 +22,8 @@ __all__ = [
     "comparison_table",
     "paired_sentence",
     "evaluation_notes",
+    "budget_sentence",
+    "steps_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,6 +88,49 @@ def evaluation_notes(evaluation: Mapping[str, Any]) -> list[str]:
     if teacher.get("api_errors"):
         notes.append(f"The teacher's API failed on {teacher['api_errors']} problems (counted as wrong).")
     return notes
+
+
+def budget_sentence(students: Mapping[str, Any], *, equal_compute: bool = False) -> str | None:
+    """The training each side of the comparison had: steps and seconds of the pair (both students) and of CoT."""
+    if not all(role in students for role in ("decomposer", "solver", "cot")):
+        return None
+
+    def total(roles, key):
+        values = [students[role].get(key) for role in roles]
+        return None if any(v is None for v in values) else sum(values)
+
+    pair_steps, pair_seconds = total(("decomposer", "solver"), "steps"), total(("decomposer", "solver"), "train_seconds")
+    cot_steps, cot_seconds = students["cot"].get("steps"), students["cot"].get("train_seconds")
+    if pair_steps is None or cot_steps is None:
+        return None
+    seconds = (lambda s: "" if s is None else f" in {s:.0f} s")
+    sentence = (f"Training budget: the student pair trained {pair_steps:,} steps in all (decomposer "
+                f"{students['decomposer']['steps']:,} + solver {students['solver']['steps']:,}){seconds(pair_seconds)}, "
+                f"the CoT student {cot_steps:,} steps{seconds(cot_seconds)}")
+    if equal_compute:
+        return sentence + " (`equal_compute`: the CoT student gets the pair's total steps)."
+    if cot_steps < pair_steps:
+        return sentence + "; rerun with `--equal-compute` to give the CoT student the pair's total steps."
+    return sentence + "."
+
+
+def steps_table(evaluation: Mapping[str, Any]) -> str | None:
+    """Held-out accuracy by the number of reference steps of a problem, one column per system."""
+    by_steps = evaluation.get("by_steps")
+    if not by_steps:
+        return None
+    systems = [key for key in ("pair", "cot", "teacher") if any(key in cell for cell in by_steps.values())]
+    lines = ["| steps | problems | " + " | ".join(_LABELS[key] for key in systems) + " |",
+             "|---|---|" + "---|" * len(systems)]
+    for count, cells in by_steps.items():
+        problems = max(cell["problems"] for cell in cells.values())
+        shown = []
+        for key in systems:
+            cell = cells.get(key)
+            shown.append("" if cell is None else
+                         f"{100 * cell['accuracy']:.1f}% [{100 * cell['interval'][0]:.1f}%, {100 * cell['interval'][1]:.1f}%]")
+        lines.append(f"| {count} | {problems} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
 
 
 def plot_losses(student_dirs: Mapping[str, str | Path], path: str | Path) -> Path | None:
@@ -157,9 +202,16 @@ def write_report(run_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
         sentence = paired_sentence(evaluation)
         if sentence:
             lines += [sentence, ""]
+        budget = budget_sentence(metrics.get("students") or {}, equal_compute=bool(metrics.get("equal_compute")))
+        if budget:
+            lines += [budget, ""]
         notes = evaluation_notes(evaluation)
         if notes:
             lines += [f"- {note}" for note in notes] + [""]
+        by_steps = steps_table(evaluation)
+        if by_steps:
+            lines += ["### By number of steps", "", "Accuracy [95% interval] on the held-out problems with that many "
+                      "reference steps.", "", by_steps, ""]
         if (run_dir / "accuracy.png").is_file():
             lines += ["![accuracy](accuracy.png)", ""]
     traces = metrics.get("traces")

@@ -201,6 +201,7 @@ def write_run_report(run: Run) -> dict[str, Any]:
             students[role] = {"base_model": info.get("base_model"), **info.get("train_stats", {})}
     if students:
         metrics["students"] = students
+    metrics["equal_compute"] = run.config.equal_compute
     metrics["stage_seconds"] = {stage: info["seconds"] for stage, info in run.stages().items()}
     plot_losses({role: run.student(role) for role in run.roles}, run.dir / "loss.png")
     if "evaluation" in metrics:
@@ -212,15 +213,16 @@ def write_run_report(run: Run) -> dict[str, Any]:
 
 def finish(run: Run) -> None:
     """Write the report and print the comparison."""
-    from dd_prompting.distill.report import comparison_table, paired_sentence
+    from dd_prompting.distill.report import budget_sentence, comparison_table, paired_sentence
 
     metrics = write_run_report(run)
     if "evaluation" in metrics:
         print()
         print(comparison_table(metrics["evaluation"]))
-        sentence = paired_sentence(metrics["evaluation"])
-        if sentence:
-            print(sentence)
+        for sentence in (paired_sentence(metrics["evaluation"]),
+                         budget_sentence(metrics.get("students") or {}, equal_compute=run.config.equal_compute)):
+            if sentence:
+                print(sentence)
     print(f"\nReport: {run.dir / 'report.md'}")
 
 

@@ -78,6 +78,31 @@ def test_offline_run_writes_the_whole_run_directory(offline_run, capsys):
     assert not held_out & train
 
 
+def test_report_gives_each_sides_training_budget_and_accuracy_by_number_of_steps(offline_run):
+    metrics = json.loads((offline_run / "metrics.json").read_text())
+    by_steps = metrics["evaluation"]["by_steps"]
+    assert set(by_steps) <= {"2", "3", "4"}
+    for system in ("pair", "cot", "teacher"):
+        assert sum(cell[system]["problems"] for cell in by_steps.values()) == 10
+        assert sum(cell[system]["correct"] for cell in by_steps.values()) == metrics["evaluation"][system]["correct"]
+    report = (offline_run / "report.md").read_text()
+    assert "### By number of steps" in report
+    assert "the student pair trained 6 steps in all (decomposer 3 + solver 3)" in report
+    assert "the CoT student 3 steps" in report and "--equal-compute" in report
+
+
+def test_one_seed_flag_seeds_the_problems_and_every_student(tmp_path):
+    small = ["--data.train_problems", "20", "--data.eval_problems", "4", "--quiet", *TINY]
+    assert main(["run", "--run-dir", str(tmp_path / "a"), "--seed", "7", "--equal-compute", *small]) == 0
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["data"]["seed"] == 7 and saved["student"]["seed"] == 7
+    students = json.loads((tmp_path / "a" / "metrics.json").read_text())["students"]
+    assert students["cot"]["steps"] == students["decomposer"]["steps"] + students["solver"]["steps"] == 6
+    problems = (tmp_path / "a" / "problems.jsonl").read_text()
+    assert main(["traces", "--run-dir", str(tmp_path / "b"), "--seed", "8", "--quiet", *small]) == 0
+    assert (tmp_path / "b" / "problems.jsonl").read_text() != problems
+
+
 def test_rerun_skips_finished_stages(offline_run, capsys):
     stamps = {role: (offline_run / "students" / role / "model.safetensors").stat().st_mtime_ns
               for role in ("decomposer", "solver", "cot")}

@@ -199,3 +199,26 @@ def test_held_out_evaluation_is_held_out_config_in_the_eval_section():
 
     config = RunConfig.from_dict({"eval": {"batch_size": 8}})
     assert isinstance(config.eval, HeldOutConfig) and config.eval.batch_size == 8
+
+
+def test_one_seed_seeds_the_problems_and_every_student_and_per_part_seeds_still_win(tmp_path):
+    config = RunConfig.load(overrides=_parse(["--seed", "3"]))
+    assert config.data.seed == 3 and all(config.train_config(role).seed == 3 for role in ("decomposer", "solver", "cot"))
+    expert = RunConfig.load(overrides=_parse(["--seed", "3", "--data.seed", "5", "--solver.seed", "9"]))
+    assert expert.data.seed == 5 and expert.student.seed == 3 and expert.train_config("solver").seed == 9
+    # A saved run (data.seed 1) rerun with --seed 4: the flag's layer is the later one, so it wins.
+    path = tmp_path / "config.json"
+    RunConfig.load(overrides={"data": {"seed": 1}}).save(path)
+    again = RunConfig.load(base=json.loads(path.read_text()), overrides=_parse(["--seed", "4"]))
+    assert again.data.seed == 4 and again.student.seed == 4
+    (tmp_path / "run.toml").write_text("seed = 2\n")
+    assert RunConfig.load(tmp_path / "run.toml").data.seed == 2
+
+
+def test_equal_compute_gives_the_cot_student_the_pairs_total_steps():
+    steps = _parse(["--decomposer.max_steps", "400", "--solver.max_steps", "1400", "--cot.max_steps", "1400"])
+    assert RunConfig.load(overrides=steps).train_config("cot").max_steps == 1400
+    equal = RunConfig.load(overrides={**steps, "equal_compute": True})
+    assert equal.train_config("cot").max_steps == 1800 and equal.pair_steps() == 1800
+    with pytest.raises(ConfigError, match="equal_compute needs"):
+        RunConfig.load(overrides={"equal_compute": True, "student": {"max_steps": -1, "epochs": 2}})
