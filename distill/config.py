@@ -26,7 +26,7 @@ import json
 import os
 import re
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -182,6 +182,14 @@ class DataConfig:
     generator: GeneratorConfig = field(
         default_factory=GeneratorConfig, metadata={"help": "The built-in generator's problem shapes and number ranges."}
     )
+    eval_min_steps: int | None = field(
+        default=None,
+        metadata={"help": "Generated held-out problems: fewest steps (default: generator.min_steps). With "
+                  "eval_max_steps above generator.max_steps the held-out problems are longer than any trained on."},
+    )
+    eval_max_steps: int | None = field(
+        default=None, metadata={"help": "Generated held-out problems: most steps (default: generator.max_steps)."}
+    )
 
     def __post_init__(self):
         if isinstance(self.generator, dict):
@@ -203,11 +211,28 @@ class DataConfig:
             raise ConfigError("data.eval_problems must be a number when the held-out problems are generated")
         if self.resolved_eval_source == "gsm8k":
             _check_choice("data.eval_split", self.eval_split, ("train", "test", "test_socratic"))
+        if self.eval_min_steps is not None or self.eval_max_steps is not None:
+            if self.resolved_eval_source != "generator":
+                raise ConfigError("data.eval_min_steps / data.eval_max_steps shape generated held-out problems; "
+                                  f"the held-out problems come from {self.resolved_eval_source!r}")
+            try:
+                self.eval_generator
+            except ValueError as err:
+                raise ConfigError(f"data.eval_min_steps / data.eval_max_steps: {err}") from err
         self._check_disjoint()
 
     @property
     def resolved_eval_source(self) -> str:
         return self.eval_source or self.source
+
+    @property
+    def eval_generator(self) -> GeneratorConfig:
+        """The generator config of the held-out problems: `generator` with the held-out step range."""
+        return replace(
+            self.generator,
+            min_steps=self.generator.min_steps if self.eval_min_steps is None else self.eval_min_steps,
+            max_steps=self.generator.max_steps if self.eval_max_steps is None else self.eval_max_steps,
+        )
 
     def _check_disjoint(self) -> None:
         # The same GSM8K problems under two split names: test_socratic is test with Socratic solutions.

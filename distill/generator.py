@@ -7,6 +7,10 @@ default (every quantity at most 200; multipliers at most 5; one operation per st
 multiply by a small number, halve) because a tiny model trained from scratch on a CPU in minutes
 has to learn the arithmetic.
 
+Most templates have a fixed number of steps (2 to 4). The `days_<k>` templates tell one story over
+k days (2 to 6), one operation a day, so a run can train on 2-4 steps and hold out 5-6 steps of
+the same story (`DataConfig.eval_min_steps`): the depth generalisation the paper is about.
+
 >>> [trace] = generate_problems(1, seed=0)
 >>> trace.teacher, trace.correct, 2 <= len(trace.subquestions) <= 4
 ('generator', True, True)
@@ -36,18 +40,25 @@ _FRUITS = ["apples", "oranges", "pears", "lemons", "plums", "peaches", "tomatoes
 _BAKED = ["cookies", "muffins", "cupcakes", "rolls", "pies", "bagels"]
 _THINGS = ["book", "hat", "ball", "game", "kite", "lamp", "bag", "toy car"]
 # (verb, its base form, what it counts)
+_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 _ACTIVITIES = [
     ("reads", "read", "pages"), ("swims", "swim", "laps"), ("writes", "write", "lines"),
     ("runs", "run", "laps"), ("folds", "fold", "paper cranes"),
 ]
 
 
+MAX_STEPS = len(_DAYS) - 1
+"""The most steps a generated problem has (a `days_<k>` story)."""
+
+
 @dataclass
 class GeneratorConfig:
     """What problems the generator draws: how many steps, how large the numbers."""
 
-    min_steps: int = field(default=2, metadata={"help": "Fewest sub-questions per problem (2 to 4)."})
-    max_steps: int = field(default=4, metadata={"help": "Most sub-questions per problem (2 to 4)."})
+    min_steps: int = field(default=2, metadata={"help": f"Fewest sub-questions per problem (2 to {MAX_STEPS})."})
+    max_steps: int = field(
+        default=4, metadata={"help": f"Most sub-questions per problem (2 to {MAX_STEPS}; above 4 only the days_<k> stories)."}
+    )
     max_value: int = field(default=200, metadata={"help": "Largest quantity anywhere in a problem, stated or computed."})
     max_operand: int = field(default=50, metadata={"help": "Largest amount stated in a problem (before any step)."})
     max_factor: int = field(default=5, metadata={"help": "Largest multiplier, price or count that multiplies (at least 2)."})
@@ -56,9 +67,9 @@ class GeneratorConfig:
     )
 
     def __post_init__(self):
-        if not 2 <= self.min_steps <= self.max_steps <= 4:
+        if not 2 <= self.min_steps <= self.max_steps <= MAX_STEPS:
             raise ValueError(
-                f"GeneratorConfig: need 2 <= min_steps <= max_steps <= 4, got min_steps={self.min_steps}, "
+                f"GeneratorConfig: need 2 <= min_steps <= max_steps <= {MAX_STEPS}, got min_steps={self.min_steps}, "
                 f"max_steps={self.max_steps}"
             )
         if self.max_factor < 2:
@@ -336,6 +347,56 @@ def _bake_trays(num: _Numbers, rng: random.Random) -> _Draft:
     )
 
 
+def _days(steps: int) -> Callable[[_Numbers, random.Random], _Draft]:
+    """A story over `steps` consecutive days, one operation a day, each step the amount after that day."""
+
+    def write(num: _Numbers, rng: random.Random) -> _Draft:
+        (name, he, _), items = rng.choice(_PEOPLE), rng.choice(_ITEMS)
+        other = rng.choice([person for person in _PEOPLE if person[0] != name])[0]
+        first = rng.randrange(len(_DAYS))  # any weekday can start, so every day name is seen in training
+        days = [_DAYS[(first + k) % len(_DAYS)] for k in range(steps)]
+        amount = start = num.operand(5)
+        events, answers = [], []
+        for day in days:
+            event, sentence, amount = _day_event(num, rng, amount, he, other)
+            events.append(f"On {day} {event}.")
+            answers.append((f"How many {items} does {name} have after {day}?",
+                            f"{name} has {sentence} {items} after {day}."))
+        return _Draft(
+            f"{name} has {start} {items}. " + " ".join(events) + f" How many {items} does {name} have after {days[-1]}?",
+            answers,
+            amount,
+            [start],
+        )
+
+    return write
+
+
+def _day_event(num: _Numbers, rng: random.Random, amount: int, he: str, other: str) -> tuple[str, str, int]:
+    """One day's operation on `amount`, drawn among those that keep every quantity in range."""
+    limit = num.config.max_value
+    choices = []
+    if amount + 1 <= limit:
+        choices.append("add")
+    if amount > 2:
+        choices.append("subtract")
+    if amount * 2 <= limit:
+        choices.append("multiply")
+    if amount % 2 == 0 and amount >= 4:
+        choices.append("halve")
+    kind = rng.choice(choices)
+    if kind == "add":
+        more = num.operand(1, min(num.config.max_operand, limit - amount))
+        return f"{he} finds {more} more", f"{amount} + {more} = {amount + more}", amount + more
+    if kind == "subtract":
+        fewer = num.operand(1, amount - 1)
+        return f"{he} gives {fewer} to {other}", f"{amount} - {fewer} = {amount - fewer}", amount - fewer
+    if kind == "multiply":
+        times = rng.randint(2, max(2, min(num.config.max_factor, limit // amount)))
+        return f"{he} ends up with {times} times as many", f"{amount} * {times} = {amount * times}", amount * times
+    return f"{he} loses half of them", f"{amount} / 2 = {amount // 2}", amount // 2
+
+
 TEMPLATES: dict[str, _Template] = {
     "buy_total": _Template(2, _buy_total),
     "lose_half": _Template(2, _lose_half),
@@ -346,6 +407,7 @@ TEMPLATES: dict[str, _Template] = {
     "three_days": _Template(4, _three_days),
     "budget": _Template(4, _budget),
     "bake_trays": _Template(4, _bake_trays),
+    **{f"days_{steps}": _Template(steps, _days(steps)) for steps in range(2, MAX_STEPS + 1)},
 }
 
 _EQUATION = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")

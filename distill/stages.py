@@ -145,7 +145,7 @@ def make_problems(config: RunConfig):
         train = load(data.source, data.split, data.offset, data.train_problems)
     if data.resolved_eval_source == "generator":
         held_out = generated_problems(
-            data.eval_problems, seed=data.seed + 1, config=data.generator, exclude=train, id_prefix="heldout"
+            data.eval_problems, seed=data.seed + 1, config=data.eval_generator, exclude=train, id_prefix="heldout"
         )
     else:
         held_out = load(data.resolved_eval_source, data.eval_split, data.eval_offset, data.eval_problems)

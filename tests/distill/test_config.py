@@ -222,3 +222,16 @@ def test_equal_compute_gives_the_cot_student_the_pairs_total_steps():
     assert equal.train_config("cot").max_steps == 1800 and equal.pair_steps() == 1800
     with pytest.raises(ConfigError, match="equal_compute needs"):
         RunConfig.load(overrides={"equal_compute": True, "student": {"max_steps": -1, "epochs": 2}})
+
+
+def test_held_out_problems_can_be_deeper_than_the_training_problems():
+    from dd_prompting.distill.stages import make_problems
+
+    config = RunConfig.load(overrides=_parse(["--data.train_problems", "200", "--data.eval_problems", "30",
+                                              "--data.eval_min_steps", "5", "--data.eval_max_steps", "6"]))
+    train, held_out = make_problems(config)
+    assert {len(p.subquestions) for p in train} <= {2, 3, 4} and {len(p.subquestions) for p in held_out} == {5, 6}
+    with pytest.raises(ConfigError, match="eval_max_steps"):
+        RunConfig.load(overrides={"data": {"eval_max_steps": 9}})
+    with pytest.raises(ConfigError, match="generated held-out"):
+        RunConfig.load(overrides={"teacher": {"kind": "socratic"}, "data": {"source": "gsm8k", "eval_max_steps": 6}})

@@ -86,7 +86,7 @@ def test_problem_key_ignores_names_but_not_numbers():
     "kwargs, field",
     [
         ({"min_steps": 3, "max_steps": 2}, "min_steps"),
-        ({"max_steps": 5}, "max_steps"),
+        ({"max_steps": 7}, "max_steps"),
         ({"max_factor": 1}, "max_factor"),
         ({"max_value": 50, "max_operand": 40}, "max_value"),
         ({"templates": ["nope"]}, "templates"),
@@ -105,5 +105,19 @@ def test_impossible_request_fails_clearly_instead_of_looping():
 
 
 def test_every_template_is_reachable():
-    for name in TEMPLATES:
-        assert generate_problems(3, seed=0, config=GeneratorConfig(templates=[name]))
+    for name, template in TEMPLATES.items():
+        config = GeneratorConfig(templates=[name], min_steps=template.steps, max_steps=template.steps)
+        assert all(len(trace.subquestions) == template.steps for trace in generate_problems(3, seed=0, config=config))
+
+
+def test_days_stories_go_beyond_the_training_depth_with_the_same_story():
+    train = generate_problems(600, seed=0)
+    held_out = generate_problems(100, seed=1, config=GeneratorConfig(min_steps=5, max_steps=6), exclude=train)
+    assert {len(trace.subquestions) for trace in train} == {2, 3, 4}
+    assert {len(trace.subquestions) for trace in held_out} == {5, 6}
+    # The longer stories are the trained story told over more days: the same sentences, one more each day.
+    days = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+    assert all(sq.endswith(tuple(f" after {day}?" for day in days)) for t in held_out for sq in t.subquestions)
+    # Every day a held-out story names was a day in some training story's sub-questions.
+    trained_days = {sq.rsplit(" ", 1)[-1] for t in train for sq in t.subquestions if sq.endswith(tuple(f" after {d}?" for d in days))}
+    assert trained_days == {f"{day}?" for day in days}
