@@ -3,7 +3,9 @@
 Two extractors run side by side, as lm-evaluation-harness does for GSM8K:
 
 - **strict** accepts only an explicit final answer: a reply that is just a number ("$1,234.50"), or one
-  marked as the answer ("The answer is 18.", "#### 18", "Answer: 18 dollars").
+  marked as the answer ("The answer is 18.", "#### 18", "Answer: 18 dollars", "The total is $18").
+  After such a cue comes the number, or a calculation whose result (after its last "=") is the
+  answer; when a reply has several cues, the last one wins.
 - **flexible** falls back to the last number anywhere in the text.
 
 Both return a canonical string ("18", "-3.5", "0.75") or `INVALID`, a sentinel that never equals a
@@ -41,11 +43,12 @@ _NUMBER = r"""
 """
 _NUMBER_RE = re.compile(_NUMBER, re.VERBOSE)
 _NUMBER_WHOLE_RE = re.compile(r"^\s*" + _NUMBER + r"\s*(?:%|[a-zA-Z$€£][\w\s.$€£/-]*)?[.!]?\s*$", re.VERBOSE)
-_MARKED_RES = [
-    re.compile(r"####\s*(?P<rest>.+)"),
-    re.compile(r"(?:the\s+)?(?:final\s+)?answer\s*(?:is|:|=)\s*(?P<rest>.+)", re.IGNORECASE),
-    re.compile(r"\\boxed\{(?P<rest>[^}]*)\}"),
-]
+# Where a reply says what its answer is. Only cues that state the result: "a total of 5 apples"
+# names a quantity on the way, "the total is 66" the result.
+_CUE_RE = re.compile(r"(?:####|answer\s*(?:is|:|=)|\btotal\s*(?:is|:|=)|\\boxed\{)\s*", re.IGNORECASE)
+# A cue's clause ends at a sentence end, a comma before a word, a line end or a closing brace;
+# the dot of "66.0" and the comma of "1,018" do not end it.
+_CLAUSE_END_RE = re.compile(r"[.!?;](?=\s|$)|,\s|\n|\}")
 
 
 def canonical_number(text: str) -> str:
@@ -119,16 +122,24 @@ def extract_answer(text: Any, *, strict: bool = False) -> str:
     whole = _NUMBER_WHOLE_RE.match(text)
     if whole:
         return _canonical(whole)
-    for pattern in _MARKED_RES:
-        marked = list(pattern.finditer(text))
-        if marked:
-            answer = _first_number(marked[-1].group("rest"))
-            if answer != INVALID:
-                return answer
+    # The last cue that is followed by a number wins: replies correct themselves, and
+    # "The answer is 18. I hope the answer is right." still answers 18.
+    for cue in reversed(list(_CUE_RE.finditer(text))):
+        end = _CLAUSE_END_RE.search(text, cue.end())
+        answer = _clause_result(text[cue.end(): end.start() if end else len(text)])
+        if answer != INVALID:
+            return answer
     return INVALID if strict else _last_number(text)
 
 
 _RESULT_RE = re.compile(r"=\s*" + _NUMBER, re.VERBOSE)
+
+
+def _clause_result(clause: str) -> str:
+    # "the answer is 15 gallons * 8 pints / gallon = 120 pints": a cue followed by a calculation
+    # answers with its result (the number after the last "="), not its first operand.
+    results = list(_RESULT_RE.finditer(clause))
+    return _canonical(results[-1]) if results else _first_number(clause)
 
 
 def read_step_result(step: Any) -> str:

@@ -34,6 +34,16 @@ from dd_prompting.answers import read_step_result
         ("", INVALID, INVALID),
         ("The answer is unknown", INVALID, INVALID),
         ("5/0", INVALID, INVALID),
+        # After a cue, the result of the calculation that follows it (issue 8), not its first number.
+        ("... the final answer is 15 gallons * 8 pints / gallon = 120 pints", "120", "120"),
+        ("Answer: 5 + 3 = 8, so she has 8 apples", "8", "8"),
+        # The last cue wins, also when two share a line.
+        ("... James scored a total of 48 + 16 = 64 points. So the total is $66.0.", "66", "66"),
+        ("The answer is 5. No, wait: the answer is 6.", "6", "6"),
+        ("The answer is 18. I hope the answer is right.", "18", "18"),
+        ("Answer:\n42", "42", "42"),
+        # "a total of" is not a cue: it names a quantity on the way.
+        ("She buys a total of 5 apples and eats 2, so 3 are left.", INVALID, "3"),
     ],
 )
 def test_extract_answer_strict_and_flexible(text, strict, flexible):
