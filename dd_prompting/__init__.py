@@ -14,7 +14,7 @@ from dd_prompting.answers import (
     numeric_match_strict,
 )
 from dd_prompting.data import SocraticSolution, load_gsm8k, parse_socratic
-from dd_prompting.demos import WORKED_EXAMPLES, WorkedExample
+from dd_prompting.demos import WORKED_EXAMPLES, YES_NO_WORKED_EXAMPLES, WorkedExample
 from dd_prompting.local_lm import TransformersEngine, local_lm, smollm2_lm
 from dd_prompting.modules import DecomposedSolver
 from dd_prompting.plain_text_adapter import PlainTextAdapter
@@ -27,6 +27,7 @@ __all__ = [
     "DecomposedSolver",
     "WorkedExample",
     "WORKED_EXAMPLES",
+    "YES_NO_WORKED_EXAMPLES",
     "PlainTextAdapter",
     "TransformersEngine",
     "local_lm",

@@ -10,7 +10,7 @@ import dspy
 from dspy.signatures.signature import Signature, ensure_signature
 from dspy.utils.exceptions import AdapterParseError
 
-from dd_prompting.demos import WORKED_EXAMPLES, WorkedExample
+from dd_prompting.demos import BUILTIN_DEMOS, DemoSet, WorkedExample, builtin_demos_for
 from dd_prompting.plain_text_adapter import PlainTextAdapter, prefers_plain_text
 from dd_prompting.signatures import AnswerSubquestion, Decompose, SolveWithSubquestions
 
@@ -40,9 +40,12 @@ class DecomposedSolver(dspy.Module):
             "question -> answer: float", or a class.
         mode: "joint" or "iterative".
         max_subquestions: Cap on the sub-questions solved; the last one (what the problem asks) is kept.
-        demos: "builtin" starts each predictor with the hand-written worked examples (needs a
-            signature with one input and one output field); None starts with none. Optimizers
-            such as `dspy.BootstrapFewShot` replace them either way.
+        demos: The worked examples each predictor starts with. "builtin" picks them by the answer
+            field's type: the math examples for an `int` or `float` answer, the yes/no ones for a
+            `bool` answer, none otherwise (logged once at INFO). "math" or "yes_no" asks for one set
+            by name, e.g. for a `str` answer that holds a number; None starts with none. Named sets
+            need one input and one output field. Optimizers such as `dspy.BootstrapFewShot` replace
+            them either way.
         adapter: The adapter for every call. None picks the configured one, or `PlainTextAdapter`
             when the LM is a small local model, which cannot follow DSPy's chat format.
     """
@@ -53,7 +56,7 @@ class DecomposedSolver(dspy.Module):
         *,
         mode: Mode = "joint",
         max_subquestions: int = 8,
-        demos: Literal["builtin"] | None = "builtin",
+        demos: Literal["builtin"] | DemoSet | None = "builtin",
         adapter: dspy.Adapter | None = None,
     ):
         super().__init__()
@@ -61,8 +64,8 @@ class DecomposedSolver(dspy.Module):
             raise ValueError(f"mode must be 'joint' or 'iterative', got {mode!r}")
         if max_subquestions < 1:
             raise ValueError(f"max_subquestions must be at least 1, got {max_subquestions}")
-        if demos not in ("builtin", None):
-            raise ValueError(f"demos must be 'builtin' or None, got {demos!r}")
+        if demos not in ("builtin", *BUILTIN_DEMOS, None):
+            raise ValueError(f"demos must be 'builtin', {', '.join(map(repr, BUILTIN_DEMOS))} or None, got {demos!r}")
         task = ensure_signature(signature)
         clash = sorted(set(task.fields) & set(_RESERVED))
         if clash:
@@ -81,11 +84,16 @@ class DecomposedSolver(dspy.Module):
             self.answer_last_step = dspy.Predict(_derive(AnswerSubquestion, task, task_outputs=True))
         self.direct = dspy.Predict(task)
         if demos == "builtin":
-            if len(task.input_fields) == 1 and len(task.output_fields) == 1:
-                self.use_worked_examples(WORKED_EXAMPLES)
-            else:
-                logger.warning("Built-in demos need one input and one output field; %s starts without demos.",
-                               task.__name__)
+            demos = builtin_demos_for(task)
+            if demos is None:
+                logger.info(
+                    "%s starts without demos: the built-in worked examples fit one input and one int/float "
+                    "(math) or bool (yes/no) output field, and its outputs are %s. Pass demos='math' or "
+                    "demos='yes_no' to use them anyway, or call use_worked_examples() with your own.",
+                    task.__name__, _describe(task.output_fields),
+                )
+        if demos is not None:
+            self.use_worked_examples(BUILTIN_DEMOS[demos])
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
         with dspy.context(adapter=self._choose_adapter()):
@@ -166,7 +174,8 @@ class DecomposedSolver(dspy.Module):
 
     def use_worked_examples(self, examples: Iterable[WorkedExample]) -> None:
         """Replace every predictor's demos with these worked examples (problem, sub-questions,
-        sub-answers, answer), such as GSM8K's Socratic annotations or `WORKED_EXAMPLES`.
+        sub-answers, answer), such as GSM8K's Socratic annotations, `WORKED_EXAMPLES` or
+        `YES_NO_WORKED_EXAMPLES`.
 
         Needs a signature with one input and one output field, which the examples fill.
         """
@@ -221,6 +230,11 @@ def _derive(template: type[Signature], task: type[Signature], *, task_outputs: b
     if task.instructions and task.instructions != _default_instructions(task):
         instructions = f"{instructions}\n\n{task.instructions}"
     return dspy.make_signature(fields, instructions, signature_name=f"{template.__name__}For{task.__name__}")
+
+
+def _describe(fields: dict[str, Any]) -> str:
+    return ", ".join(f"{name}: {getattr(field.annotation, '__name__', field.annotation)}"
+                     for name, field in fields.items())
 
 
 def _default_instructions(signature: type[Signature]) -> str:

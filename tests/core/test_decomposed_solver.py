@@ -1,8 +1,10 @@
+import logging
+
 import dspy
 import pytest
 from dspy.utils import DummyLM
 
-from dd_prompting import DecomposedSolver, numeric_match
+from dd_prompting import WORKED_EXAMPLES, YES_NO_WORKED_EXAMPLES, DecomposedSolver, numeric_match
 from scripted_engine import scripted_lm
 
 SUBQUESTIONS = ["How many eggs does Janet sell?", "How much does Janet make?"]
@@ -111,8 +113,42 @@ def test_predictors_are_visible_to_dspy():
     assert [name for name, _ in joint.named_predictors()] == ["decompose", "solve", "direct"]
     assert [name for name, _ in iterative.named_predictors()] == [
         "decompose", "answer_step", "answer_last_step", "direct"]
-    assert len(joint.decompose.demos) == 4
     assert DecomposedSolver("question -> answer", demos=None).decompose.demos == []
+
+
+@pytest.mark.parametrize(
+    ("signature", "demos", "first_problem"),
+    [
+        ("question -> answer: float", "builtin", WORKED_EXAMPLES[0].problem),
+        ("question -> answer: int", "builtin", WORKED_EXAMPLES[0].problem),
+        ("question -> answer: bool", "builtin", YES_NO_WORKED_EXAMPLES[0].problem),
+        ("question -> answer", "math", WORKED_EXAMPLES[0].problem),
+        ("question -> answer", "yes_no", YES_NO_WORKED_EXAMPLES[0].problem),
+    ],
+)
+def test_builtin_demos_follow_the_answer_type_or_an_explicit_choice(signature, demos, first_problem):
+    for mode in ("joint", "iterative"):
+        solver = DecomposedSolver(signature, mode=mode, demos=demos)
+        assert all(len(predictor.demos) == 4 for predictor in solver.predictors())
+        assert solver.decompose.demos[0]["question"] == first_problem
+
+
+def test_a_non_numeric_answer_starts_without_demos_and_says_so_once(caplog):
+    with caplog.at_level(logging.INFO, logger="dd_prompting.modules"):
+        solver = DecomposedSolver("review -> sentiment")
+    assert all(predictor.demos == [] for predictor in solver.predictors())
+    notes = [record for record in caplog.records if "without demos" in record.getMessage()]
+    assert len(notes) == 1 and notes[0].levelno == logging.INFO
+    assert "sentiment: str" in notes[0].getMessage() and "demos='math'" in notes[0].getMessage()
+
+
+def test_yes_no_worked_examples_drive_a_bool_answer():
+    lm = DummyLM([{"subquestions": ["Is it raining?", "Should I take an umbrella?"]},
+                  {"subanswers": ["Yes, it is raining.", "Yes, rain means an umbrella."], "answer": "yes"}])
+    with dspy.context(lm=lm):
+        pred = DecomposedSolver("question -> answer: bool")(question="Should I take an umbrella today?")
+    assert pred.answer is True
+    assert "Could a person born in 1990 have voted" in lm.history[0]["messages"][1]["content"]
 
 
 def test_bad_arguments_are_rejected():
@@ -136,7 +172,7 @@ def test_bootstrap_few_shot_compiles_demos_for_every_solving_predictor():
 
 
 def test_save_and_load_round_trip_keeps_demos(tmp_path):
-    solver = DecomposedSolver("question -> answer", mode="iterative")
+    solver = DecomposedSolver("question -> answer", mode="iterative", demos="math")
     solver.answer_step.demos = solver.answer_step.demos[:1]
     path = tmp_path / "solver.json"
     solver.save(str(path))

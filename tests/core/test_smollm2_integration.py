@@ -26,7 +26,7 @@ def smollm2():
 
 @pytest.mark.parametrize("mode", ["joint", "iterative"])
 def test_smollm2_decomposes_and_answers_most_gsm8k_problems(smollm2, mode):
-    solver = DecomposedSolver("question -> answer", mode=mode)
+    solver = DecomposedSolver("question -> answer", mode=mode, demos="math")  # a str answer holding a number
     usable = 0
     with dspy.context(lm=smollm2):
         for example in load_gsm8k("test", limit=PROBLEMS):
