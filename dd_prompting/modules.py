@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Generator, Iterable
+from typing import Any, Literal, NamedTuple
 
 import dspy
 from dspy.signatures.signature import Signature, ensure_signature
@@ -21,7 +21,19 @@ logger = logging.getLogger(__name__)
 Mode = Literal["joint", "iterative"]
 _TEMPLATE_INPUT = "problem"
 _TEMPLATE_OUTPUT = "answer"
-_RESERVED = ("subquestions", "subanswers", "solved", "subquestion", "subanswer", "fallback", "parse_failures")
+_RESERVED = ("subquestions", "subanswers", "solved", "subquestion", "subanswer", "fallback", "parse_failures",
+             "reasoning")
+
+
+class _Call(NamedTuple):
+    """One LM call the algorithm asks for: a predictor and its keyword arguments."""
+
+    predictor: dspy.Predict
+    kwargs: dict[str, Any]
+
+
+# The algorithm's steps: yields calls, receives their replies, returns its result.
+Steps = Generator[_Call, dspy.Prediction, Any]
 
 
 class DecomposedSolver(dspy.Module):
@@ -31,9 +43,15 @@ class DecomposedSolver(dspy.Module):
     all and gives the final answer. `iterative` mode (the paper's solver): one call per sub-question,
     each seeing the earlier answers; the last step also gives the final answer.
 
-    The prediction carries the signature's outputs plus `subquestions`, `subanswers`, `fallback`
-    (None, or why the problem was answered directly: an empty or unparsable decomposition) and
-    `parse_failures` (the steps whose output could not be parsed). Parse failures never raise.
+    The prediction carries the signature's outputs and, as ChainOfThought's does, `reasoning` (each
+    sub-question with its answer, as text) and `completions` (one per sample of the final call, e.g.
+    with `n=3`). It adds `subquestions`, `subanswers`, `fallback` (None, or why the problem was
+    answered directly: an empty or unparsable decomposition) and `parse_failures` (the steps whose
+    output could not be parsed). By default parse failures are recorded, never raised, so a long
+    evaluation goes on; `strict=True` raises them.
+
+    `await program.acall(...)` makes the same calls as `program(...)`. The adapter is chosen per
+    call, from the LM that call uses, so the predictors can run on different LMs (`set_lm` on one).
 
     Args:
         signature: Any DSPy signature, as for `dspy.ChainOfThought`: "question -> answer",
@@ -46,8 +64,15 @@ class DecomposedSolver(dspy.Module):
             by name, e.g. for a `str` answer that holds a number; None starts with none. Named sets
             need one input and one output field. Optimizers such as `dspy.BootstrapFewShot` replace
             them either way.
-        adapter: The adapter for every call. None picks the configured one, or `PlainTextAdapter`
-            when the LM is a small local model, which cannot follow DSPy's chat format.
+        adapter: The adapter for every call. None picks the configured one, or, call by call,
+            `PlainTextAdapter` when the call's LM is a small local model, which cannot follow DSPy's
+            chat format.
+        strict: Raise an adapter's parse error (`AdapterParseError`) as `dspy.ChainOfThought` does,
+            from any step, so `dspy.Evaluate` counts it as an error; by default it is recorded in
+            `parse_failures` and the answer is None (or an unparsable decomposition falls back to a
+            direct answer).
+        rationale_field_type: The type of `reasoning`: `str`, or `dspy.Reasoning`, as for ChainOfThought.
+        **config: Passed to every inner `dspy.Predict`, as by ChainOfThought: `temperature=0.7`, `n=3`, ...
     """
 
     def __init__(
@@ -58,6 +83,9 @@ class DecomposedSolver(dspy.Module):
         max_subquestions: int = 8,
         demos: Literal["builtin"] | DemoSet | None = "builtin",
         adapter: dspy.Adapter | None = None,
+        strict: bool = False,
+        rationale_field_type: type = str,
+        **config: Any,
     ):
         super().__init__()
         if mode not in ("joint", "iterative"):
@@ -67,6 +95,11 @@ class DecomposedSolver(dspy.Module):
         if demos not in ("builtin", *BUILTIN_DEMOS, None):
             raise ValueError(f"demos must be 'builtin', {', '.join(map(repr, BUILTIN_DEMOS))} or None, got {demos!r}")
         task = ensure_signature(signature)
+        if rationale_field_type not in (str, dspy.Reasoning):
+            raise ValueError(
+                f"rationale_field_type must be str or dspy.Reasoning, got {rationale_field_type!r}: DecomposedSolver "
+                "writes `reasoning` itself, as the sub-questions with their answers."
+            )
         clash = sorted(set(task.fields) & set(_RESERVED))
         if clash:
             raise ValueError(f"The signature's field names {clash} are used by DecomposedSolver; rename them.")
@@ -75,14 +108,17 @@ class DecomposedSolver(dspy.Module):
         self.mode = mode
         self.max_subquestions = max_subquestions
         self.adapter = adapter
+        self.strict = strict
+        self.rationale_field_type = rationale_field_type
 
-        self.decompose = dspy.Predict(_derive(Decompose, task))
+        # As in ChainOfThought, `config` (temperature=, n=, ...) goes to every predictor, and through it to the LM.
+        self.decompose = dspy.Predict(_derive(Decompose, task), **config)
         if mode == "joint":
-            self.solve = dspy.Predict(_derive(SolveWithSubquestions, task, task_outputs=True))
+            self.solve = dspy.Predict(_derive(SolveWithSubquestions, task, task_outputs=True), **config)
         else:
-            self.answer_step = dspy.Predict(_derive(AnswerSubquestion, task))
-            self.answer_last_step = dspy.Predict(_derive(AnswerSubquestion, task, task_outputs=True))
-        self.direct = dspy.Predict(task)
+            self.answer_step = dspy.Predict(_derive(AnswerSubquestion, task), **config)
+            self.answer_last_step = dspy.Predict(_derive(AnswerSubquestion, task, task_outputs=True), **config)
+        self.direct = dspy.Predict(task, **config)
         if demos == "builtin":
             demos = builtin_demos_for(task)
             if demos is None:
@@ -96,17 +132,69 @@ class DecomposedSolver(dspy.Module):
             self.use_worked_examples(BUILTIN_DEMOS[demos])
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
-        with dspy.context(adapter=self._choose_adapter()):
-            subquestions, fallback = self._decompose(inputs)
-            if fallback:
-                return self._answer_directly(inputs, fallback)
-            if self.mode == "joint":
-                return self._solve_jointly(inputs, subquestions)
-            return self._solve_iteratively(inputs, subquestions)
+        steps = self._steps(inputs)
+        step = self._resume(steps)
+        while isinstance(step, _Call):
+            try:
+                with dspy.context(adapter=self._adapter_for(step)):
+                    reply = step.predictor(**step.kwargs)
+            except AdapterParseError as err:
+                step = self._resume(steps, error=err)
+            else:
+                step = self._resume(steps, reply)
+        return step
 
-    def _decompose(self, inputs: dict[str, Any]) -> tuple[list[str], str | None]:
+    async def aforward(self, **inputs: Any) -> dspy.Prediction:
+        # `forward` with each call awaited: one problem's calls stay in order (a step needs the
+        # answers before it), while `asyncio.gather` runs many problems at once.
+        steps = self._steps(inputs)
+        step = self._resume(steps)
+        while isinstance(step, _Call):
+            try:
+                with dspy.context(adapter=self._adapter_for(step)):
+                    reply = await step.predictor.acall(**step.kwargs)
+            except AdapterParseError as err:
+                step = self._resume(steps, error=err)
+            else:
+                step = self._resume(steps, reply)
+        return step
+
+    def _steps(self, inputs: dict[str, Any]) -> Steps:
+        """The algorithm, written once for `forward` and `aforward`: each `yield _Call(...)` is one LM
+        call, made by the caller; its reply, or its parse error, comes back at the `yield`."""
+        subquestions, fallback = yield from self._decompose(inputs)
+        if fallback:
+            return (yield from self._answer_directly(inputs, fallback))
+        if self.mode == "joint":
+            return (yield from self._solve_jointly(inputs, subquestions))
+        return (yield from self._solve_iteratively(inputs, subquestions))
+
+    def _resume(self, steps: Steps, reply: dspy.Prediction | None = None, *, error: Exception | None = None):
+        """Hand a call's reply, or its parse error, back to the steps: their next call, or the prediction
+        once they are done. With `strict=True` the parse error raises instead, as from ChainOfThought."""
+        if error is not None and self.strict:
+            steps.close()
+            raise error
         try:
-            raw = self.decompose(**inputs).subquestions
+            return steps.throw(error) if error is not None else steps.send(reply)
+        except StopIteration as done:
+            return done.value
+
+    def _adapter_for(self, call: _Call) -> dspy.Adapter | None:
+        """The adapter for one call. An explicit one wins (ours, then the configured one); otherwise the
+        LM this call will use decides, found as `dspy.Predict` finds it (a call-time `lm=`, then the
+        predictor's own from `set_lm`, then the configured one). So a program that pairs a small local
+        decomposer with an API solver sends each its own format."""
+        if self.adapter is not None:
+            return self.adapter
+        if dspy.settings.adapter is not None:
+            return dspy.settings.adapter
+        lm = call.kwargs.get("lm") or call.predictor.lm or dspy.settings.lm
+        return PlainTextAdapter() if prefers_plain_text(lm) else None
+
+    def _decompose(self, inputs: dict[str, Any]) -> Steps:
+        try:
+            raw = (yield _Call(self.decompose, inputs)).subquestions
         except AdapterParseError as err:
             return [], f"unparsable decomposition: {_short(err)}"
         subquestions = _as_list(raw)
@@ -116,61 +204,67 @@ class DecomposedSolver(dspy.Module):
             subquestions = subquestions[: self.max_subquestions - 1] + subquestions[-1:]
         return subquestions, None
 
-    def _solve_jointly(self, inputs: dict[str, Any], subquestions: list[str]) -> dspy.Prediction:
+    def _solve_jointly(self, inputs: dict[str, Any], subquestions: list[str]) -> Steps:
         try:
-            solved = self.solve(**inputs, subquestions=subquestions)
+            solved = yield _Call(self.solve, {**inputs, "subquestions": subquestions})
         except AdapterParseError as err:
             logger.info("Joint solver output did not parse: %s", _short(err))
-            return self._prediction({}, subquestions, [], parse_failures=["solve"])
-        outputs = {name: solved.get(name) for name in self.signature.output_fields}
-        return self._prediction(outputs, subquestions, _as_list(solved.subanswers))
+            return self._prediction(subquestions, [({}, [])], parse_failures=["solve"])
+        return self._prediction(subquestions, [(c, _as_list(c.get("subanswers"))) for c in _completions(solved)])
 
-    def _solve_iteratively(self, inputs: dict[str, Any], subquestions: list[str]) -> dspy.Prediction:
+    def _solve_iteratively(self, inputs: dict[str, Any], subquestions: list[str]) -> Steps:
         subanswers: list[str] = []
         failures: list[str] = []
-        outputs: dict[str, Any] = {}
+        answers = [({}, subanswers)]  # until the last step gives the final answer
         for index, subquestion in enumerate(subquestions):
             is_last = index == len(subquestions) - 1
             step = self.answer_last_step if is_last else self.answer_step
+            solved = format_solved(subquestions, subanswers)
             try:
-                answered = step(**inputs, solved=format_solved(subquestions, subanswers), subquestion=subquestion)
+                answered = yield _Call(step, {**inputs, "solved": solved, "subquestion": subquestion})
             except AdapterParseError as err:
                 logger.info("Step %d output did not parse: %s", index + 1, _short(err))
                 failures.append(f"step {index + 1}")
                 subanswers.append("")
                 continue
-            subanswers.append(str(answered.subanswer or "").strip())
-            if is_last:
-                outputs = {name: answered.get(name) for name in self.signature.output_fields}
-        return self._prediction(outputs, subquestions, subanswers, parse_failures=failures)
+            if not is_last:
+                subanswers.append(_text(answered.subanswer))
+                continue
+            answers = [(c, [*subanswers, _text(c.get("subanswer"))]) for c in _completions(answered)]
+        return self._prediction(subquestions, answers, parse_failures=failures)
 
-    def _answer_directly(self, inputs: dict[str, Any], fallback: str) -> dspy.Prediction:
+    def _answer_directly(self, inputs: dict[str, Any], fallback: str) -> Steps:
         try:
-            answered = self.direct(**inputs)
-            outputs, failures = {name: answered.get(name) for name in self.signature.output_fields}, ["decompose"]
+            answered = yield _Call(self.direct, inputs)
         except AdapterParseError as err:
             logger.info("Direct answer did not parse: %s", _short(err))
-            outputs, failures = {}, ["decompose", "direct"]
-        return self._prediction(outputs, [], [], fallback=fallback, parse_failures=failures)
+            return self._prediction([], [({}, [])], fallback=fallback, parse_failures=["decompose", "direct"])
+        answers = [(c, []) for c in _completions(answered)]
+        return self._prediction([], answers, fallback=fallback, parse_failures=["decompose"])
 
-    def _prediction(self, outputs, subquestions, subanswers, *, fallback=None, parse_failures=()) -> dspy.Prediction:
-        outputs = {name: outputs.get(name) for name in self.signature.output_fields}
-        return dspy.Prediction(
-            **outputs,
-            subquestions=subquestions,
-            subanswers=subanswers,
-            fallback=fallback,
-            parse_failures=list(parse_failures),
-        )
+    def _prediction(self, subquestions, answers, *, fallback=None, parse_failures=()) -> dspy.Prediction:
+        """The prediction from the final call's completions, given as (outputs, sub-answers) pairs, the
+        first being the answer. As with ChainOfThought, each completion has the signature's outputs
+        and `reasoning`; the prediction adds how it was reached."""
+        completions = [
+            {
+                **{name: outputs.get(name) for name in self.signature.output_fields},
+                "reasoning": self._reasoning(subquestions, subanswers),
+                "subanswers": subanswers,
+            }
+            for outputs, subanswers in answers
+        ]
+        pred = dspy.Prediction.from_completions(completions)
+        pred["subquestions"] = subquestions
+        pred["fallback"] = fallback
+        pred["parse_failures"] = list(parse_failures)
+        return pred
 
-    def _choose_adapter(self) -> dspy.Adapter | None:
-        if self.adapter is not None:
-            return self.adapter
-        if dspy.settings.adapter is not None:
-            return dspy.settings.adapter
-        if prefers_plain_text(dspy.settings.lm):
-            return PlainTextAdapter()
-        return None
+    def _reasoning(self, subquestions: list[str], subanswers: list[str]) -> Any:
+        # Every sub-question with its answer (blank where none came back), in the layout the steps read.
+        padded = [*subanswers, *[""] * (len(subquestions) - len(subanswers))]
+        text = _qa_pairs(subquestions, padded)
+        return text if self.rationale_field_type is str else dspy.Reasoning(content=text)
 
     def use_worked_examples(self, examples: Iterable[WorkedExample]) -> None:
         """Replace every predictor's demos with these worked examples (problem, sub-questions,
@@ -245,8 +339,21 @@ def _default_instructions(signature: type[Signature]) -> str:
 
 def format_solved(subquestions: list[str], subanswers: list[str]) -> str:
     """The `solved` input of a step: earlier sub-questions with their answers."""
-    pairs = [f"Q: {question}\nA: {answer}" for question, answer in zip(subquestions, subanswers)]
-    return "\n".join(pairs) if pairs else "(none yet)"
+    return _qa_pairs(subquestions, subanswers) or "(none yet)"
+
+
+def _qa_pairs(subquestions: list[str], subanswers: list[str]) -> str:
+    return "\n".join(f"Q: {question}\nA: {answer}" for question, answer in zip(subquestions, subanswers))
+
+
+def _completions(reply: dspy.Prediction) -> list[dspy.Prediction]:
+    # One per sample the LM returned (`n=3` gives three), the first being the prediction itself.
+    completions = reply.completions
+    return [completions[index] for index in range(len(completions))] if completions is not None else [reply]
+
+
+def _text(value: Any) -> str:
+    return str(value or "").strip()
 
 
 def _as_list(value: Any) -> list[str]:

@@ -1,10 +1,16 @@
+import asyncio
 import logging
+import re
+import threading
+import time
 
 import dspy
 import pytest
 from dspy.utils import DummyLM
+from dspy.utils.exceptions import AdapterParseError
 
 from dd_prompting import WORKED_EXAMPLES, YES_NO_WORKED_EXAMPLES, DecomposedSolver, numeric_match
+from dd_prompting.testing import OpenAICompatibleServer, last_user_text
 from scripted_engine import scripted_lm
 
 SUBQUESTIONS = ["How many eggs does Janet sell?", "How much does Janet make?"]
@@ -197,3 +203,177 @@ def test_evaluate_scores_a_program_built_around_the_solver():
     with dspy.context(lm=lm):
         result = dspy.Evaluate(devset=devset, metric=numeric_match, num_threads=1, display_progress=False)(Program())
     assert result.score == 100.0
+
+
+# ChainOfThought's contract: config, reasoning, completions, strict parsing.
+
+def test_config_reaches_every_inner_predictor_as_in_chain_of_thought():
+    solver = DecomposedSolver("question -> answer", mode="iterative", temperature=0.7, max_tokens=300)
+    assert all(predictor.config == {"temperature": 0.7, "max_tokens": 300} for predictor in solver.predictors())
+    lm = DummyLM([
+        {"subquestions": SUBQUESTIONS},
+        {"subanswer": "She sells 16 - 7 = 9 eggs."},
+        {"subanswer": "She makes 9 * 2 = 18 dollars.", "answer": "18"},
+    ])
+    with dspy.context(lm=lm):
+        solver(question="Janet's ducks ...")
+    assert [call["kwargs"]["temperature"] for call in lm.history] == [0.7, 0.7, 0.7]
+
+
+def test_every_prediction_has_reasoning_and_completions():
+    lm = DummyLM(joint_replies())
+    with dspy.context(lm=lm):
+        pred = DecomposedSolver("question -> answer")(question="Janet's ducks ...")
+    assert pred.reasoning == (
+        "Q: How many eggs does Janet sell?\nA: She sells 16 - 7 = 9 eggs.\n"
+        "Q: How much does Janet make?\nA: She makes 9 * 2 = 18 dollars."
+    )
+    assert pred.completions.answer == ["18"] and pred.completions.reasoning == [pred.reasoning]
+
+    lm = DummyLM([{"subquestions": []}, {"answer": "18"}])
+    with dspy.context(lm=lm):
+        direct = DecomposedSolver("question -> answer")(question="...")
+    assert direct.reasoning == "" and direct.completions.answer == ["18"]
+
+
+def test_n_samples_of_the_final_call_are_the_completions():
+    lm = DummyLM([
+        {"subquestions": SUBQUESTIONS}, {"subquestions": ["ignored"]},  # n=2 samples every call
+        {"subanswers": ["9 eggs.", "9 * 2 = 18 dollars."], "answer": "18"},
+        {"subanswers": ["10 eggs.", "10 * 2 = 20 dollars."], "answer": "20"},
+    ])
+    with dspy.context(lm=lm):
+        pred = DecomposedSolver("question -> answer", n=2)(question="Janet's ducks ...")
+    assert pred.answer == "18" and pred.subquestions == SUBQUESTIONS
+    assert pred.completions.answer == ["18", "20"]
+    assert "A: 10 * 2 = 20 dollars." in pred.completions.reasoning[1]
+    assert pred.completions[1].subanswers == ["10 eggs.", "10 * 2 = 20 dollars."]
+
+
+def test_reasoning_can_be_a_dspy_reasoning():
+    lm = DummyLM(joint_replies())
+    with dspy.context(lm=lm):
+        pred = DecomposedSolver("question -> answer", rationale_field_type=dspy.Reasoning)(question="...")
+    assert isinstance(pred.reasoning, dspy.Reasoning)
+    assert "Q: How much does Janet make?" in pred.reasoning.content
+    with pytest.raises(ValueError, match="rationale_field_type"):
+        DecomposedSolver("question -> answer", rationale_field_type=list)
+
+
+@pytest.mark.parametrize(
+    ("mode", "replies"),
+    [
+        ("joint", [""]),  # the decomposition does not parse
+        ("joint", ["1. How many?\n2. How much?", "1. 9\n2. 18\n(no final line)"]),
+        ("iterative", ["1. How many?\n2. How much?", "It is 9.", "It is 18.\n(no final line)"]),
+    ],
+)
+def test_strict_raises_parse_errors_as_chain_of_thought_does(mode, replies):
+    lm, engine = scripted_lm(replies)
+    with dspy.context(lm=lm), pytest.raises(AdapterParseError):
+        DecomposedSolver("question -> answer", mode=mode, strict=True)(question="...")
+    assert len(engine.requests) == len(replies)  # raised at the failing call, with no fallback after it
+
+
+# Async: the same calls as forward.
+
+ITERATIVE_REPLIES = [
+    {"subquestions": SUBQUESTIONS},
+    {"subanswer": "She sells 16 - 7 = 9 eggs."},
+    {"subanswer": "She makes 9 * 2 = 18 dollars.", "answer": "18"},
+]
+
+
+@pytest.mark.parametrize(("mode", "replies"), [("joint", joint_replies()), ("iterative", ITERATIVE_REPLIES)])
+def test_acall_makes_the_same_calls_and_answer_as_a_call(mode, replies):
+    sync_lm, async_lm = DummyLM(replies), DummyLM(replies)
+    with dspy.context(lm=sync_lm):
+        expected = DecomposedSolver("question -> answer", mode=mode)(question="Janet's ducks ...")
+    with dspy.context(lm=async_lm):
+        pred = asyncio.run(DecomposedSolver("question -> answer", mode=mode).acall(question="Janet's ducks ..."))
+    assert pred.toDict() == expected.toDict()
+    assert [call["messages"] for call in async_lm.history] == [call["messages"] for call in sync_lm.history]
+
+
+def test_gather_runs_iterative_problems_at_once_each_in_order():
+    in_flight, most = 0, 0
+    lock = threading.Lock()
+
+    def respond(request):
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        time.sleep(0.3)
+        with lock:
+            in_flight -= 1
+        prompt = last_user_text(request)
+        problem = re.search(r"Problem (\w)", prompt).group(1)
+        if "`[[ ## subquestions ## ]]`" in prompt:
+            return f'[[ ## subquestions ## ]]\n["{problem} first?", "{problem} second?"]\n[[ ## completed ## ]]'
+        if "`[[ ## answer ## ]]`" not in prompt:
+            return f"[[ ## subanswer ## ]]\n{problem} one\n[[ ## completed ## ]]"
+        # The last step sees the first step's answer: the steps ran in order.
+        seen = f"{problem} one" in prompt
+        return f"[[ ## subanswer ## ]]\n{problem} two\n\n[[ ## answer ## ]]\n{problem}{seen}\n[[ ## completed ## ]]"
+
+    async def solve_all(solver):
+        return await asyncio.gather(*(solver.acall(question=f"Problem {name}.") for name in "ABC"))
+
+    with OpenAICompatibleServer(respond) as server:
+        lm = dspy.LM("openai/scripted", api_base=server.base_url, api_key="x", cache=False)
+        with dspy.context(lm=lm):
+            preds = asyncio.run(solve_all(DecomposedSolver("question -> answer", mode="iterative", demos=None)))
+    assert [pred.answer for pred in preds] == ["ATrue", "BTrue", "CTrue"]
+    assert [pred.subanswers for pred in preds][1] == ["B one", "B two"]
+    assert server.call_count == 9
+    assert most == 3  # the three problems were in flight together
+
+
+# The adapter follows the LM each call uses.
+
+PLAIN_JOINT = ["1. How many eggs?\n2. How much money?", "1. 9 eggs\n2. 18 dollars\nAnswer: 18"]
+
+
+def test_set_lm_to_a_local_model_gets_plain_text():
+    lm, engine = scripted_lm(PLAIN_JOINT)
+    solver = DecomposedSolver("question -> answer")
+    solver.set_lm(lm)
+    pred = solver(question="Janet's ducks ...")
+    assert engine.requests[0].messages[-1].text.endswith("Subquestions:")
+    assert pred.answer == "18" and pred.parse_failures == []
+
+
+def test_a_call_time_local_lm_gets_plain_text():
+    lm, engine = scripted_lm(PLAIN_JOINT)
+    api = DummyLM([])
+    with dspy.context(lm=api):
+        pred = DecomposedSolver("question -> answer")(question="Janet's ducks ...", lm=lm)
+    assert engine.requests[0].messages[-1].text.endswith("Subquestions:")
+    assert pred.answer == "18" and api.history == []
+
+
+def test_an_api_lm_set_on_the_program_gets_chat_format_under_a_global_local_model():
+    local, engine = scripted_lm([])
+    api = DummyLM(joint_replies())
+    solver = DecomposedSolver("question -> answer")
+    solver.set_lm(api)
+    with dspy.context(lm=local):
+        pred = solver(question="Janet's ducks ...")
+    assert "[[ ## question ## ]]" in api.history[0]["messages"][-1]["content"]
+    assert pred.answer == "18" and engine.requests == []
+
+
+@pytest.mark.parametrize("local_part", ["decompose", "solve"])
+def test_a_hybrid_pair_sends_each_lm_its_own_format(local_part):
+    local_reply = PLAIN_JOINT[0] if local_part == "decompose" else PLAIN_JOINT[1]
+    local, engine = scripted_lm([local_reply])
+    api = DummyLM(joint_replies()[:1] if local_part == "solve" else joint_replies()[1:])
+    solver = DecomposedSolver("question -> answer")
+    getattr(solver, local_part).lm = local
+    with dspy.context(lm=api):
+        pred = solver(question="Janet's ducks ...")
+    assert len(engine.requests) == 1 and len(api.history) == 1
+    assert "[[ ## " not in engine.requests[0].messages[-1].text
+    assert "[[ ## question ## ]]" in api.history[0]["messages"][-1]["content"]
+    assert pred.answer == "18" and pred.parse_failures == []
