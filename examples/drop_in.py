@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     problems = load_gsm8k("test", limit=args.limit)
     strategies = {
         "ChainOfThought": chain_of_thought_with_worked_examples,
-        "DecomposedSolver (joint)": lambda: DecomposedSolver("question -> answer", mode="joint"),
-        "DecomposedSolver (iterative)": lambda: DecomposedSolver("question -> answer", mode="iterative"),
+        # A str answer holding a number: ask for the math worked examples by name.
+        "DecomposedSolver (joint)": lambda: DecomposedSolver("question -> answer", mode="joint", demos="math"),
+        "DecomposedSolver (iterative)": lambda: DecomposedSolver("question -> answer", mode="iterative", demos="math"),
     }
     # Small local models cannot follow DSPy's chat format; the plain-text adapter is what they can follow.
     adapter = PlainTextAdapter() if small_local else None
