@@ -166,7 +166,7 @@ class DSPyTeacher(Teacher):
                           backoff=retry_backoff)
         self.lm = lm
         self.program = program if program is not None else DecomposedSolver(
-            signature, mode=mode, max_subquestions=max_subquestions
+            signature, mode=mode, max_subquestions=max_subquestions, demos="math"
         )
         inputs = list(self.program.signature.input_fields)
         outputs = list(self.program.signature.output_fields)

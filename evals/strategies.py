@@ -67,7 +67,8 @@ def build_program(strategy: StrategyConfig, demos: list[Problem]) -> dspy.Module
 
         program = DecomposedSolver(
             SolveProblem, mode=strategy.mode, max_subquestions=strategy.max_subquestions,
-            demos="builtin" if strategy.demos == "builtin" else None,
+            # The answer field is text (so any number format parses); the worked examples are arithmetic.
+            demos="math" if strategy.demos == "builtin" else None,
         )
         if demos:
             _set_decomposition_demos(program, demos)

@@ -351,3 +351,10 @@ def test_a_killed_teacher_run_repeats_no_finished_call(tmp_path):
     assert sorted(t.id for t in resumed) == sorted(p.id for p in problems) and all(t.correct for t in resumed)
     repeated = set(first_run) & set(answered)
     assert not repeated, f"{len(repeated)} calls answered before the kill were asked again"
+
+
+def test_a_dspy_teacher_starts_with_the_math_worked_examples():
+    from dd_prompting.demos import WORKED_EXAMPLES
+
+    teacher = DSPyTeacher(lm=dspy.utils.DummyLM([]))
+    assert len(teacher.program.decompose.demos) == len(WORKED_EXAMPLES)

@@ -128,3 +128,14 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
     path.write_text("limt = 3\n")
     assert main(["run", str(path)]) == 1
     assert "unknown setting limt; did you mean limit?" in capsys.readouterr().err
+
+
+def test_builtin_demos_of_a_decomposed_strategy_are_the_math_worked_examples():
+    # The strategy's answer field is text, which alone no longer picks the arithmetic examples.
+    from dd_prompting.demos import WORKED_EXAMPLES
+    from dd_prompting.evals.config import StrategyConfig
+    from dd_prompting.evals.strategies import build_program
+
+    for mode in ("joint", "iterative"):
+        program = build_program(StrategyConfig(kind="decomposed", mode=mode, demos="builtin"), [])
+        assert len(program.decompose.demos) == len(WORKED_EXAMPLES)
