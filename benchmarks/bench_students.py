@@ -99,6 +99,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"CoT student: batch {args.batch_size} {cot_s:.2f} s, batch 1 {cot_one_s:.2f} s (accuracy {cot_accuracy:.1%}); "
                 f"student pair / CoT time at batch {args.batch_size}: {fast_s / cot_s:.2f}x"
             )
+            # Decoding is one forward pass per generated token, so the time ratio follows the tokens each
+            # side writes: the pair writes the sub-questions as well as the steps the CoT student writes.
+            count = lambda tokenizer, texts: sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+            decomposer_tokens = count(pipeline.decomposer_tokenizer, [r.decomposition for r in fast]) / len(fast)
+            solver_tokens = count(pipeline.solver_tokenizer, [a for r in fast for a in r.subanswers]) / len(fast)
+            cot_tokens = count(cot.tokenizer, [r.text for r in cot_fast]) / len(cot_fast)
+            print(
+                f"tokens written per problem: student pair {decomposer_tokens + solver_tokens:.1f} (decomposer "
+                f"{decomposer_tokens:.1f} + solver {solver_tokens:.1f} in {steps / len(fast):.1f} steps), CoT student "
+                f"{cot_tokens:.1f}: ratio {(decomposer_tokens + solver_tokens) / cot_tokens:.2f}x"
+            )
     return 0
 
 
