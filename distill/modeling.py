@@ -42,7 +42,27 @@ def build_tiny_model(tokenizer, config: TrainConfig):
     model = GPT2LMHeadModel(model_config)
     if config.tiny_number_init == "fourier":
         _init_number_embeddings(model, tokenizer, scale=config.tiny_number_scale)
+    if config.tiny_position_init == "sinusoidal":
+        _init_position_embeddings(model, scale=config.tiny_position_scale)
     return model
+
+
+def _init_position_embeddings(model, *, scale: float) -> None:
+    """Start GPT-2's learned position table as the Transformer's sinusoids (Vaswani et al., 2017).
+
+    The embedding of position p + k is then a fixed rotation of that of p, so "attend to the token
+    k back" (where an equation's operands are) is one query/key map at every position, instead of
+    something a randomly initialised table has to learn position by position.
+    """
+    import torch
+
+    weight = model.transformer.wpe.weight
+    positions, width = weight.shape
+    frequencies = torch.exp(-math.log(10_000.0) * torch.arange(0, width, 2, dtype=torch.float32) / width)
+    angles = torch.arange(positions, dtype=torch.float32)[:, None] * frequencies[None, :]
+    with torch.no_grad():
+        weight[:, 0::2] = scale * torch.sin(angles)
+        weight[:, 1::2] = scale * torch.cos(angles)
 
 
 _NUMBER_PERIODS = (2, 5, 10, 20, 50, 100, 200, 500, 1000, 10000)

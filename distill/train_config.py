@@ -17,6 +17,7 @@ from typing import Any
 __all__ = ["TINY", "TrainConfig"]
 
 _NUMBER_INITS = ("fourier", "random")
+_POSITION_INITS = ("sinusoidal", "random")
 _TIMED_SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup")
 
 TINY = "tiny"
@@ -60,6 +61,16 @@ class TrainConfig:
     )
     tiny_number_scale: float = field(
         default=0.3, metadata={"help": "'tiny' preset: amplitude of the Fourier number features."}
+    )
+    tiny_position_init: str = field(
+        default="sinusoidal",
+        metadata={
+            "help": "'tiny' preset: 'sinusoidal' starts the position embeddings as the Transformer's sine/cosine "
+            "table (so attending a fixed distance back is one linear map at every position); 'random' is GPT-2's."
+        },
+    )
+    tiny_position_scale: float = field(
+        default=0.05, metadata={"help": "'tiny' preset: amplitude of the sinusoidal position features."}
     )
     max_length: int = field(
         default=256,
@@ -123,6 +134,10 @@ class TrainConfig:
         if self.tiny_hidden % self.tiny_heads:
             raise ValueError(
                 f"TrainConfig.tiny_hidden ({self.tiny_hidden}) must be divisible by tiny_heads ({self.tiny_heads})."
+            )
+        if self.tiny_position_init not in _POSITION_INITS:
+            raise ValueError(
+                f"TrainConfig.tiny_position_init must be one of {_POSITION_INITS}, got {self.tiny_position_init!r}."
             )
         if self.tiny_number_init not in _NUMBER_INITS:
             raise ValueError(f"TrainConfig.tiny_number_init must be one of {_NUMBER_INITS}, got {self.tiny_number_init!r}.")

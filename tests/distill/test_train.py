@@ -256,6 +256,18 @@ def test_schedule_factor_warms_up_then_decays():
     assert _schedule_factor(2.0, warmup=0.1, shape="constant") == 1.0
 
 
+def test_sinusoidal_positions_make_a_fixed_offset_the_same_rotation_everywhere(tokenizer):
+    table = build_tiny_model(tokenizer, TrainConfig(tiny_position_init="sinusoidal")).transformer.wpe.weight.detach()
+    # Each pair of dimensions is a point on a circle; 3 positions later it has turned by the same angle.
+    points = torch.complex(table[:, 1::2].double(), table[:, 0::2].double())
+    turn = points[3:] / points[:-3]
+    assert torch.allclose(turn, turn[:1].expand_as(turn), atol=1e-4)
+    random = build_tiny_model(tokenizer, TrainConfig()).transformer.wpe.weight.detach()
+    points = torch.complex(random[:, 1::2].double(), random[:, 0::2].double())
+    turn = points[3:] / points[:-3]
+    assert not torch.allclose(turn, turn[:1].expand_as(turn), atol=1e-1)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -263,6 +275,7 @@ def test_schedule_factor_warms_up_then_decays():
         (dict(max_steps=-1, epochs=0), "epochs > 0"),
         (dict(max_train_seconds=10, lr_scheduler_type="polynomial"), "time budget"),
         (dict(tiny_number_init="digits"), "fourier"),
+        (dict(tiny_position_init="rotary"), "sinusoidal"),
         (dict(pack_length=64, max_length=128), "pack_length"),
     ],
 )
