@@ -30,7 +30,7 @@ from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["TransformersEngine", "PrefixCache", "local_lm", "smollm2_lm", "smollm2_gguf_path"]
+__all__ = ["TransformersEngine", "PrefixCache", "local_lm", "smollm2_lm", "smollm2_gguf_path", "context_limit"]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -113,6 +113,15 @@ class TransformersEngine:
 
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         prompt_length = encoded["input_ids"].shape[1]
+        limit = context_limit(self.model)
+        if prompt_length >= limit:
+            # Past its position table the model fails deep inside torch ("index out of range in self").
+            raise ValueError(
+                f"{self.name}: the prompt is {prompt_length} tokens, but this model attends over at most {limit} "
+                "positions. Shorten the prompt (fewer or no demos, e.g. DecomposedSolver(..., demos=None), shorter "
+                "inputs), or use a model with a longer context (a dd-distill student: a larger student.max_length)."
+            )
+        max_new_tokens = min(max_new_tokens, limit - prompt_length)  # the rest of the context, at most
         options: dict[str, Any] = {"max_new_tokens": max_new_tokens}
         if temperature:
             options.update(do_sample=True, temperature=temperature, top_p=top_p or 1.0)
@@ -223,6 +232,12 @@ def _cache_kwarg() -> str:
     from transformers.generation import utils
 
     return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+
+
+def context_limit(model) -> int:
+    """The number of positions the model can attend over (2048 when its config does not say)."""
+    config = model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
 
 
 def local_lm(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dd_prompting.distill.tokenization import encode
+from dd_prompting.local_lm import context_limit
 
 __all__ = ["Decoder", "Vocab", "generate", "context_limit"]
 
@@ -86,12 +87,6 @@ class Decoder:
             return logits.argmax(-1)
         probs = torch.softmax(logits.float() / self.temperature, dim=-1)
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
-
-
-def context_limit(model) -> int:
-    """The number of positions the model can attend over (2048 when its config does not say)."""
-    config = model.config
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
 
 
 class Vocab:

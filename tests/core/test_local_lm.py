@@ -106,3 +106,20 @@ def test_prefix_cache_reuses_shared_prompts_without_changing_greedy_output(tiny)
     # The first prompt has nothing to share with; each later one starts with the shared demos.
     assert cached._prefixes.hits == len(prompts) - 1
     assert plain._prefixes.hits == 0
+
+
+def test_a_prompt_longer_than_the_context_is_a_clear_error_and_generation_stops_at_the_end(tmp_path):
+    tokenizer = train_tokenizer(CORPUS)
+    short = TransformersEngine(tiny_gpt2(tokenizer, n_positions=24), tokenizer, name="short-student")
+    long_prompt = " ".join(["Tom has 3 apples."] * 20)
+    with pytest.raises(ValueError, match=r"short-student: the prompt is \d+ tokens, but this model attends over at most 24"):
+        short.generate(long_prompt, max_new_tokens=4)
+    # A prompt that fits, with more new tokens asked for than the context has left: capped, not a crash.
+    prompt = "Question: Tom has 3 apples"
+    room = 24 - len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    _, _, new_tokens, finish = short.generate(prompt, max_new_tokens=50)
+    assert new_tokens <= room and finish in ("stop", "length")
+    # Through DSPy, as a user meets it (DSPy wraps the engine's error, keeping its message).
+    lm = local_lm(tiny_gpt2(tokenizer, n_positions=24), tokenizer=tokenizer, cache=False)
+    with pytest.raises(Exception, match="attends over at most 24 positions. Shorten the prompt"):
+        dspy.Predict("question -> answer")(question=long_prompt, lm=lm)
