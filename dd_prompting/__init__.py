@@ -13,6 +13,7 @@ from dd_prompting.answers import (
     numeric_match,
     numeric_match_strict,
 )
+from dd_prompting.choices import choice_metric, extract_choice, extract_yes_no, yes_no_match, yes_no_match_strict
 from dd_prompting.data import SocraticSolution, load_gsm8k, parse_socratic
 from dd_prompting.demos import WORKED_EXAMPLES, YES_NO_WORKED_EXAMPLES, WorkedExample
 from dd_prompting.local_lm import TransformersEngine, local_lm, smollm2_lm
@@ -39,6 +40,11 @@ __all__ = [
     "answers_match",
     "numeric_match",
     "numeric_match_strict",
+    "extract_choice",
+    "extract_yes_no",
+    "choice_metric",
+    "yes_no_match",
+    "yes_no_match_strict",
     "SocraticSolution",
     "load_gsm8k",
     "parse_socratic",
