@@ -28,11 +28,12 @@ EASY = GeneratorConfig(min_steps=2, max_steps=3, max_value=60, max_operand=20, m
 
 # Fixed step counts (not a time budget), so the trained students and the accuracy are deterministic.
 # Measured with these settings (the `tiny` preset's sinusoidal position table; the generator's
-# days stories included): the decomposer wrote the exact sub-questions of 97/100 held-out problems
-# at 400 steps (1/100 at 200), and the solver answered 82/100 from the reference sub-questions at
-# 1,000 steps (38/100 at 650); the pair solved 82/100. The solver's arithmetic appears late and suddenly
-# (docs/offline_learning.md), so the bar sits well under the measured value.
-STEPS = {"decomposer": 400, "solver": 1000, "cot": 40}
+# days stories included), DD_LEARNING_SEED 0, 1, 2: the decomposer wrote the exact sub-questions of
+# 100/100 held-out problems each (at 400 steps seed 2 had 68/100, at 200 seed 0 had 1/100), and the
+# pair solved 82, 80 and 62/100 (the solver at 650 steps: 38/100 for seed 0). The decomposer's and
+# the solver's skills appear late and suddenly (docs/offline_learning.md), so the bar sits under
+# the lowest measured value.
+STEPS = {"decomposer": 600, "solver": 1000, "cot": 40}
 PASS_BAR = 0.5
 # The bar must hold for every seed, not one lucky run: DD_LEARNING_SEED=1 (2, 3, 4) reruns the
 # module with other problems and another student init; the measured range is noted above.
