@@ -45,13 +45,18 @@ def comparison_table(evaluation: Mapping[str, Any]) -> str:
         if not result:
             continue
         seconds = result.get("seconds")
-        low, high = result.get("interval") or wilson_interval(result["correct"], result["problems"])
         lines.append(
-            f"| {_LABELS[key]} | {100 * result['accuracy']:.1f}% [{100 * low:.1f}%, {100 * high:.1f}%] | "
+            f"| {_LABELS[key]} | {_with_interval(result)} | "
             f"{result['correct']} / {result['problems']} | {'' if seconds is None else f'{seconds:.1f}'} | "
             f"{result.get('on', 'held-out problems')} |"
         )
     return "\n".join(lines)
+
+
+def _with_interval(result: Mapping[str, Any]) -> str:
+    """An accuracy with its 95% Wilson interval, as "94.0% [90.7%, 96.2%]"."""
+    low, high = result.get("interval") or wilson_interval(result["correct"], result["problems"])
+    return f"{100 * result['accuracy']:.1f}% [{100 * low:.1f}%, {100 * high:.1f}%]"
 
 
 def paired_sentence(evaluation: Mapping[str, Any]) -> str | None:
@@ -126,9 +131,7 @@ def steps_table(evaluation: Mapping[str, Any]) -> str | None:
         problems = max(cell["problems"] for cell in cells.values())
         shown = []
         for key in systems:
-            cell = cells.get(key)
-            shown.append("" if cell is None else
-                         f"{100 * cell['accuracy']:.1f}% [{100 * cell['interval'][0]:.1f}%, {100 * cell['interval'][1]:.1f}%]")
+            shown.append(_with_interval(cells[key]) if key in cells else "")
         lines.append(f"| {count} | {problems} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
