@@ -25,23 +25,28 @@ from typing import Any
 
 from dd_prompting.answers import _CLAUSE_END_RE, _CUE_RE, INVALID, _field
 
-__all__ = ["extract_choice", "extract_yes_no", "choice_metric", "yes_no_match", "yes_no_match_strict"]
+__all__ = ["match_option", "extract_choice", "extract_yes_no", "choice_metric", "yes_no_match", "yes_no_match_strict"]
 
 YES_NO = ("yes", "no")
 _SYNONYMS = {"true": "yes", "false": "no"}
 _EDGES = " \t\n.!?,;:\"'()[]*`"
 
 
+def match_option(text: Any, choices: Sequence[str]) -> str:
+    """The option `text` is, whole (case, brackets and end punctuation aside), or `INVALID`.
+
+    For reading a dataset's gold answers, which are the option itself, never a sentence naming one.
+
+    >>> match_option("(b)", ["A", "B"]), match_option(True, ["yes", "no"]), match_option("B or C", ["B", "C"])
+    ('B', 'yes', '[invalid]')
+    """
+    text, by_key = _prepare(text, choices)
+    return by_key.get(_key(text), INVALID)
+
+
 def extract_choice(text: Any, choices: Sequence[str], *, strict: bool = False) -> str:
     """The option `text` answers with (as spelled in `choices`), or `INVALID`."""
-    if not choices:
-        raise ValueError("extract_choice needs at least one option")
-    if isinstance(text, bool) and {c.lower() for c in choices} >= set(YES_NO):
-        text = "yes" if text else "no"
-    text = "" if text is None else str(text)
-    by_key = {_key(option): option for option in choices}
-    if set(by_key) >= set(YES_NO):
-        by_key.update({synonym: by_key[meaning] for synonym, meaning in _SYNONYMS.items()})
+    text, by_key = _prepare(text, choices)
     whole = by_key.get(_key(text))
     if whole is not None:
         return whole
@@ -76,6 +81,18 @@ yes_no_match = choice_metric(YES_NO)
 yes_no_match.__doc__ = "DSPy metric: flexible yes/no extraction of `pred.answer` equals `example.answer` (bool or text)."
 yes_no_match_strict = choice_metric(YES_NO, strict=True)
 yes_no_match_strict.__doc__ = "DSPy metric: strict yes/no extraction of `pred.answer` equals `example.answer`."
+
+
+def _prepare(text: Any, choices: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """`text` as a string (a bool as yes/no), and each option by its lookup key (with true/false for yes/no)."""
+    if not choices:
+        raise ValueError("at least one option is needed")
+    if isinstance(text, bool) and {c.lower() for c in choices} >= set(YES_NO):
+        text = "yes" if text else "no"
+    by_key = {_key(option): option for option in choices}
+    if set(by_key) >= set(YES_NO):
+        by_key.update({synonym: by_key[meaning] for synonym, meaning in _SYNONYMS.items()})
+    return ("" if text is None else str(text)), by_key
 
 
 def _key(text: str) -> str:

@@ -30,7 +30,7 @@ ROW_FIELDS = {
     "timestamp": None,
 }
 _REQUIRED = ("cell", "dataset", "model", "strategy", "example_id", "question", "gold")
-PARSE_FAILURES = ("unparsed", "no_number")
+PARSE_FAILURES = ("unparsed", "no_number", "no_option")  # no_option: no yes/no or option in the answer
 
 
 def make_row(**fields: Any) -> dict[str, Any]:

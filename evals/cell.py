@@ -1,7 +1,8 @@
 """One (dataset, model, strategy) cell of a run, and how one problem goes through it into a result row.
 
 A row never raises for what a model or an API does: an unparsable reply is scored wrong and marked
-`unparsed` (or `no_number` when the answer field holds no number); an API error that outlasts the
+`unparsed` (or `no_number` / `no_option` when the answer field holds no number, yes/no or option; the
+dataset's `AnswerType` reads and compares answers); an API error that outlasts the
 retries is recorded in `error` and the example counts as failed.
 """
 
@@ -74,7 +75,7 @@ def _run_program(cell: Cell, problem: Problem, log: CallLog) -> Any:
 
 def evaluate_example(cell: Cell, problem: Problem, *, secrets: list[str] = ()) -> dict[str, Any]:
     """Run one problem through a cell's program and score it; never raises for model or API faults."""
-    from dd_prompting import INVALID, answers_match, extract_answer
+    from dd_prompting import INVALID
     from dspy.utils.exceptions import AdapterParseError
 
     prediction = None
@@ -97,14 +98,15 @@ def evaluate_example(cell: Cell, problem: Problem, *, secrets: list[str] = ()) -
     stage_failures = list(_field(prediction, "parse_failures") or [])
     if prediction is not None and answer_text is None and stage_failures:
         unparsed = True
-    strict = extract_answer(answer_text, strict=True) if not unparsed else INVALID
-    flexible = extract_answer(answer_text) if not unparsed else INVALID
+    answers = cell.dataset.answer_type
+    strict = answers.read(answer_text, strict=True) if not unparsed else INVALID
+    flexible = answers.read(answer_text) if not unparsed else INVALID
     if error:
         status = "error"
     elif unparsed:
         status = "unparsed"
     elif flexible == INVALID:
-        status = "no_number"
+        status = answers.no_answer_status
     else:
         status = "ok"
     return make_row(
@@ -118,8 +120,8 @@ def evaluate_example(cell: Cell, problem: Problem, *, secrets: list[str] = ()) -
         prediction=flexible,
         prediction_strict=strict,
         answer_text=None if answer_text is None else str(answer_text),
-        correct=(not error) and answers_match(flexible, problem.gold),
-        correct_strict=(not error) and answers_match(strict, problem.gold),
+        correct=(not error) and answers.matches(flexible, problem.gold),
+        correct_strict=(not error) and answers.matches(strict, problem.gold),
         parse_status=status,
         subquestions=_field(prediction, "subquestions"),
         subanswers=_field(prediction, "subanswers"),

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dd_prompting.answer_types import ANSWER_KINDS
 from dd_prompting.config import ConfigError, from_dict, load, read_config_file
 from dd_prompting.models import MODEL_KINDS, ModelConfig
 
@@ -112,6 +113,14 @@ class DatasetConfig:
     answer_format: Literal["number", "gsm8k"] = field(
         default="number", metadata={"help": "'number' (the field is the answer) or 'gsm8k' (a solution ending "
                                             "'#### N')."})
+    answer_type: Literal["number", "yes_no", "choice"] = field(
+        default="number", metadata={"help": "What the answer is: 'number', 'yes_no' (gold: yes/no, true/false) or "
+                                            "'choice' (gold: one of `choices`). It types the answer field of every "
+                                            "strategy's signature (str, bool, Literal) and picks the reader."})
+    choices: list[str] | None = field(
+        default=None, metadata={"help": "answer_type='choice': the options, e.g. ['A', 'B', 'C', 'D'] (put them in "
+                                        "the question too, e.g. with question_template); default: the distinct "
+                                        "gold answers of the file, in order of first appearance."})
     id: str | None = field(default=None, metadata={"help": "Field with a unique example id; default: line/row "
                                                            "number."})
     demos_path: str | None = field(default=None, metadata={"help": "File of solved examples (same mapping) that "
@@ -133,6 +142,16 @@ class DatasetConfig:
             raise ConfigError(f"{section}: split must be train, test or test_socratic, got {self.split!r}")
         if self.answer_format not in ("number", "gsm8k"):
             raise ConfigError(f"{section}: answer_format must be 'number' or 'gsm8k', got {self.answer_format!r}")
+        if self.answer_type not in ANSWER_KINDS:
+            raise ConfigError(f"{section}: answer_type must be one of {ANSWER_KINDS}, got {self.answer_type!r}")
+        if self.answer_type != "number" and (self.kind == "gsm8k" or self.answer_format == "gsm8k"):
+            raise ConfigError(f"{section}: GSM8K answers are numbers; answer_type {self.answer_type!r} needs a file "
+                              "dataset with answer_format = 'number'")
+        if self.choices is not None:
+            if self.answer_type != "choice":
+                raise ConfigError(f"{section}: choices are for answer_type = 'choice', not {self.answer_type!r}")
+            if len(set(self.choices)) < 2 or len(set(self.choices)) != len(self.choices):
+                raise ConfigError(f"{section}: choices must be two or more distinct options, got {self.choices!r}")
         if isinstance(self.question, str):
             self.question = [self.question]
         if not self.question or not all(isinstance(name, str) and name for name in self.question):

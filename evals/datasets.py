@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dd_prompting.answer_types import AnswerType
 from dd_prompting.data import Problem, gsm8k_path, gsm8k_problems, read_rows
 from dd_prompting.evals.config import DatasetConfig
 
@@ -33,6 +34,7 @@ class Dataset:
     sha256: str
     total: int = 0
     notes: list[str] = field(default_factory=list)
+    answer_type: AnswerType = field(default_factory=AnswerType)
 
     @property
     def selection_sha256(self) -> str:
@@ -65,15 +67,30 @@ def load_dataset(config: DatasetConfig, *, limit: int | None = None, seed: int =
         problems = gsm8k_problems(config.split)
         source = f"dd_prompting/data/gsm8k/{config.split}.jsonl (bundled)"
         sha = _file_sha256(gsm8k_path(config.split))
+        answer_type = AnswerType()
     else:
         path = Path(config.path)
-        problems = _file_problems(path, config)
+        answer_type = _answer_type(path, config)
+        problems = _file_problems(path, config, answer_type)
         source, sha = str(path), _file_sha256(path)
     selected = select_problems(problems, limit=limit, seed=seed)
-    return Dataset(name=config.name, problems=selected, source=source, sha256=sha, total=len(problems))
+    return Dataset(name=config.name, problems=selected, source=source, sha256=sha, total=len(problems),
+                   answer_type=answer_type)
 
 
-def load_demo_pool(config: DatasetConfig, *, socratic: bool, exclude: set[str]) -> tuple[list[Problem], str]:
+def _answer_type(path: Path, config: DatasetConfig) -> AnswerType:
+    """The dataset's answer type; a 'choice' dataset without `choices` takes the distinct gold answers."""
+    if config.answer_type != "choice" or config.choices:
+        return AnswerType(config.answer_type, choices=tuple(config.choices or ()))
+    options = dict.fromkeys(_text(_require(row, config.answer, f"{path}:{line}")).strip() for line, row in read_rows(path))
+    if len(options) < 2:
+        raise ValueError(f"{path}: field {config.answer!r}: answer_type 'choice' needs two or more distinct answers "
+                         f"to take as the options, found {list(options)}; set `choices`")
+    return AnswerType("choice", choices=tuple(options))
+
+
+def load_demo_pool(config: DatasetConfig, *, socratic: bool, exclude: set[str],
+                   answer_type: AnswerType | None = None) -> tuple[list[Problem], str]:
     """Solved problems to draw few-shot demos from, and a note saying where they come from.
 
     GSM8K demos come from the train split; demos with sub-questions (for decomposition) come from the
@@ -99,7 +116,9 @@ def load_demo_pool(config: DatasetConfig, *, socratic: bool, exclude: set[str]) 
             f"datasets[{config.name}]: few-shot demos need demos_path, a file of solved examples with the same "
             "field mapping"
         )
-    pool = [p for p in _file_problems(Path(config.demos_path), config) if p.id not in exclude]
+    path = Path(config.demos_path)
+    answer_type = answer_type or _answer_type(path, config)
+    pool = [p for p in _file_problems(path, config, answer_type) if p.id not in exclude]
     return pool, f"{config.demos_path}"
 
 
@@ -110,7 +129,7 @@ def _clean_solution(solution: str) -> str:
     return "\n".join(line.split(" ** ", 1)[-1] for line in text.splitlines()).strip()
 
 
-def _file_problems(path: Path, config: DatasetConfig) -> list[Problem]:
+def _file_problems(path: Path, config: DatasetConfig, answer_type: AnswerType) -> list[Problem]:
     template = config.question_template
     template_fields = _template_fields(template, path) if template else []
     problems: list[Problem] = []
@@ -127,7 +146,7 @@ def _file_problems(path: Path, config: DatasetConfig) -> list[Problem]:
             fields = template_fields or config.question
             raise ValueError(f"{where}: field {fields[0]!r}: the question is empty")
         raw_answer = _require(row, config.answer, where)
-        gold = _gold(raw_answer, config.answer_format, f"{where}: field {config.answer!r}")
+        gold = _gold(raw_answer, config.answer_format, answer_type, f"{where}: field {config.answer!r}")
         example_id = _text(_require(row, config.id, where)).strip() if config.id else f"line-{line}"
         if not example_id:
             raise ValueError(f"{where}: field {config.id!r}: the id is empty")
@@ -171,9 +190,15 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _gold(value: Any, answer_format: str, where: str) -> str:
+def _gold(value: Any, answer_format: str, answer_type: AnswerType, where: str) -> str:
     from dd_prompting import INVALID, canonical_number, extract_gold
 
+    if answer_type.kind != "number":
+        gold = answer_type.read_gold(value)
+        if gold == INVALID:
+            wanted = "yes or no (or true/false)" if answer_type.kind == "yes_no" else f"one of {list(answer_type.choices)}"
+            raise ValueError(f"{where}: {value!r} is not {wanted}")
+        return gold
     if isinstance(value, bool):
         raise ValueError(f"{where}: {value!r} is not a number")
     if answer_format == "gsm8k":

@@ -39,6 +39,7 @@ from dd_prompting.models import (
     url_secrets,
 )
 from dd_prompting.evals.results import ResultStore
+from dd_prompting.results import PARSE_FAILURES
 from dd_prompting.evals.strategies import (
     build_program,
     choose_demos,
@@ -135,11 +136,11 @@ class Harness:
                     demos: list[Problem] = []
                     if isinstance(strategy.demos, int) and strategy.demos > 0:
                         pool, demo_source = load_demo_pool(dataset_config, socratic=strategy.kind == "decomposed",
-                                                           exclude=evaluated)
+                                                           exclude=evaluated, answer_type=dataset.answer_type)
                         demos = choose_demos(pool, strategy.demos, seed=config.seed)
                     elif strategy.demos == "builtin":
                         demo_source = "dd_prompting.demos.WORKED_EXAMPLES"
-                    program = build_program(strategy, demos)
+                    program = build_program(strategy, demos, dataset.answer_type)
                     prompts = describe_program(program)
                 for model in config.models:
                     if (model.kind == "student") != (strategy.kind == "student"):
@@ -165,6 +166,9 @@ class Harness:
                  if key not in ("threads", "api_key_env", "input_cost_per_million", "output_cost_per_million",
                                 "retries", "retry_backoff", "timeout")}
         dataset = {key: value for key, value in asdict(cell.dataset_config).items() if key not in ("name",)}
+        for key, default in (("answer_type", "number"), ("choices", None)):  # keep earlier runs' fingerprints
+            if dataset.get(key) == default:
+                del dataset[key]
         dataset["sha256"] = cell.dataset.sha256
         strategy = program_fingerprint(cell.prompts) if cell.program is not None else asdict(cell.strategy)
         return _hash({"model": model, "dataset": dataset, "strategy": strategy, "adapter": cell.adapter_name})
@@ -310,7 +314,7 @@ class Harness:
             summary.new_calls += row["calls"] - row["cached_calls"]
             summary.cached_calls += row["cached_calls"]
             summary.failed += bool(row["error"])
-            summary.parse_failures += row["parse_status"] in ("unparsed", "no_number")
+            summary.parse_failures += row["parse_status"] in PARSE_FAILURES
             finished += 1
             correct += bool(row["correct"])
             progress.update(1)

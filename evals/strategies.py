@@ -1,7 +1,8 @@
 """The programs being compared: direct answer, chain of thought, decomposition, and distilled students.
 
-Every strategy answers the same signature, `SolveProblem` (question -> answer), so differences in
-accuracy come from the prompting strategy alone. Few-shot demos are drawn once per seed and shared
+Every strategy answers the same signature for a dataset (question -> answer; `SolveProblem` for
+numbers, an answer field typed `bool` or `Literal[...]` for yes/no and multiple-choice datasets, see
+`signature_for`), so differences in accuracy come from the prompting strategy alone. Few-shot demos are drawn once per seed and shared
 by all strategies that ask for the same number, so they see the same solved problems.
 """
 
@@ -15,11 +16,13 @@ from typing import Any
 
 import dspy
 
+from dd_prompting.answer_types import AnswerType
 from dd_prompting.data import Problem
 from dd_prompting.evals.config import StrategyConfig
 
 __all__ = [
     "SolveProblem",
+    "signature_for",
     "build_program",
     "choose_demos",
     "make_adapter",
@@ -34,6 +37,28 @@ class SolveProblem(dspy.Signature):
 
     question: str = dspy.InputField(desc="The problem to solve.")
     answer: str = dspy.OutputField(desc="The final answer: a number, without units.")
+
+
+_NUMBER = AnswerType("number")
+
+
+def signature_for(answer_type: AnswerType = _NUMBER) -> type[dspy.Signature]:
+    """The question -> answer signature for one kind of answer.
+
+    >>> signature_for(AnswerType("yes_no")).output_fields["answer"].annotation
+    <class 'bool'>
+    """
+    if answer_type.kind == "number":
+        return SolveProblem
+    name = "AnswerYesNo" if answer_type.kind == "yes_no" else "AnswerChoice"
+    namespace = {
+        "__doc__": answer_type.instructions,
+        "__module__": __name__,
+        "__annotations__": {"question": str, "answer": answer_type.annotation},
+        "question": dspy.InputField(desc="The question to answer."),
+        "answer": dspy.OutputField(desc=answer_type.description),
+    }
+    return type(name, (dspy.Signature,), namespace)
 
 
 def make_adapter(name: str) -> dspy.Adapter:
@@ -55,31 +80,39 @@ def choose_demos(pool: list[Problem], count: int, *, seed: int) -> list[Problem]
     return random.Random(seed).sample(pool, count)
 
 
-def build_program(strategy: StrategyConfig, demos: list[Problem]) -> dspy.Module:
+def build_program(strategy: StrategyConfig, demos: list[Problem], answer_type: AnswerType = _NUMBER) -> dspy.Module:
     """The DSPy program for a strategy, with `demos` (solved problems) as its few-shot examples.
 
-    `strategy.demos == 'builtin'` uses dd_prompting's hand-written worked examples instead.
+    `strategy.demos == 'builtin'` uses dd_prompting's hand-written worked examples instead: the
+    arithmetic ones for numbers, the yes/no ones for yes/no questions (there are none for options).
     """
     if strategy.kind == "student":
         raise ValueError("A student program comes from its run directory; use load_student_program")
+    signature = signature_for(answer_type)
+    builtin = {"number": "math", "yes_no": "yes_no"}.get(answer_type.kind)
+    if strategy.demos == "builtin" and builtin is None:
+        raise ValueError(
+            f"strategies[{strategy.name}]: there are no built-in worked examples for {answer_type.kind!r} answers; "
+            "set demos to 0, or to a count drawn from the dataset's demos_path"
+        )
     if strategy.kind == "decomposed":
         from dd_prompting import DecomposedSolver
 
         program = DecomposedSolver(
-            SolveProblem, mode=strategy.mode, max_subquestions=strategy.max_subquestions,
-            # The answer field is text (so any number format parses); the worked examples are arithmetic.
-            demos="math" if strategy.demos == "builtin" else None,
+            signature, mode=strategy.mode, max_subquestions=strategy.max_subquestions,
+            # Named explicitly: a number's answer field is text (so any number format parses).
+            demos=builtin if strategy.demos == "builtin" else None,
         )
         if demos:
             _set_decomposition_demos(program, demos)
         return program
     if strategy.demos == "builtin":
-        demos = _builtin_problems()
+        demos = _builtin_problems(builtin)
     if strategy.kind == "direct":
-        program = dspy.Predict(SolveProblem)
-        program.demos = [dspy.Example(question=p.question, answer=p.gold) for p in demos]
+        program = dspy.Predict(signature)
+        program.demos = [dspy.Example(question=p.question, answer=answer_type.as_field_value(p.gold)) for p in demos]
         return program
-    program = dspy.ChainOfThought(SolveProblem)
+    program = dspy.ChainOfThought(signature)
     missing = [p.id for p in demos if not p.solution]
     if missing:
         raise ValueError(
@@ -87,18 +120,18 @@ def build_program(strategy: StrategyConfig, demos: list[Problem]) -> dspy.Module
             "have none (set the dataset's `solution` field)"
         )
     for predictor in program.predictors():
-        predictor.demos = [dspy.Example(question=p.question, reasoning=p.solution, answer=p.gold) for p in demos]
+        predictor.demos = [dspy.Example(question=p.question, reasoning=p.solution,
+                                        answer=answer_type.as_field_value(p.gold)) for p in demos]
     return program
 
 
-def _builtin_problems() -> list[Problem]:
-    from dd_prompting.demos import WORKED_EXAMPLES
-
+def _builtin_problems(name: str) -> list[Problem]:
+    from dd_prompting.demos import BUILTIN_DEMOS
     return [
         Problem(id=f"builtin-{index}", question=example.problem, gold=example.answer,
                 solution=" ".join(example.subanswers), subquestions=example.subquestions,
                 steps=example.subanswers)
-        for index, example in enumerate(WORKED_EXAMPLES)
+        for index, example in enumerate(BUILTIN_DEMOS[name])
     ]
 
 
