@@ -189,7 +189,8 @@ class DecomposedSolver(dspy.Module):
             return self.adapter
         if dspy.settings.adapter is not None:
             return dspy.settings.adapter
-        lm = call.kwargs.get("lm") or call.predictor.lm or dspy.settings.lm
+        # `decompose` may be any module that returns `subquestions` (a distilled decomposer student).
+        lm = call.kwargs.get("lm") or getattr(call.predictor, "lm", None) or dspy.settings.lm
         return PlainTextAdapter() if prefers_plain_text(lm) else None
 
     def _decompose(self, inputs: dict[str, Any]) -> Steps:
@@ -286,7 +287,8 @@ class DecomposedSolver(dspy.Module):
             subquestions, subanswers = list(example.subquestions), list(example.subanswers)
             if not subquestions or len(subquestions) != len(subanswers):
                 raise ValueError(f"A worked example needs as many sub-answers as sub-questions: {example.problem[:60]!r}")
-            self.decompose.demos.append(dspy.Example({problem: example.problem, "subquestions": subquestions}))
+            if isinstance(self.decompose, dspy.Predict):  # not a decomposer module set in its place
+                self.decompose.demos.append(dspy.Example({problem: example.problem, "subquestions": subquestions}))
             self.direct.demos.append(dspy.Example({problem: example.problem, answer: example.answer}))
             if self.mode == "joint":
                 self.solve.demos.append(dspy.Example({

@@ -48,6 +48,8 @@ from dd_prompting.distill.tokenization import encode
 __all__ = [
     "StudentResult",
     "CoTResult",
+    "DecomposerStudent",
+    "DecomposerModule",
     "StudentPipeline",
     "CoTStudent",
     "StudentModule",
@@ -109,6 +111,52 @@ class _Student:
             yield items[start : start + batch_size]
 
 
+class DecomposerStudent(_Student):
+    """A decomposer student alone: problem -> sub-questions, decoded in batches.
+
+    `StudentPipeline` pairs one with a solver; `DecomposerModule` puts one in a `DecomposedSolver`
+    whose solver is another model (a hybrid pair).
+    """
+
+    def __init__(self, *, model, tokenizer, max_subquestions: int = 8, max_new_tokens: int = 160):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_subquestions = max_subquestions
+        self.max_new_tokens = max_new_tokens
+        self._vocab = Vocab(tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, max_subquestions: int = 8,
+                        max_new_tokens: int = 160) -> DecomposerStudent:
+        """Load a decomposer saved by `distill.train.train_student` (role "decomposer")."""
+        model, tokenizer = load_student(directory, role="decomposer")
+        return cls(model=model, tokenizer=tokenizer, max_subquestions=max_subquestions, max_new_tokens=max_new_tokens)
+
+    def decompose(self, questions: Sequence[str], *, temperature: float = 0.0, generator=None) -> list[str]:
+        """The decomposer's raw outputs for a batch of problems (decoded in one batch)."""
+        import torch
+
+        tokenizer = self.tokenizer
+        chunks = [encode(tokenizer, decomposer_prompt(q), first=True) for q in questions]
+        decoder = Decoder(
+            self.model, tokenizer, rows=len(questions), reuse_cache=True, temperature=temperature, generator=generator
+        )
+        with torch.inference_mode():
+            generated, _, _ = generate(
+                decoder,
+                self._vocab,
+                chunks,
+                active=[True] * len(questions),
+                max_new_tokens=self.max_new_tokens,
+                stop_at_newline=False,
+            )
+        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in generated]
+
+    def subquestions(self, questions: Sequence[str], *, temperature: float = 0.0, generator=None) -> list[list[str]]:
+        """Each problem's sub-questions (at most `max_subquestions`; empty if none could be read)."""
+        texts = self.decompose(questions, temperature=temperature, generator=generator)
+        return [parse_subquestions(text)[: self.max_subquestions] for text in texts]
+
+
 class StudentPipeline(_Student):
     """A decomposer and a solver answering problems together (see the module docstring).
 
@@ -128,13 +176,22 @@ class StudentPipeline(_Student):
         max_decomposition_tokens: int = 160,
         max_answer_tokens: int = 48,
     ):
-        self.decomposer, self.decomposer_tokenizer = decomposer, decomposer_tokenizer
+        self.decomposer_student = DecomposerStudent(
+            model=decomposer, tokenizer=decomposer_tokenizer, max_subquestions=max_subquestions,
+            max_new_tokens=max_decomposition_tokens,
+        )
         self.solver, self.solver_tokenizer = solver, solver_tokenizer
         self.max_subquestions = max_subquestions
-        self.max_decomposition_tokens = max_decomposition_tokens
         self.max_answer_tokens = max_answer_tokens
-        self._decomposer_vocab = Vocab(decomposer_tokenizer)
         self._solver_vocab = Vocab(solver_tokenizer)
+
+    @property
+    def decomposer(self):
+        return self.decomposer_student.model
+
+    @property
+    def decomposer_tokenizer(self):
+        return self.decomposer_student.tokenizer
 
     @classmethod
     def from_pretrained(
@@ -161,23 +218,7 @@ class StudentPipeline(_Student):
 
     def decompose(self, questions: Sequence[str], *, temperature: float = 0.0, generator=None) -> list[str]:
         """The decomposer's raw outputs for a batch of problems (decoded in one batch)."""
-        import torch
-
-        tokenizer = self.decomposer_tokenizer
-        chunks = [encode(tokenizer, decomposer_prompt(q), first=True) for q in questions]
-        decoder = Decoder(
-            self.decomposer, tokenizer, rows=len(questions), reuse_cache=True, temperature=temperature, generator=generator
-        )
-        with torch.inference_mode():
-            generated, _, _ = generate(
-                decoder,
-                self._decomposer_vocab,
-                chunks,
-                active=[True] * len(questions),
-                max_new_tokens=self.max_decomposition_tokens,
-                stop_at_newline=False,
-            )
-        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in generated]
+        return self.decomposer_student.decompose(questions, temperature=temperature, generator=generator)
 
     def answer(
         self,
@@ -374,3 +415,44 @@ class StudentModule(dspy.Module):
         # dspy copies programs (reset_copy, optimizers); the models are shared, not copied.
         return StudentModule(student=self.student, temperature=self.temperature)
 
+
+class DecomposerModule(dspy.Module):
+    """A trained decomposer student in place of a `DecomposedSolver`'s `decompose` predictor.
+
+    The sub-questions come from the student, everything after from the solver's LM: a hybrid pair,
+    a small distilled decomposer with a large solver.
+
+    >>> program = DecomposedSolver("question -> answer: float")  # doctest: +SKIP
+    >>> program.decompose = DecomposerModule(DecomposerStudent.from_pretrained("runs/offline/students/decomposer"))  # doctest: +SKIP
+    >>> program.solve.set_lm(dspy.LM("openai/gpt-4o-mini"))  # doctest: +SKIP
+
+    `forward` takes the program's one input field, whatever its name, and returns
+    `dspy.Prediction(subquestions=[...])`. Calls are serialised with a lock, as in `StudentModule`.
+    """
+
+    def __init__(self, student: DecomposerStudent, *, temperature: float = 0.0):
+        super().__init__()
+        if not isinstance(student, DecomposerStudent):
+            raise TypeError(f"student must be a DecomposerStudent, got {type(student).__name__}.")
+        self.student = student
+        self.temperature = temperature
+        self._lock = threading.Lock()
+
+    def forward(self, **inputs) -> dspy.Prediction:
+        if len(inputs) != 1:
+            raise ValueError(
+                f"A decomposer student reads one problem; the program passed {len(inputs)} inputs ({sorted(inputs)})."
+            )
+        [problem] = inputs.values()
+        with self._lock:
+            [subquestions] = self.student.subquestions([str(problem)], temperature=self.temperature)
+        return dspy.Prediction(subquestions=subquestions)
+
+    async def aforward(self, **inputs) -> dspy.Prediction:
+        import asyncio
+
+        return await asyncio.to_thread(self.forward, **inputs)
+
+    def __deepcopy__(self, memo):
+        # As for StudentModule: programs are copied by optimizers; the model is shared.
+        return DecomposerModule(self.student, temperature=self.temperature)

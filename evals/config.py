@@ -72,12 +72,22 @@ class StrategyConfig:
                                                           "'builtin' for dd_prompting's hand-written worked "
                                                           "examples."})
     max_subquestions: int = field(default=8, metadata={"help": "DecomposedSolver cap on sub-questions."})
+    decomposer: str | None = field(
+        default=None, metadata={"help": "kind='decomposed': a hybrid pair. The name of the [[models]] entry that "
+                                        "writes the sub-questions (an API or local model, or a dd-distill student "
+                                        "run, whose decomposer student is used); each model of the run then only "
+                                        "solves them."})
 
     def __post_init__(self):
         if self.kind not in STRATEGY_KINDS:
             raise ConfigError(f"strategies: kind must be one of {STRATEGY_KINDS}, got {self.kind!r}")
+        if self.decomposer is not None and self.kind != "decomposed":
+            raise ConfigError(f"strategies[{self.name or self.kind}]: decomposer is for kind = 'decomposed' (a hybrid "
+                              f"pair), not {self.kind!r}")
         if self.name is None:
             self.name = f"decomposed-{self.mode}" if self.kind == "decomposed" else self.kind
+            if self.decomposer is not None:
+                self.name += f"+{self.decomposer}"
         section = f"strategies[{self.name}]"
         _check_name(section, self.name)
         if self.mode not in ("joint", "iterative"):
@@ -217,6 +227,14 @@ class EvalConfig:
             duplicates = sorted({name for name in names if names.count(name) > 1})
             if duplicates:
                 raise ConfigError(f"{section}: names must be unique; repeated: {duplicates}")
+        known = {model.name: model for model in self.models}
+        for strategy in self.strategies:
+            if strategy.decomposer is not None and strategy.decomposer not in known:
+                raise ConfigError(f"strategies[{strategy.name}]: decomposer {strategy.decomposer!r} is not one of the "
+                                  f"models {sorted(known)}")
+        # A hybrid's decomposer is found here even when only_models leaves it out of the models that solve.
+        self.decomposers = {strategy.decomposer: known[strategy.decomposer] for strategy in self.strategies
+                            if strategy.decomposer is not None}
         self.models = _only(self.models, self.only_models, "only_models")
         self.strategies = _only(self.strategies, self.only_strategies, "only_strategies")
         self.datasets = _only(self.datasets, self.only_datasets, "only_datasets")

@@ -17,7 +17,7 @@ from typing import Any
 
 import dspy
 
-from dd_prompting.models import CallCache, CallIdentity, Pricing
+from dd_prompting.models import CachedLM, CallCache, CallIdentity, Pricing
 
 __all__ = ["Estimate", "estimate_example", "count_tokens", "TYPICAL_OUTPUT_TOKENS"]
 
@@ -98,12 +98,16 @@ class _EstimatingAdapter(dspy.Adapter):
         self.estimate = Estimate(cost=0.0)
 
     def __call__(self, lm, lm_kwargs, signature, demos, inputs):
+        # A predictor with a model of its own (a hybrid pair's decomposer) is priced and looked up as that model.
+        identity, pricing, token_model = self.identity, self.pricing, self.token_model
+        if isinstance(lm, CachedLM):
+            identity, pricing, token_model = lm.identity, lm.pricing, lm.model
         kwargs = dict(lm_kwargs)
         if hasattr(self.base, "stop_sequences"):  # PlainTextAdapter adds its stops to the call
             kwargs.setdefault("stop", self.base.stop_sequences(signature))
         messages = self.base.format(signature, demos, inputs)
         self.estimate.calls += 1
-        record = self.cache.get(self.identity.key(None, messages, kwargs)) if self.cache is not None else None
+        record = self.cache.get(identity.key(None, messages, kwargs)) if self.cache is not None else None
         if record is not None:
             self.estimate.cached_calls += 1
             text = record["outputs"][0] if record["outputs"] else ""
@@ -113,12 +117,12 @@ class _EstimatingAdapter(dspy.Adapter):
             except Exception:  # the real run would fall back or fail here; the estimate goes on
                 return [_stand_in(signature)]
         outputs = _stand_in(signature)
-        prompt_tokens = count_tokens(self.token_model, messages)
-        completion_tokens = count_tokens(self.token_model, "\n".join(_render(v) for v in outputs.values()))
+        prompt_tokens = count_tokens(token_model, messages)
+        completion_tokens = count_tokens(token_model, "\n".join(_render(v) for v in outputs.values()))
         completion_tokens += 8 * len(outputs)  # field headers
         self.estimate.prompt_tokens += prompt_tokens
         self.estimate.completion_tokens += completion_tokens
-        cost = self.pricing.cost(prompt_tokens, completion_tokens)
+        cost = pricing.cost(prompt_tokens, completion_tokens)
         self.estimate.cost = None if cost is None or self.estimate.cost is None else self.estimate.cost + cost
         return [outputs]
 

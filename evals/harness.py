@@ -44,6 +44,7 @@ from dd_prompting.evals.strategies import (
     build_program,
     choose_demos,
     describe_program,
+    load_student_decomposer,
     load_student_program,
     make_adapter,
     program_fingerprint,
@@ -74,10 +75,17 @@ class RunSummary:
     estimates: dict[str, Estimate] = field(default_factory=dict)
 
 
+def _all_models(config: EvalConfig) -> list[ModelConfig]:
+    """The models that solve, and the hybrid decomposers (which only_models may have left out of them)."""
+    names = {model.name for model in config.models}
+    return [*config.models, *(model for name, model in config.decomposers.items() if name not in names)]
+
+
 def _secrets(config: EvalConfig) -> list[str]:
     """Values that must never be written: configured keys, key-like environment variables, URL credentials."""
-    names = [model.api_key_env for model in config.models if model.api_key_env]
-    return [*environment_secrets(names), *(secret for model in config.models for secret in url_secrets(model.api_base))]
+    models = _all_models(config)
+    names = [model.api_key_env for model in models if model.api_key_env]
+    return [*environment_secrets(names), *(secret for model in models for secret in url_secrets(model.api_base))]
 
 
 def _hash(payload: Any) -> str:
@@ -162,16 +170,24 @@ class Harness:
 
     def _fingerprint(self, cell: Cell) -> str:
         # The name and the endpoint are part of a cell: two servers of one model string are two rows.
-        model = {key: value for key, value in cell.model.to_public_dict().items()
-                 if key not in ("threads", "api_key_env", "input_cost_per_million", "output_cost_per_million",
-                                "retries", "retry_backoff", "timeout")}
+        model = self._public_model(cell.model)
         dataset = {key: value for key, value in asdict(cell.dataset_config).items() if key not in ("name",)}
         for key, default in (("answer_type", "number"), ("choices", None)):  # keep earlier runs' fingerprints
             if dataset.get(key) == default:
                 del dataset[key]
         dataset["sha256"] = cell.dataset.sha256
         strategy = program_fingerprint(cell.prompts) if cell.program is not None else asdict(cell.strategy)
-        return _hash({"model": model, "dataset": dataset, "strategy": strategy, "adapter": cell.adapter_name})
+        identity = {"model": model, "dataset": dataset, "strategy": strategy, "adapter": cell.adapter_name}
+        if cell.strategy.decomposer is not None:
+            identity["decomposer"] = self._public_model(self.config.decomposers[cell.strategy.decomposer])
+        return _hash(identity)
+
+    @staticmethod
+    def _public_model(model: ModelConfig) -> dict[str, Any]:
+        # What makes a model's replies what they are; not its concurrency, key variable, prices or retries.
+        return {key: value for key, value in model.to_public_dict().items()
+                if key not in ("threads", "api_key_env", "input_cost_per_million", "output_cost_per_million",
+                               "retries", "retry_backoff", "timeout")}
 
     def _lm_for(self, cell: Cell) -> None:
         """Build the cell's LM (or student program) on first use, wrapped in the call cache."""
@@ -182,11 +198,38 @@ class Harness:
             cell.program = self._lms[model.name]
             cell.memo = (self.cache, identity_for(model))
             return
+        cell.lm = self._lm(model)
+        cell.adapter = make_adapter(cell.adapter_name)  # adapters keep no per-call state; one serves all threads
+        if cell.strategy.decomposer is not None:
+            self._attach_decomposer(cell)
+
+    def _lm(self, model: ModelConfig) -> dspy.BaseLM:
         if model.name not in self._lms:
             self._lms[model.name] = build_lm(model, cache=self.cache, timeout=self.config.timeout,
                                              retries=self.config.retries, retry_backoff=self.config.retry_backoff)
-        cell.lm = self._lms[model.name]
-        cell.adapter = make_adapter(cell.adapter_name)  # adapters keep no per-call state; one serves all threads
+        return self._lms[model.name]
+
+    def _attach_decomposer(self, cell: Cell) -> None:
+        """A hybrid pair: the strategy's decomposer model writes the sub-questions, the cell's model solves.
+
+        The program is shared by the strategy's cells, and so is its decomposer. When the two models
+        want different prompt formats (a local decomposer, an API solver), no adapter is set for the
+        cell, so each call takes the format of the LM it goes to (see `DecomposedSolver`).
+        """
+        decomposer = self.config.decomposers[cell.strategy.decomposer]
+        program = cell.program
+        if decomposer.kind == "student":
+            from dd_prompting.distill.students import DecomposerModule
+
+            if decomposer.student != "pair":
+                raise ValueError(f"strategies[{cell.strategy.name}]: decomposer {decomposer.name!r} is a "
+                                 f"{decomposer.student!r} student; a hybrid needs a pair run's decomposer")
+            if not isinstance(program.decompose, DecomposerModule):
+                program.decompose = load_student_decomposer(decomposer.run_dir)
+            return
+        program.decompose.set_lm(self._lm(decomposer))
+        if decomposer.default_adapter != cell.adapter_name:
+            cell.adapter = None
 
     # ---------------------------------------------------------------- estimating
     def estimate(self, *, skip_done: bool = True) -> dict[str, Estimate]:
@@ -225,6 +268,8 @@ class Harness:
     def _estimate_one(self, cell: Cell, problem: Problem, *, cache: Any = "run") -> Estimate:
         if cell.model.kind == "student":
             return Estimate(examples=1, calls=1, cost=0.0)  # one local pipeline run, free
+        if cell.strategy.decomposer is not None:
+            self._attach_decomposer(cell)  # its calls are priced and looked up as the decomposer model's
         return estimate_example(
             cell.program, {"question": problem.question}, adapter=make_adapter(cell.adapter_name),
             token_model=cell.model.model, identity=identity_for(cell.model),
@@ -378,7 +423,7 @@ class Harness:
 
         cells = self._cells or []
         models = {}
-        for model in self.config.models:
+        for model in _all_models(self.config):
             pricing = self.pricing(model)
             models[model.name] = {
                 "model": model.model, "kind": model.kind, "api_base": safe_url(model.api_base),

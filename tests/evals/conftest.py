@@ -27,3 +27,24 @@ def problems_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def gold() -> dict[str, str]:
     return {question: str(answer) for _, question, answer in QUESTIONS}
+
+
+STUDENT_CORPUS = [f"Question: Ann has {i} apples and buys {i + 2} more. How many apples? Answer: {2 * i + 2}"
+                  for i in range(40)]
+
+
+@pytest.fixture(scope="session")
+def student_run_dir(tmp_path_factory):
+    pytest.importorskip("dd_prompting.distill.students")
+    from dd_prompting.distill.tokenization import train_number_tokenizer
+    from dd_prompting.distill.artifacts import save_student
+    from dd_prompting.distill.modeling import build_tiny_model
+    from dd_prompting.distill.train_config import TrainConfig
+
+    tokenizer = train_number_tokenizer(STUDENT_CORPUS, vocab_size=300)
+    run_dir = tmp_path_factory.mktemp("distill-run")
+    config = TrainConfig(tiny_layers=1, tiny_hidden=32, tiny_heads=2)
+    for role in ("decomposer", "solver"):
+        save_student(build_tiny_model(tokenizer, config), tokenizer, run_dir / "students" / role, role=role,
+                     base_model="tiny")
+    return run_dir

@@ -61,23 +61,6 @@ def test_a_local_transformers_model_runs_plain_text_and_is_cached(tmp_path, prob
         [r["prediction"] for r in rows]
 
 
-@pytest.fixture(scope="session")
-def student_run_dir(tmp_path_factory):
-    pytest.importorskip("dd_prompting.distill.students")
-    from dd_prompting.distill.tokenization import train_number_tokenizer
-    from dd_prompting.distill.artifacts import save_student
-    from dd_prompting.distill.modeling import build_tiny_model
-    from dd_prompting.distill.train_config import TrainConfig
-
-    tokenizer = train_number_tokenizer(CORPUS, vocab_size=300)
-    run_dir = tmp_path_factory.mktemp("distill-run")
-    config = TrainConfig(tiny_layers=1, tiny_hidden=32, tiny_heads=2)
-    for role in ("decomposer", "solver"):
-        save_student(build_tiny_model(tokenizer, config), tokenizer, run_dir / "students" / role, role=role,
-                     base_model="tiny")
-    return run_dir
-
-
 def test_a_student_pair_from_a_run_directory(tmp_path, problems_file, student_run_dir):
     model = {"name": "student", "kind": "student", "model": "tiny-pair", "run_dir": str(student_run_dir)}
     config = config_for(tmp_path, problems_file, model, [{"kind": "cot"}])  # a student runs its own pipeline
