@@ -71,8 +71,13 @@ class DecomposedSolver(dspy.Module):
             from any step, so `dspy.Evaluate` counts it as an error; by default it is recorded in
             `parse_failures` and the answer is None (or an unparsable decomposition falls back to a
             direct answer).
+        rationale_field: Accepted as by ChainOfThought (a `dspy.OutputField`); its type, when it has
+            one, is the type of `reasoning`. Its description is not used: the reasoning is written
+            from the sub-questions and their answers, not asked of the LM.
         rationale_field_type: The type of `reasoning`: `str`, or `dspy.Reasoning`, as for ChainOfThought.
         **config: Passed to every inner `dspy.Predict`, as by ChainOfThought: `temperature=0.7`, `n=3`, ...
+            `n` goes only to the calls that give the final answer (the solver's last step, the direct
+            answer): the decomposition and earlier steps are drawn once, as one sample is all they give.
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class DecomposedSolver(dspy.Module):
         demos: Literal["builtin"] | DemoSet | None = "builtin",
         adapter: dspy.Adapter | None = None,
         strict: bool = False,
+        rationale_field: Any = None,
         rationale_field_type: type = str,
         **config: Any,
     ):
@@ -95,6 +101,8 @@ class DecomposedSolver(dspy.Module):
         if demos not in ("builtin", *BUILTIN_DEMOS, None):
             raise ValueError(f"demos must be 'builtin', {', '.join(map(repr, BUILTIN_DEMOS))} or None, got {demos!r}")
         task = ensure_signature(signature)
+        if rationale_field is not None and getattr(rationale_field, "annotation", None) is not None:
+            rationale_field_type = rationale_field.annotation  # ChainOfThought's rule: the field's type wins
         if rationale_field_type not in (str, dspy.Reasoning):
             raise ValueError(
                 f"rationale_field_type must be str or dspy.Reasoning, got {rationale_field_type!r}: DecomposedSolver "
@@ -111,12 +119,14 @@ class DecomposedSolver(dspy.Module):
         self.strict = strict
         self.rationale_field_type = rationale_field_type
 
-        # As in ChainOfThought, `config` (temperature=, n=, ...) goes to every predictor, and through it to the LM.
-        self.decompose = dspy.Predict(_derive(Decompose, task), **config)
+        # As in ChainOfThought, `config` (temperature=, n=, ...) goes to every predictor, and through it to the LM;
+        # only the calls that give the final answer draw n samples, since only their completions are returned.
+        one_sample = {key: value for key, value in config.items() if key not in ("n", "num_generations")}
+        self.decompose = dspy.Predict(_derive(Decompose, task), **one_sample)
         if mode == "joint":
             self.solve = dspy.Predict(_derive(SolveWithSubquestions, task, task_outputs=True), **config)
         else:
-            self.answer_step = dspy.Predict(_derive(AnswerSubquestion, task), **config)
+            self.answer_step = dspy.Predict(_derive(AnswerSubquestion, task), **one_sample)
             self.answer_last_step = dspy.Predict(_derive(AnswerSubquestion, task, task_outputs=True), **config)
         self.direct = dspy.Predict(task, **config)
         if demos == "builtin":
@@ -266,6 +276,29 @@ class DecomposedSolver(dspy.Module):
         padded = [*subanswers, *[""] * (len(subquestions) - len(subanswers))]
         text = _qa_pairs(subquestions, padded)
         return text if self.rationale_field_type is str else dspy.Reasoning(content=text)
+
+    def stream_listeners(self, field: str | None = None, *, allow_reuse: bool = False) -> list:
+        """`dspy.streaming.StreamListener`s that stream `field` from every step that can write it.
+
+        Pass them to `dspy.streamify(program, stream_listeners=...)`. The default field is the
+        signature's first output (the answer), written by the solver's final step, or by the
+        direct answer when the program falls back, so it streams whichever path answered. (A
+        listener made with `signature_field_name` alone raises "not unique in the program": the
+        answer field is in more than one predictor.) A field that one predictor writes more than
+        once per problem, an iterative mode's `subanswer`, needs `allow_reuse=True`.
+        """
+        from dspy.streaming import StreamListener
+
+        field = field or next(iter(self.signature.output_fields))
+        listeners = [
+            StreamListener(signature_field_name=field, predict=predictor, predict_name=name, allow_reuse=allow_reuse)
+            for name, predictor in self.named_predictors()
+            if field in predictor.signature.output_fields
+        ]
+        if not listeners:
+            names = sorted({name for _, p in self.named_predictors() for name in p.signature.output_fields})
+            raise ValueError(f"No step of this DecomposedSolver writes {field!r}; its output fields are {names}.")
+        return listeners
 
     def use_worked_examples(self, examples: Iterable[WorkedExample]) -> None:
         """Replace every predictor's demos with these worked examples (problem, sub-questions,

@@ -3,7 +3,8 @@
 It lets the real client path run without an API key: `dspy.LM("openai/...", api_base=server.base_url)`
 goes through DSPy's own engine, `engine="litellm"` through litellm, and both reach this server over
 real HTTP. Replies come from a function of the request, so a test decides what "the model" says,
-how long it takes, and which faults it injects.
+how long it takes, and which faults it injects. A request with `"stream": true` gets the reply as
+server-sent events, a few characters per chunk.
 
 >>> with OpenAICompatibleServer(lambda request: "[[ ## answer ## ]]\\n42") as server:
 ...     server.base_url.startswith("http://127.0.0.1:")
@@ -181,7 +182,35 @@ def _make_handler(server: OpenAICompatibleServer) -> type[BaseHTTPRequestHandler
                 error = {"error": {"message": reply.text or f"scripted status {reply.status}", "type": "scripted",
                                    "code": reply.status}}
                 self._send(reply.status, json.dumps(error).encode(), reply.headers)
+            elif request.get("stream"):
+                self._stream(_completion_body(server, request, reply), reply.headers)
             else:
                 self._send(200, json.dumps(_completion_body(server, request, reply)).encode(), reply.headers)
+
+        def _stream(self, body: dict[str, Any], headers: dict[str, str]) -> None:
+            """The reply as server-sent events, a few characters per chunk, as OpenAI streams it."""
+            text = body["choices"][0]["message"]["content"]
+            chunk = {key: body[key] for key in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+            events = [{**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
+            events += [{**chunk, "choices": [{"index": 0, "delta": {"content": text[start:start + 4]}}]}
+                       for start in range(0, len(text), 4)]
+            events.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": body["choices"][0][
+                "finish_reason"]}], "usage": body["usage"]})
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")  # the stream ends when the connection does
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for event in events:
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
 
     return Handler

@@ -210,6 +210,9 @@ def test_evaluate_scores_a_program_built_around_the_solver():
 def test_config_reaches_every_inner_predictor_as_in_chain_of_thought():
     solver = DecomposedSolver("question -> answer", mode="iterative", temperature=0.7, max_tokens=300)
     assert all(predictor.config == {"temperature": 0.7, "max_tokens": 300} for predictor in solver.predictors())
+    sampled = DecomposedSolver("question -> answer", mode="iterative", n=3, temperature=0.7)
+    assert {name: p.config.get("n", 1) for name, p in sampled.named_predictors()} == {
+        "decompose": 1, "answer_step": 1, "answer_last_step": 3, "direct": 3}
     lm = DummyLM([
         {"subquestions": SUBQUESTIONS},
         {"subanswer": "She sells 16 - 7 = 9 eggs."},
@@ -238,12 +241,13 @@ def test_every_prediction_has_reasoning_and_completions():
 
 def test_n_samples_of_the_final_call_are_the_completions():
     lm = DummyLM([
-        {"subquestions": SUBQUESTIONS}, {"subquestions": ["ignored"]},  # n=2 samples every call
+        {"subquestions": SUBQUESTIONS},  # one decomposition: only the final call draws n=2
         {"subanswers": ["9 eggs.", "9 * 2 = 18 dollars."], "answer": "18"},
         {"subanswers": ["10 eggs.", "10 * 2 = 20 dollars."], "answer": "20"},
     ])
     with dspy.context(lm=lm):
         pred = DecomposedSolver("question -> answer", n=2)(question="Janet's ducks ...")
+    assert [call["kwargs"].get("n", 1) for call in lm.history] == [1, 2]
     assert pred.answer == "18" and pred.subquestions == SUBQUESTIONS
     assert pred.completions.answer == ["18", "20"]
     assert "A: 10 * 2 = 20 dollars." in pred.completions.reasoning[1]
@@ -258,6 +262,15 @@ def test_reasoning_can_be_a_dspy_reasoning():
     assert "Q: How much does Janet make?" in pred.reasoning.content
     with pytest.raises(ValueError, match="rationale_field_type"):
         DecomposedSolver("question -> answer", rationale_field_type=list)
+
+
+def test_a_rationale_field_is_accepted_as_by_chain_of_thought():
+    with dspy.context(lm=DummyLM(joint_replies())):
+        pred = DecomposedSolver("question -> answer", rationale_field=dspy.OutputField(desc="Think."))(question="...")
+    assert isinstance(pred.reasoning, str) and "Q: How much does Janet make?" in pred.reasoning
+    typed = dspy.OutputField(desc="Think.")
+    typed.annotation = dspy.Reasoning
+    assert DecomposedSolver("question -> answer", rationale_field=typed).rationale_field_type is dspy.Reasoning
 
 
 @pytest.mark.parametrize(
@@ -377,3 +390,56 @@ def test_a_hybrid_pair_sends_each_lm_its_own_format(local_part):
     assert "[[ ## " not in engine.requests[0].messages[-1].text
     assert "[[ ## question ## ]]" in api.history[0]["messages"][-1]["content"]
     assert pred.answer == "18" and pred.parse_failures == []
+
+
+# Streaming: the answer streams from whichever step writes it.
+
+def _streamed(program, **inputs):
+    from dspy.streaming import StreamResponse
+
+    async def collect():
+        chunks, final = [], None
+        async for item in dspy.streamify(program, stream_listeners=program.stream_listeners())(**inputs):
+            if isinstance(item, StreamResponse):
+                chunks.append(item)
+            elif isinstance(item, dspy.Prediction):
+                final = item
+        return chunks, final
+
+    return asyncio.run(collect())
+
+
+@pytest.mark.parametrize("decomposition, streamed_from", [('["How many eggs?", "How much money?"]', "solve"),
+                                                         ("[]", "direct")])
+def test_the_answer_streams_from_the_solver_or_from_the_direct_fallback(decomposition, streamed_from):
+    def respond(request):
+        prompt = last_user_text(request)
+        if "`[[ ## subquestions ## ]]`" in prompt:
+            return f"[[ ## subquestions ## ]]\n{decomposition}\n\n[[ ## completed ## ]]"
+        subanswers = '[[ ## subanswers ## ]]\n["9 eggs", "18 dollars"]\n\n' if "subanswers" in prompt else ""
+        return f"{subanswers}[[ ## answer ## ]]\nShe makes 18 dollars every day.\n\n[[ ## completed ## ]]"
+
+    program = DecomposedSolver("question -> answer", demos=None)
+    with OpenAICompatibleServer(respond) as server:
+        lm = dspy.LM("openai/scripted", api_base=server.base_url, api_key="x", cache=False)
+        with dspy.context(lm=lm):
+            chunks, final = _streamed(program, question="Janet's ducks ...")
+    # Only the listened-to step streams; the decomposition comes back whole.
+    assert [bool(request.get("stream")) for request in server.requests] == [False, True]
+    assert {chunk.predict_name for chunk in chunks} == {streamed_from}
+    assert {chunk.signature_field_name for chunk in chunks} == {"answer"}
+    assert len(chunks) > 2  # token by token, not one piece
+    assert "".join(chunk.chunk for chunk in chunks).strip() == final.answer == "She makes 18 dollars every day."
+
+
+def test_a_plain_answer_listener_is_ambiguous_and_the_helper_names_every_writer():
+    from dspy.streaming import StreamListener
+
+    program = DecomposedSolver("question -> answer", mode="iterative", demos=None)
+    with pytest.raises(ValueError, match="not unique"):
+        dspy.streamify(program, stream_listeners=[StreamListener(signature_field_name="answer")])(question="q")
+    assert [l.predict_name for l in program.stream_listeners()] == ["answer_last_step", "direct"]
+    assert [l.predict_name for l in program.stream_listeners("subanswer", allow_reuse=True)] == \
+        ["answer_step", "answer_last_step"]
+    with pytest.raises(ValueError, match="writes 'rationale'"):
+        program.stream_listeners("rationale")
