@@ -17,7 +17,7 @@ from typing import Any
 
 import dspy
 
-from dd_prompting.models import CachedLM, CallCache, CallIdentity, Pricing
+from dd_prompting.models import CallCache, CallIdentity, Pricing
 
 __all__ = ["Estimate", "estimate_example", "count_tokens", "TYPICAL_OUTPUT_TOKENS"]
 
@@ -88,8 +88,9 @@ class _NoCallLM(dspy.BaseLM):
 
 class _EstimatingAdapter(dspy.Adapter):
     def __init__(self, base: dspy.Adapter, *, token_model: str, identity: CallIdentity,
-                 cache: CallCache | None, pricing: Pricing):
+                 cache: CallCache | None, pricing: Pricing, priced_as: dict | None = None):
         super().__init__()
+        self.priced_as = priced_as or {}
         self.base = base
         self.token_model = token_model
         self.identity = identity
@@ -98,10 +99,8 @@ class _EstimatingAdapter(dspy.Adapter):
         self.estimate = Estimate(cost=0.0)
 
     def __call__(self, lm, lm_kwargs, signature, demos, inputs):
-        # A predictor with a model of its own (a hybrid pair's decomposer) is priced and looked up as that model.
-        identity, pricing, token_model = self.identity, self.pricing, self.token_model
-        if isinstance(lm, CachedLM):
-            identity, pricing, token_model = lm.identity, lm.pricing, lm.model
+        # A step run by another model (a hybrid pair's decomposer) is looked up and priced as that model.
+        identity, pricing, token_model = self.priced_as.get(signature, (self.identity, self.pricing, self.token_model))
         kwargs = dict(lm_kwargs)
         if hasattr(self.base, "stop_sequences"):  # PlainTextAdapter adds its stops to the call
             kwargs.setdefault("stop", self.base.stop_sequences(signature))
@@ -158,10 +157,15 @@ def _stand_in(signature: type[dspy.Signature]) -> dict[str, Any]:
 
 
 def estimate_example(program: dspy.Module, inputs: dict[str, Any], *, adapter: dspy.Adapter, token_model: str,
-                     identity: CallIdentity, cache: CallCache | None, pricing: Pricing) -> Estimate:
-    """Run `program` on one example without calling any model, and count what it would cost."""
+                     identity: CallIdentity, cache: CallCache | None, pricing: Pricing,
+                     priced_as: dict[type[dspy.Signature], tuple[CallIdentity, Pricing, str]] | None = None) -> Estimate:
+    """Run `program` on one example without calling any model, and count what it would cost.
+
+    `priced_as` maps a predictor's signature to the (identity, pricing, token model) of another
+    model that runs that step.
+    """
     estimating = _EstimatingAdapter(adapter, token_model=token_model, identity=identity, cache=cache,
-                                    pricing=pricing)
+                                    pricing=pricing, priced_as=priced_as)
     with dspy.context(lm=_NoCallLM(identity.model), adapter=estimating):
         program(**inputs)
     estimating.estimate.examples = 1

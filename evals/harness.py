@@ -268,12 +268,16 @@ class Harness:
     def _estimate_one(self, cell: Cell, problem: Problem, *, cache: Any = "run") -> Estimate:
         if cell.model.kind == "student":
             return Estimate(examples=1, calls=1, cost=0.0)  # one local pipeline run, free
-        if cell.strategy.decomposer is not None:
-            self._attach_decomposer(cell)  # its calls are priced and looked up as the decomposer model's
+        priced_as = None
+        decompose = getattr(cell.program, "decompose", None)
+        if cell.strategy.decomposer is not None and isinstance(decompose, dspy.Predict):
+            # A hybrid's decomposition is priced as its own model's (free for a student), with no LM built.
+            decomposer = self.config.decomposers[cell.strategy.decomposer]
+            priced_as = {decompose.signature: (identity_for(decomposer), self.pricing(decomposer), decomposer.model)}
         return estimate_example(
             cell.program, {"question": problem.question}, adapter=make_adapter(cell.adapter_name),
             token_model=cell.model.model, identity=identity_for(cell.model),
-            cache=self.cache if cache == "run" else cache, pricing=self.pricing(cell.model),
+            cache=self.cache if cache == "run" else cache, pricing=self.pricing(cell.model), priced_as=priced_as,
         )
 
     # ---------------------------------------------------------------- running
