@@ -439,6 +439,14 @@ class DecomposerModule(dspy.Module):
         self._lock = threading.Lock()
 
     def forward(self, **inputs) -> dspy.Prediction:
+        return self._decompose(inputs)
+
+    async def aforward(self, **inputs) -> dspy.Prediction:
+        import asyncio
+
+        return await asyncio.to_thread(self._decompose, inputs)  # the model runs off the event loop
+
+    def _decompose(self, inputs: dict) -> dspy.Prediction:
         if len(inputs) != 1:
             raise ValueError(
                 f"A decomposer student reads one problem; the program passed {len(inputs)} inputs ({sorted(inputs)})."
@@ -447,11 +455,6 @@ class DecomposerModule(dspy.Module):
         with self._lock:
             [subquestions] = self.student.subquestions([str(problem)], temperature=self.temperature)
         return dspy.Prediction(subquestions=subquestions)
-
-    async def aforward(self, **inputs) -> dspy.Prediction:
-        import asyncio
-
-        return await asyncio.to_thread(self.forward, **inputs)
 
     def __deepcopy__(self, memo):
         # As for StudentModule: programs are copied by optimizers; the model is shared.

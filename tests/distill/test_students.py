@@ -16,6 +16,8 @@ from dd_prompting.distill.generator import GeneratorConfig, generate_problems
 from dd_prompting.distill.students import (
     CoTResult,
     CoTStudent,
+    DecomposerModule,
+    DecomposerStudent,
     StudentModule,
     StudentPipeline,
     StudentResult,
@@ -135,6 +137,27 @@ def test_a_decomposer_that_writes_nothing_falls_back_to_the_question(pipeline, m
     assert result.subquestions == ["How many apples does Ann have?"]
     assert result.fallback and "no sub-questions" in result.fallback
     assert len(result.subanswers) == 1
+
+
+def test_a_decomposer_student_writes_the_sub_questions_of_a_decomposed_solver(students, problems):
+    import asyncio
+
+    from dspy.utils import DummyLM
+
+    from dd_prompting import DecomposedSolver
+
+    _, held_out = problems
+    question = held_out[0].question
+    program = DecomposedSolver("problem -> answer: float", demos=None)  # any one input field's name
+    program.decompose = DecomposerModule(DecomposerStudent.from_pretrained(students / "decomposer"))
+    with dspy.context(lm=DummyLM([{"subanswers": ["..."], "answer": "1"}] * 2)):
+        pred = program(problem=question)
+        again = asyncio.run(program.acall(problem=question))
+    # The trained decomposer writes this problem's own sub-questions, the same through forward and acall.
+    assert pred.subquestions == again.subquestions == list(held_out[0].subquestions)
+    assert [name for name, _ in program.named_predictors()] == ["solve", "direct"]
+    with pytest.raises(ValueError, match="reads one problem"):
+        program.decompose(problem=question, hint="none")
 
 
 def test_students_are_loaded_for_their_own_role(students):
