@@ -30,7 +30,18 @@ from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["TransformersEngine", "PrefixCache", "local_lm", "smollm2_lm", "smollm2_gguf_path", "context_limit"]
+__all__ = [
+    "TransformersEngine",
+    "LocalLM",
+    "PrefixCache",
+    "local_lm",
+    "smollm2_lm",
+    "smollm2_gguf_path",
+    "context_limit",
+    "render_prompt",
+    "trained_on_dspy_chat",
+    "DSPY_CHAT_FORMAT",
+]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -39,10 +50,13 @@ class TransformersEngine:
     """A DSPy engine that generates with an in-process transformers model.
 
     Calls are serialised with a lock: two threads generating at once on one CPU model only slow
-    each other down.
-    """
+    each other down. `prefers_plain_text` tells `DecomposedSolver` to prompt the model in plain
+    text, as small models cannot follow DSPy's chat format; a model fine-tuned on DSPy's chat format
+    (by `dd_prompting.distill.provider`) does, and is loaded with it off.
 
-    prefers_plain_text = True
+    An engine loaded by `from_pretrained` remembers where from, so a program that uses it can be
+    saved and loaded (`dump_state` / `load_state`, DSPy's engine interface).
+    """
 
     def __init__(
         self,
@@ -53,6 +67,8 @@ class TransformersEngine:
         max_new_tokens: int = 256,
         use_chat_template: bool | None = None,
         prefix_cache_size: int = 8,
+        prefers_plain_text: bool = True,
+        source: dict[str, Any] | None = None,
     ):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -60,6 +76,8 @@ class TransformersEngine:
         self.tokenizer = tokenizer
         self.name = name
         self.max_new_tokens = max_new_tokens
+        self.prefers_plain_text = prefers_plain_text
+        self.source = source
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if use_chat_template and not has_template:
             raise ValueError(f"use_chat_template=True, but the tokenizer of {name!r} has no chat template.")
@@ -86,25 +104,28 @@ class TransformersEngine:
         tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **options)
         model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=torch_dtype, **options)
         name = Path(str(model_name_or_path)).name or str(model_name_or_path)
-        return cls(model, tokenizer, name=name, max_new_tokens=max_new_tokens, use_chat_template=use_chat_template)
+        source = {"model_name_or_path": str(model_name_or_path), "gguf_file": gguf_file,
+                  "max_new_tokens": max_new_tokens, "use_chat_template": use_chat_template, "torch_dtype": torch_dtype}
+        return cls(model, tokenizer, name=name, max_new_tokens=max_new_tokens, use_chat_template=use_chat_template,
+                   prefers_plain_text=not trained_on_dspy_chat(model_name_or_path), source=source)
+
+    def dump_state(self) -> dict[str, Any]:
+        """Where the model was loaded from, for DSPy to save a program that uses this engine."""
+        if self.source is None:
+            raise TypeError(
+                f"The engine of {self.name!r} was built from a model object, so a saved program could not load it "
+                "again: save the model with save_pretrained and use local_lm(<its directory>)."
+            )
+        return dict(self.source)  # remote code is never re-enabled by a saved file
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> TransformersEngine:
+        state = dict(state)
+        return cls.from_pretrained(state.pop("model_name_or_path"), **state)
 
     def render_prompt(self, system: str | None, messages: list[tuple[str, str]]) -> str:
         """The text the model continues: its chat template, or plain turns for a base model."""
-        if self.use_chat_template:
-            chat = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": role, "content": content} for role, content in messages
-            ]
-            return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        parts = [system] if system else []
-        turn = []
-        for role, content in messages:
-            turn.append(content)
-            if role == "assistant":
-                parts.append("\n".join(turn))
-                turn = []
-        if turn:
-            parts.append("\n".join(turn) + "\n")
-        return "\n\n".join(parts)
+        return render_prompt(self.tokenizer, system, messages, use_chat_template=self.use_chat_template)
 
     def generate(self, prompt: str, *, max_new_tokens: int, stop: tuple[str, ...] = (),
                  temperature: float | None = None, top_p: float | None = None) -> tuple[str, int, int, str]:
@@ -234,6 +255,73 @@ def _cache_kwarg() -> str:
     return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 
 
+def render_prompt(tokenizer, system: str | None, messages: list[tuple[str, str]], *,
+                  use_chat_template: bool | None = None) -> str:
+    """The text a model continues after `messages`: its chat template, or plain turns for a base model.
+
+    One function for inference (`TransformersEngine`) and for fine-tuning on DSPy's calls
+    (`dd_prompting.distill.provider`), so a model is trained on exactly the prompts it will be sent.
+
+    >>> class NoTemplate: chat_template = None
+    >>> render_prompt(NoTemplate(), "Be brief.", [("user", "Hi?"), ("assistant", "Hello."), ("user", "Bye?")])
+    'Be brief.\\n\\nHi?\\nHello.\\n\\nBye?\\n'
+    """
+    if use_chat_template is None:
+        use_chat_template = bool(getattr(tokenizer, "chat_template", None))
+    if use_chat_template:
+        chat = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": role, "content": content} for role, content in messages
+        ]
+        return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    parts = [system] if system else []
+    turn = []
+    for role, content in messages:
+        turn.append(content)
+        if role == "assistant":
+            parts.append("\n".join(turn))
+            turn = []
+    if turn:
+        parts.append("\n".join(turn) + "\n")
+    return "\n\n".join(parts)
+
+
+# What `student.json` says when a model was fine-tuned on DSPy's chat format (dd_prompting.distill.provider).
+DSPY_CHAT_FORMAT = "dspy_chat"
+
+
+def trained_on_dspy_chat(model_name_or_path: str | Path) -> bool:
+    """True for a directory holding a model fine-tuned on DSPy's chat-format prompts."""
+    import json
+
+    metadata = Path(str(model_name_or_path)) / "student.json"
+    if not metadata.is_file():
+        return False
+    try:
+        return json.loads(metadata.read_text(encoding="utf-8")).get("prompt_format") == DSPY_CHAT_FORMAT
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+class LocalLM(dspy.LM):
+    """The `dspy.LM` that `local_lm` returns: an in-process engine, and a provider that fine-tunes it.
+
+    DSPy fine-tuning (`dspy.BootstrapFinetune`, `lm.finetune(...)`) hands back `lm.copy(model=...)`
+    with the fine-tuned model's name, which for a local model is `local/<its directory>`; here that
+    copy loads the new weights into a new engine (with DSPy's own `LM`, it would keep the old ones).
+    """
+
+    def copy(self, **kwargs):
+        model = kwargs.get("model")
+        if model is not None and model != self.model and "engine" not in kwargs:
+            path = model.removeprefix("local/")
+            if not Path(path).is_dir():
+                raise ValueError(f"{model!r}: a local model is named local/<directory>, and {path} is not one.")
+            engine = self._engine_spec
+            max_new_tokens = engine.max_new_tokens if isinstance(engine, TransformersEngine) else 256
+            kwargs["engine"] = TransformersEngine.from_pretrained(path, max_new_tokens=max_new_tokens)
+        return super().copy(**kwargs)
+
+
 def context_limit(model) -> int:
     """The number of positions the model can attend over (2048 when its config does not say)."""
     config = model.config
@@ -268,7 +356,12 @@ def local_lm(
         name = Path(getattr(model, "name_or_path", "") or "model").name or "model"
         engine = TransformersEngine(model, tokenizer, name=name, max_new_tokens=max_new_tokens,
                                     use_chat_template=use_chat_template)
-    return dspy.LM(f"local/{engine.name}", engine=engine, cache=cache)
+    from dd_prompting.distill.provider import TransformersProvider
+
+    # The provider needs the weights' directory to fine-tune them; a model passed as an object has none.
+    finetuning_model = f"local/{model}" if isinstance(model, (str, Path)) else None
+    return LocalLM(f"local/{engine.name}", engine=engine, cache=cache, provider=TransformersProvider(),
+                   finetuning_model=finetuning_model)
 
 
 def smollm2_gguf_path() -> Path:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dd_prompting.distill.formats import FORMAT_VERSION, ROLES
+from dd_prompting.distill.formats import FORMAT_VERSION, TRAINABLE_ROLES
 
 __all__ = ["METADATA_FILE", "save_student", "read_student_metadata", "load_student", "save_loss_curves"]
 
@@ -24,8 +24,8 @@ METADATA_FILE = "student.json"
 
 def save_student(model, tokenizer, directory: str | Path, *, role: str, base_model: str, extra: dict | None = None) -> Path:
     """Save a student: safetensors weights, tokenizer and `student.json` (role, format version, ...)."""
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES}, got {role!r}.")
+    if role not in TRAINABLE_ROLES:
+        raise ValueError(f"role must be one of {TRAINABLE_ROLES}, got {role!r}.")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.use_cache = True  # trained without a cache (packing); saved ready for generation

@@ -54,6 +54,8 @@ from dd_prompting.data.jsonl import read_jsonl, write_jsonl
 __all__ = [
     "FORMAT_VERSION",
     "ROLES",
+    "PREDICTOR",
+    "TRAINABLE_ROLES",
     "ANSWER_END",
     "decomposer_prompt",
     "decomposer_completion",
@@ -83,6 +85,9 @@ FORMAT_VERSION = 1
 """Bumped whenever a prompt or completion changes shape; saved with every student."""
 
 ROLES = ("decomposer", "solver", "cot")
+# A DSPy predictor's own model, fine-tuned on its calls in DSPy's chat format (`dd_prompting.distill.provider`).
+PREDICTOR = "predictor"
+TRAINABLE_ROLES = (*ROLES, PREDICTOR)
 
 ANSWER_END = "\n"
 """Ends every solver answer and every line of a completion."""

@@ -23,7 +23,7 @@ from transformers import Trainer, TrainerCallback
 
 from dd_prompting.distill.artifacts import METADATA_FILE, save_loss_curves, save_student
 from dd_prompting.distill.collators import PackingCollator, PaddingCollator
-from dd_prompting.distill.formats import ROLES, read_rows, row_text
+from dd_prompting.distill.formats import TRAINABLE_ROLES, read_rows, row_text
 from dd_prompting.distill.modeling import load_model_and_tokenizer
 from dd_prompting.distill.tokenization import tokenize_rows
 from dd_prompting.distill.train_config import TrainConfig
@@ -55,20 +55,22 @@ def train_student(
     output_dir: str | Path,
     role: str,
     eval_rows=None,
+    metadata: dict | None = None,
 ) -> Path:
     """Train a student on `rows` and save it to `output_dir`; returns `output_dir`.
 
     `rows` (and `eval_rows`, scored before and after training when given) is a JSONL path written
     by `distill.formats.write_rows`, a `datasets.Dataset` or a list of row dicts. `role` is
-    "decomposer", "solver" or "cot" and goes into `student.json`. With `config.resume`, a run that
+    "decomposer", "solver", "cot" or "predictor" (a DSPy predictor's model) and goes into
+    `student.json`, with `metadata`. With `config.resume`, a run that
     was killed continues from its last checkpoint, and a finished student is returned as it is.
     """
     import torch
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES}, got {role!r}.")
+    if role not in TRAINABLE_ROLES:
+        raise ValueError(f"role must be one of {TRAINABLE_ROLES}, got {role!r}.")
     output_dir = Path(output_dir)
     if config.resume and (output_dir / METADATA_FILE).is_file():
         logger.info("%s already holds a trained %s student; not training again.", output_dir, role)
@@ -165,7 +167,7 @@ def train_student(
             output_dir,
             role=role,
             base_model=config.model,
-            extra={"train_config": config.to_dict(), "train_stats": stats},
+            extra={**(metadata or {}), "train_config": config.to_dict(), "train_stats": stats},
         )
         save_loss_curves(trainer.state.log_history, output_dir, title=f"{role} student ({config.model})")
         logger.info("Saved %s student to %s (%d steps, %.0f s)", role, output_dir, stats["steps"], seconds)

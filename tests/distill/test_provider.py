@@ -1,0 +1,136 @@
+"""`dspy.BootstrapFinetune` into local transformers students with `TransformersProvider`, offline.
+
+The teacher is a scripted OpenAI-compatible server on 127.0.0.1; the student is a tiny GPT-2 built
+in the test (tokenizer trained on the task's prompts), saved with save_pretrained and loaded with
+`local_lm`. The task (name the color in a question) is small enough to learn in seconds on a CPU.
+"""
+
+import re
+
+import dspy
+import pytest
+
+from dd_prompting import local_lm
+from dd_prompting.distill.provider import TransformersProvider, chat_rows
+from dd_prompting.testing import OpenAICompatibleServer, last_user_text
+
+COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"]
+TEMPLATES = ["Which color is named here: {}?", "Tell me the color in this sentence: the {} car.",
+             "What color does this mention? A {} hat.", "Name the color: {} paint.",
+             "The door was painted {}. Which color?", "She wore a {} scarf. What color was it?"]
+# Every template and every color is trained on; the held-out questions are combinations never seen.
+PAIRS = [(i, j) for i in range(len(TEMPLATES)) for j in range(len(COLORS))]
+TRAIN = [(TEMPLATES[i].format(COLORS[j]), COLORS[j]) for i, j in PAIRS if (i + j) % 6]
+HELD_OUT = [(TEMPLATES[i].format(COLORS[j]), COLORS[j]) for i, j in PAIRS if (i + j) % 6 == 0]
+STEPS = {"max_steps": 600, "batch_size": 8, "learning_rate": 3e-3, "logging_steps": 50, "save_steps": 10_000}
+
+
+class NameColor(dspy.Signature):
+    """Name the color mentioned in the question."""
+
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+def teacher_reply(request):
+    question = re.search(r"\[\[ ## question ## \]\]\n(.*?)\n", last_user_text(request)).group(1)
+    color = next(c for c in COLORS if c in question)
+    return f"[[ ## answer ## ]]\n{color}\n\n[[ ## completed ## ]]"
+
+
+def examples(pairs):
+    return [dspy.Example(question=q, answer=a).with_inputs("question") for q, a in pairs]
+
+
+def exact(example, pred, trace=None):
+    return (pred.answer or "").strip() == example.answer
+
+
+def reply(program, example) -> str | None:
+    """The program's answer, or None for a reply without DSPy's output fields."""
+    from dspy.utils.exceptions import AdapterParseError
+
+    try:
+        return (program(question=example.question).answer or "").strip()
+    except AdapterParseError:
+        return None
+
+
+def chat_calls(pairs):
+    """The task's calls as BootstrapFinetune writes them: DSPy's chat format, prompt and answer."""
+    adapter = dspy.ChatAdapter()
+    return [{"messages": adapter.format_finetune_data(NameColor, [], {"question": q}, {"answer": a})["messages"]}
+            for q, a in pairs]
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    from dd_prompting.distill.modeling import build_tiny_model
+    from dd_prompting.distill.tokenization import train_number_tokenizer
+    from dd_prompting.distill.train_config import TrainConfig
+
+    texts = [row["prompt"] + row["completion"] for row in chat_rows(chat_calls(TRAIN + HELD_OUT))]
+    tokenizer = train_number_tokenizer(texts, vocab_size=400)
+    model = build_tiny_model(tokenizer, TrainConfig(tiny_layers=2, tiny_hidden=128, tiny_heads=4, max_length=512))
+    directory = tmp_path_factory.mktemp("base")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def held_out_loss(model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dd_prompting.distill.tokenization import tokenize_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    losses = []
+    with torch.no_grad():
+        for row in tokenize_rows(chat_rows(chat_calls(HELD_OUT)), tokenizer):
+            out = model(input_ids=torch.tensor([row["input_ids"]]), labels=torch.tensor([row["labels"]]))
+            losses.append(out.loss.item())
+    return sum(losses) / len(losses)
+
+
+@pytest.fixture(scope="module")
+def compiled(base_dir, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("finetuned")
+    student = local_lm(base_dir, max_new_tokens=24)
+    student.provider = TransformersProvider(output_dir=output_dir)
+    program = dspy.Predict(NameColor)
+    program.set_lm(student)
+    with OpenAICompatibleServer(teacher_reply) as server:
+        teacher = dspy.Predict(NameColor)
+        teacher.set_lm(dspy.LM("openai/scripted", api_base=server.base_url, api_key="x", cache=False))
+        optimizer = dspy.BootstrapFinetune(metric=exact, train_kwargs=STEPS, num_threads=2)
+        result = optimizer.compile(program, trainset=examples(TRAIN), teacher=teacher)
+        calls = server.call_count
+    return result, output_dir, calls
+
+
+def test_bootstrap_finetune_trains_a_local_student_that_answers_through_its_new_weights(base_dir, compiled):
+    program, output_dir, calls = compiled
+    assert calls == len(TRAIN)  # the teacher traced every training example once
+    [finetuned] = [p for p in output_dir.iterdir() if p.is_dir()]
+    assert program.lm.model == f"local/{finetuned.resolve()}"
+    assert held_out_loss(finetuned) < 0.5 * held_out_loss(base_dir)
+    # Measured (seed 0, this machine): 7/8 replies are exactly a color, 5/8 the right one; the bars sit below.
+    replies = [reply(program, e) for e in examples(HELD_OUT)]
+    assert sum(answer in COLORS for answer in replies) >= 6, replies
+    assert sum(answer == e.answer for answer, e in zip(replies, examples(HELD_OUT))) >= 3, replies
+    untrained = dspy.Predict(NameColor)
+    untrained.set_lm(local_lm(base_dir, max_new_tokens=24))
+    assert not any(reply(untrained, e) in COLORS for e in examples(HELD_OUT))
+
+
+def test_a_saved_and_reloaded_program_gives_the_same_predictions(compiled, tmp_path):
+    program, _, _ = compiled
+    path = tmp_path / "program.json"
+    program.save(path)
+    fresh = dspy.Predict(NameColor)
+    fresh.load(path, allow_unsafe_lm_state=True)  # the LM's engine class is imported from the file
+    assert fresh.lm.model == program.lm.model
+    questions = [q for q, _ in HELD_OUT]
+    assert [fresh(question=q).answer for q in questions] == [program(question=q).answer for q in questions]
