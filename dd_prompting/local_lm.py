@@ -41,9 +41,15 @@ __all__ = [
     "render_prompt",
     "trained_on_dspy_chat",
     "DSPY_CHAT_FORMAT",
+    "MODEL_LOCK",
 ]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Held while a model is loaded or trained in this process. transformers builds a model on the meta
+# device under a patch of torch that is global, not per thread: two threads loading at once (DSPy
+# runs each fine-tuning job, and the load of its result, in a thread) left weights on the meta device.
+MODEL_LOCK = threading.RLock()
 
 
 class TransformersEngine:
@@ -101,8 +107,9 @@ class TransformersEngine:
         options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if gguf_file is not None:
             options["gguf_file"] = gguf_file
-        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **options)
-        model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=torch_dtype, **options)
+        with MODEL_LOCK:
+            tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **options)
+            model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=torch_dtype, **options)
         name = Path(str(model_name_or_path)).name or str(model_name_or_path)
         source = {"model_name_or_path": str(model_name_or_path), "gguf_file": gguf_file,
                   "max_new_tokens": max_new_tokens, "use_chat_template": use_chat_template, "torch_dtype": torch_dtype}
@@ -312,7 +319,9 @@ class LocalLM(dspy.LM):
 
     def copy(self, **kwargs):
         model = kwargs.get("model")
-        if model is not None and model != self.model and "engine" not in kwargs:
+        if model is not None and model == self.finetuning_model:
+            kwargs.pop("model")  # the weights it already runs (a fine-tuning job that had nothing to train on)
+        elif model is not None and model != self.model and "engine" not in kwargs:
             path = model.removeprefix("local/")
             if not Path(path).is_dir():
                 raise ValueError(f"{model!r}: a local model is named local/<directory>, and {path} is not one.")

@@ -75,6 +75,16 @@ class TransformersProvider(Provider):
     def finetune(self, job, model: str, train_data: list[dict[str, Any]], train_data_format: Any,
                  train_kwargs: dict[str, Any] | None = None) -> str:
         """Train on `train_data` and return the fine-tuned model's name, `local/<directory>`."""
+        from dd_prompting.local_lm import MODEL_LOCK
+
+        # DSPy starts one thread per job (multitask=False: one per predictor), and loads each result in
+        # it; they run one after the other, as loading models is not thread-safe (see MODEL_LOCK) and
+        # the jobs share one CPU or GPU anyway.
+        with MODEL_LOCK:
+            return self._finetune(model, train_data, train_data_format, train_kwargs or {})
+
+    def _finetune(self, model: str, train_data: list[dict[str, Any]], train_data_format: Any,
+                  train_kwargs: dict[str, Any]) -> str:
         from transformers import AutoTokenizer
 
         from dd_prompting.distill.train import train_student
@@ -85,7 +95,7 @@ class TransformersProvider(Provider):
             logger.warning("No calls to fine-tune %s on (no trace passed the metric for this predictor); "
                            "keeping it as it is.", model)
             return model
-        config, output_dir = self._job_settings(model, train_kwargs or {})
+        config, output_dir = self._job_settings(model, train_kwargs)
         tokenizer = None if config.is_tiny else AutoTokenizer.from_pretrained(config.tokenizer or config.model)
         rows = chat_rows(train_data, tokenizer)
         output_dir = output_dir or self.output_dir / f"{Path(config.model).name}-{_digest(rows, config)}"

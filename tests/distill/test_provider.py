@@ -134,3 +134,34 @@ def test_a_saved_and_reloaded_program_gives_the_same_predictions(compiled, tmp_p
     assert fresh.lm.model == program.lm.model
     questions = [q for q, _ in HELD_OUT]
     assert [fresh(question=q).answer for q in questions] == [program(question=q).answer for q in questions]
+
+
+def test_multitask_false_trains_one_model_per_predictor(base_dir, tmp_path):
+    from dd_prompting import DecomposedSolver
+    from dd_prompting.distill.artifacts import read_student_metadata
+
+    def teacher_steps(request):
+        text = last_user_text(request)
+        question = re.search(r"\[\[ ## question ## \]\]\n(.*?)\n", text).group(1)
+        color = next(c for c in COLORS if c in question)
+        if "`[[ ## subquestions ## ]]`" in text:
+            return '[[ ## subquestions ## ]]\n["Which color is named?"]\n\n[[ ## completed ## ]]'
+        return f'[[ ## subanswers ## ]]\n["It is {color}."]\n\n[[ ## answer ## ]]\n{color}\n\n[[ ## completed ## ]]'
+
+    student = local_lm(base_dir, max_new_tokens=24)
+    student.provider = TransformersProvider(output_dir=tmp_path / "finetuned")
+    program = DecomposedSolver(NameColor, demos=None)
+    program.set_lm(student)
+    with OpenAICompatibleServer(teacher_steps) as server:
+        teacher = DecomposedSolver(NameColor, demos=None)
+        teacher.set_lm(dspy.LM("openai/scripted", api_base=server.base_url, api_key="x", cache=False))
+        optimizer = dspy.BootstrapFinetune(metric=exact, multitask=False, num_threads=3,
+                                           train_kwargs={**STEPS, "max_steps": 20})
+        compiled = optimizer.compile(program, trainset=examples(TRAIN[:8]), teacher=teacher)
+
+    models = {name: predictor.lm.model for name, predictor in compiled.named_predictors()}
+    assert models["decompose"] != models["solve"]  # one model each, trained on its own calls
+    for name in ("decompose", "solve"):
+        directory = models[name].removeprefix("local/")
+        assert read_student_metadata(directory, role="predictor")["train_stats"]["rows"] == 8
+    assert models["direct"] == student.model  # no trace reached it: it keeps the model it had
