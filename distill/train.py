@@ -119,7 +119,7 @@ def train_student(
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         use_cpu=not torch.cuda.is_available(),
-        report_to="none",
+        report_to=config.report_to,
         remove_unused_columns=False,
         dataloader_num_workers=config.dataloader_num_workers,
         disable_tqdm=False,

@@ -116,6 +116,13 @@ class TrainConfig:
         },
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={
+            "help": "Where the Trainer also logs: 'none', or its integrations, e.g. ['tensorboard'], ['wandb'], "
+            "['mlflow'] (each needs its own package installed); as TrainingArguments.report_to."
+        },
+    )
 
     def __post_init__(self):
         positive = {

@@ -137,6 +137,14 @@ def trained(tmp_path_factory, rows):
     return out, before
 
 
+@pytest.mark.skipif(bool(importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")),
+                    reason="checks the passthrough by the Trainer's error for a missing integration")
+def test_report_to_reaches_the_trainer(tmp_path, rows):
+    config = TrainConfig(**SMALL, max_steps=1, report_to=["tensorboard"])
+    with pytest.raises(RuntimeError, match="(?i)tensorboard"):
+        train_student(rows=rows["solver"][:8], config=config, output_dir=tmp_path, role="solver")
+
+
 def test_training_changes_every_parameter(trained):
     from transformers import AutoModelForCausalLM
 
