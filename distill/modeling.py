@@ -137,3 +137,20 @@ def _dequantized_copy(model):
     plain.load_state_dict(model.state_dict())
     plain.generation_config = model.generation_config
     return plain
+
+
+def add_lora_adapters(model, config: TrainConfig):
+    """`model` with LoRA adapters (peft) of rank `config.lora_r`: only the adapters will train."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise ImportError("TrainConfig.lora_r > 0 needs peft: pip install 'dd-prompting[lora]'") from err
+
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def merged(model):
+    """A trained model as plain transformers weights: LoRA adapters merged in (other models as they are)."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model

@@ -24,7 +24,7 @@ from transformers import Trainer, TrainerCallback
 from dd_prompting.distill.artifacts import METADATA_FILE, save_loss_curves, save_student
 from dd_prompting.distill.collators import PackingCollator, PaddingCollator
 from dd_prompting.distill.formats import TRAINABLE_ROLES, read_rows, row_text
-from dd_prompting.distill.modeling import load_model_and_tokenizer
+from dd_prompting.distill.modeling import add_lora_adapters, load_model_and_tokenizer, merged
 from dd_prompting.distill.tokenization import tokenize_rows
 from dd_prompting.distill.train_config import TrainConfig
 
@@ -85,6 +85,8 @@ def train_student(
     texts = [row_text(row) for row in train_rows]
     model, tokenizer = load_model_and_tokenizer(config, texts=texts, tokenizer_dir=last if config.is_tiny else None)
     model.config.use_cache = False  # packed rows need the mask built from position ids, which a cache disables
+    if config.lora_r:
+        model = add_lora_adapters(model, config)  # checkpoints then hold the adapters; the student is merged
 
     max_length = config.max_length
     if not config.is_tiny:
@@ -160,9 +162,10 @@ def train_student(
             "mean_train_loss": result.training_loss if not math.isnan(result.training_loss) else None,
             "eval_losses": eval_losses,
             "parameters": sum(p.numel() for p in model.parameters()),
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
         save_student(
-            trainer.model,
+            merged(trainer.model),
             tokenizer,
             output_dir,
             role=role,

@@ -116,6 +116,18 @@ class TrainConfig:
         },
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    lora_r: int = field(
+        default=0,
+        metadata={"help": "LoRA rank: above 0, only low-rank adapters train (peft; `pip install dd-prompting[lora]`), "
+                          "and the saved student has them merged in. 0 trains every weight."},
+    )
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling (alpha / r multiplies the update)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA adapters' input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules that get adapters, e.g. ['c_attn', 'c_proj']; default: peft's choice for the "
+                          "architecture (GPT-2: c_attn)."},
+    )
     report_to: list[str] = field(
         default_factory=lambda: ["none"],
         metadata={
@@ -138,6 +150,9 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"TrainConfig.{name} must be at least 1, got {value}.")
+        if self.lora_r < 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"TrainConfig.lora_r must be >= 0 and lora_dropout in [0, 1), got {self.lora_r} and "
+                             f"{self.lora_dropout}.")
         if self.tiny_hidden % self.tiny_heads:
             raise ValueError(
                 f"TrainConfig.tiny_hidden ({self.tiny_hidden}) must be divisible by tiny_heads ({self.tiny_heads})."

@@ -145,6 +145,29 @@ def test_report_to_reaches_the_trainer(tmp_path, rows):
         train_student(rows=rows["solver"][:8], config=config, output_dir=tmp_path, role="solver")
 
 
+def test_lora_trains_only_the_adapters_and_saves_a_merged_plain_model(tmp_path, rows):
+    pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from transformers import AutoTokenizer
+
+    config = TrainConfig(**SMALL, max_steps=5, learning_rate=1e-2, warmup_ratio=0.0, lora_r=4)
+    out = train_student(rows=rows["solver"][:32], config=config, output_dir=tmp_path / "lora", role="solver")
+    # The seeded init train_student started from (same vocabulary, same seed).
+    initial = build_tiny_model(AutoTokenizer.from_pretrained(out), config).state_dict()
+
+    stats = read_student_metadata(out, role="solver")["train_stats"]
+    assert 0 < stats["trainable_parameters"] < 0.2 * stats["parameters"]
+    reloaded = AutoModelForCausalLM.from_pretrained(out)  # plain transformers weights, no peft needed
+    after = reloaded.state_dict()
+    assert not any("lora" in name for name in after)
+    changed = {name for name, value in after.items() if name in initial and not torch.equal(value, initial[name])}
+    # Only the adapted projections moved (GPT-2's c_attn, peft's default), by their merged low-rank update.
+    assert changed and all(".attn.c_attn." in name for name in changed), changed
+    delta = after["transformer.h.0.attn.c_attn.weight"] - initial["transformer.h.0.attn.c_attn.weight"]
+    assert torch.linalg.matrix_rank(delta).item() <= 4
+
+
 def test_training_changes_every_parameter(trained):
     from transformers import AutoModelForCausalLM
 
