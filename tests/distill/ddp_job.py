@@ -1,0 +1,31 @@
+"""Train one small student with `train_student`, as a test job: alone, or one process of `torchrun`.
+
+    python ddp_job.py OUT BATCH                       # one process
+    torchrun --nproc_per_node 2 ddp_job.py OUT BATCH  # each process takes BATCH rows per step
+
+Rank 0 writes OUT/result.json: the logged training losses and every weight of the saved student.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from dd_prompting.distill.formats import build_rows
+from dd_prompting.distill.generator import generate_problems
+from dd_prompting.distill.train import train_student
+from dd_prompting.distill.train_config import TrainConfig
+
+out, batch = Path(sys.argv[1]), int(sys.argv[2])
+rows = build_rows(generate_problems(64, seed=0))["cot"]
+config = TrainConfig(tiny_layers=1, tiny_hidden=32, tiny_heads=2, batch_size=batch, max_steps=8, learning_rate=1e-2,
+                     warmup_ratio=0.0, logging_steps=1, save_steps=1000, seed=0)
+student = train_student(rows=rows, config=config, output_dir=out / "student", role="cot")
+
+import torch.distributed as dist  # noqa: E402
+
+if not dist.is_initialized() or dist.get_rank() == 0:
+    from safetensors.torch import load_file
+
+    losses = [entry["loss"] for entry in json.loads((student / "loss.json").read_text()) if "loss" in entry]
+    weights = {name: tensor.flatten().tolist() for name, tensor in load_file(student / "model.safetensors").items()}
+    (out / "result.json").write_text(json.dumps({"losses": losses, "weights": weights}))
