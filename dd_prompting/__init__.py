@@ -13,6 +13,7 @@ from dd_prompting.answers import (
     numeric_match,
     numeric_match_strict,
 )
+from dd_prompting.answer_types import AnswerType
 from dd_prompting.choices import choice_metric, extract_choice, extract_yes_no, yes_no_match, yes_no_match_strict
 from dd_prompting.data import SocraticSolution, load_gsm8k, parse_socratic
 from dd_prompting.demos import WORKED_EXAMPLES, YES_NO_WORKED_EXAMPLES, WorkedExample
@@ -45,6 +46,7 @@ __all__ = [
     "choice_metric",
     "yes_no_match",
     "yes_no_match_strict",
+    "AnswerType",
     "SocraticSolution",
     "load_gsm8k",
     "parse_socratic",
