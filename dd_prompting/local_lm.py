@@ -369,7 +369,10 @@ def local_lm(
 
     # The provider needs the weights' directory to fine-tune them; a model passed as an object has none.
     finetuning_model = f"local/{model}" if isinstance(model, (str, Path)) else None
-    return LocalLM(f"local/{engine.name}", engine=engine, cache=cache, provider=TransformersProvider(),
+    # A directory is named by its whole path: DSPy's response cache is keyed on the name, and two students
+    # saved as runs/a/solver and runs/b/solver must not answer from each other's cache.
+    name = Path(model).resolve() if isinstance(model, (str, Path)) and Path(model).is_dir() else engine.name
+    return LocalLM(f"local/{name}", engine=engine, cache=cache, provider=TransformersProvider(),
                    finetuning_model=finetuning_model)
 
 

@@ -90,9 +90,25 @@ def test_local_lm_loads_a_saved_directory(tiny, tmp_path):
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     lm = local_lm(tmp_path, max_new_tokens=4, cache=False)
-    assert lm.model == f"local/{tmp_path.name}"
+    assert lm.model == f"local/{tmp_path.resolve()}"
     out = lm("Question: Tom has")
     assert isinstance(out[0], str)
+
+
+def test_two_directories_of_one_name_do_not_share_the_response_cache(tiny, tmp_path):
+    # DSPy's cache is keyed on the LM's name: runs/a/solver and runs/b/solver are two models.
+    import torch
+
+    model, tokenizer = tiny
+    for run in ("a", "b"):
+        other = type(model)(model.config)
+        torch.manual_seed(ord(run))
+        other.load_state_dict({k: torch.randn_like(v) for k, v in model.state_dict().items()})
+        other.save_pretrained(tmp_path / run / "solver")
+        tokenizer.save_pretrained(tmp_path / run / "solver")
+    a, b = (local_lm(tmp_path / run / "solver", max_new_tokens=6) for run in ("a", "b"))
+    assert a.model != b.model
+    assert a("Question: Tom has") != b("Question: Tom has")
 
 
 def test_prefix_cache_reuses_shared_prompts_without_changing_greedy_output(tiny):
