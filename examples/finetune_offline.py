@@ -62,7 +62,7 @@ def accuracy(program, pairs) -> tuple[int, int]:
     return solved, len(pairs)
 
 
-def tiny_student(directory: Path) -> Path:
+def tiny_student(directory: Path, *, seed: int = 0) -> Path:
     """A 2-layer GPT-2 built from a config, with a BPE trained on the task's prompts, saved to `directory`."""
     from dd_prompting.distill.modeling import build_tiny_model
     from dd_prompting.distill.tokenization import train_number_tokenizer
@@ -71,7 +71,8 @@ def tiny_student(directory: Path) -> Path:
     adapter = dspy.ChatAdapter()
     calls = [adapter.format_finetune_data(NameColor, [], {"question": q}, {"answer": a}) for q, a in TRAIN + HELD_OUT]
     tokenizer = train_number_tokenizer([r["prompt"] + r["completion"] for r in chat_rows(calls)], vocab_size=400)
-    model = build_tiny_model(tokenizer, TrainConfig(tiny_layers=2, tiny_hidden=128, tiny_heads=4, max_length=512))
+    config = TrainConfig(tiny_layers=2, tiny_hidden=128, tiny_heads=4, max_length=512, seed=seed)
+    model = build_tiny_model(tokenizer, config)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -83,11 +84,12 @@ def main() -> None:
     parser.add_argument("--student", default=None, help="A hub id or directory (default: a tiny GPT-2 built here).")
     parser.add_argument("--output-dir", default="runs/finetune_offline", help="Where the fine-tuned student goes.")
     parser.add_argument("--max-steps", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=0, help="Seeds the student's init and its training.")
     args = parser.parse_args()
     output_dir = Path(args.output_dir)
 
-    base = output_dir / "tiny-base"  # built once, so a rerun finds its fine-tuned student and trains nothing
-    student_path = args.student or str(base if (base / "config.json").is_file() else tiny_student(base))
+    base = output_dir / f"tiny-base-seed{args.seed}"  # built once: a rerun finds its fine-tuned student, trains nothing
+    student_path = args.student or str(base if (base / "config.json").is_file() else tiny_student(base, seed=args.seed))
     student = local_lm(student_path, max_new_tokens=24)
     student.provider = TransformersProvider(output_dir=output_dir)
     program = dspy.Predict(NameColor)
@@ -100,7 +102,8 @@ def main() -> None:
         teacher.set_lm(dspy.LM(args.teacher) if args.teacher else
                        dspy.LM("openai/scripted", api_base=server.base_url, api_key="offline", cache=False))
         trainset = [dspy.Example(question=q, answer=a).with_inputs("question") for q, a in TRAIN]
-        train_kwargs = {"max_steps": args.max_steps, "batch_size": 8, "learning_rate": 3e-3, "save_steps": 10_000}
+        train_kwargs = {"max_steps": args.max_steps, "batch_size": 8, "learning_rate": 3e-3, "save_steps": 10_000,
+                        "seed": args.seed}
         compiled = dspy.BootstrapFinetune(metric=exact, train_kwargs=train_kwargs).compile(
             program, trainset=trainset, teacher=teacher)
 

@@ -1,11 +1,13 @@
 """`dspy.BootstrapFinetune` into local transformers students with `TransformersProvider`, offline.
 
 The teacher is a scripted OpenAI-compatible server on 127.0.0.1; the student is a tiny GPT-2 built
-in the test (tokenizer trained on the task's prompts), saved with save_pretrained and loaded with
+by the example's `tiny_student` (tokenizer trained on the task's prompts), saved with save_pretrained and loaded with
 `local_lm`. The task (name the color in a question) is small enough to learn in seconds on a CPU.
 """
 
 import re
+import sys
+from pathlib import Path
 
 import dspy
 import pytest
@@ -14,36 +16,17 @@ from dd_prompting import local_lm
 from dd_prompting.distill.provider import TransformersProvider, chat_rows
 from dd_prompting.testing import OpenAICompatibleServer, last_user_text
 
-COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"]
-TEMPLATES = ["Which color is named here: {}?", "Tell me the color in this sentence: the {} car.",
-             "What color does this mention? A {} hat.", "Name the color: {} paint.",
-             "The door was painted {}. Which color?", "She wore a {} scarf. What color was it?"]
-# Every template and every color is trained on; the held-out questions are combinations never seen.
-PAIRS = [(i, j) for i in range(len(TEMPLATES)) for j in range(len(COLORS))]
-TRAIN = [(TEMPLATES[i].format(COLORS[j]), COLORS[j]) for i, j in PAIRS if (i + j) % 6]
-HELD_OUT = [(TEMPLATES[i].format(COLORS[j]), COLORS[j]) for i, j in PAIRS if (i + j) % 6 == 0]
+# The task of examples/finetune_offline.py (so the example's pieces are tested too): every template and
+# color is trained on, and the held-out questions are combinations never seen.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+from finetune_offline import COLORS, HELD_OUT, TRAIN, NameColor, exact, tiny_student  # noqa: E402
+from finetune_offline import scripted_teacher as teacher_reply  # noqa: E402
+
 STEPS = {"max_steps": 600, "batch_size": 8, "learning_rate": 3e-3, "logging_steps": 50, "save_steps": 10_000}
-
-
-class NameColor(dspy.Signature):
-    """Name the color mentioned in the question."""
-
-    question: str = dspy.InputField()
-    answer: str = dspy.OutputField()
-
-
-def teacher_reply(request):
-    question = re.search(r"\[\[ ## question ## \]\]\n(.*?)\n", last_user_text(request)).group(1)
-    color = next(c for c in COLORS if c in question)
-    return f"[[ ## answer ## ]]\n{color}\n\n[[ ## completed ## ]]"
 
 
 def examples(pairs):
     return [dspy.Example(question=q, answer=a).with_inputs("question") for q, a in pairs]
-
-
-def exact(example, pred, trace=None):
-    return (pred.answer or "").strip() == example.answer
 
 
 def reply(program, example) -> str | None:
@@ -65,17 +48,7 @@ def chat_calls(pairs):
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
-    from dd_prompting.distill.modeling import build_tiny_model
-    from dd_prompting.distill.tokenization import train_number_tokenizer
-    from dd_prompting.distill.train_config import TrainConfig
-
-    texts = [row["prompt"] + row["completion"] for row in chat_rows(chat_calls(TRAIN + HELD_OUT))]
-    tokenizer = train_number_tokenizer(texts, vocab_size=400)
-    model = build_tiny_model(tokenizer, TrainConfig(tiny_layers=2, tiny_hidden=128, tiny_heads=4, max_length=512))
-    directory = tmp_path_factory.mktemp("base")
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return tiny_student(tmp_path_factory.mktemp("base"))
 
 
 def held_out_loss(model_dir):
