@@ -14,6 +14,7 @@ True
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["Reply", "OpenAICompatibleServer", "last_user_text"]
+__all__ = ["Reply", "OpenAICompatibleServer", "last_user_text", "output_fields", "input_field", "chat_reply"]
 
 
 @dataclass
@@ -52,6 +53,33 @@ def last_user_text(request: dict[str, Any]) -> str:
                 return "".join(part.get("text", "") for part in content if isinstance(part, dict))
             return content or ""
     return ""
+
+
+_OUTPUTS = re.compile(r"Your output fields are:\n(.*?)\n\n", re.DOTALL)
+_FIELD = re.compile(r"`(\w+)`")
+
+
+def output_fields(request: dict[str, Any]) -> list[str]:
+    """The output fields a DSPy ChatAdapter request asks for, read from its system message."""
+    system = request["messages"][0]["content"]
+    match = _OUTPUTS.search(system + "\n\n")
+    return _FIELD.findall(match.group(1)) if match else []
+
+
+def input_field(request: dict[str, Any], name: str = "question") -> str:
+    """The value of input field `name` in a ChatAdapter request's last user message ("" if absent)."""
+    pattern = rf"\[\[ ## {re.escape(name)} ## \]\]\n(.*?)\n\n(?:\[\[ ## |Respond with)"
+    match = re.search(pattern, last_user_text(request), re.DOTALL)
+    return match.group(1).strip() if match else ""
+
+
+def chat_reply(values: dict[str, Any]) -> str:
+    """A reply in DSPy's ChatAdapter format: one `[[ ## field ## ]]` section per value (lists as JSON)."""
+    parts = []
+    for name, value in values.items():
+        text = json.dumps(value) if isinstance(value, list) else str(value)
+        parts.append(f"[[ ## {name} ## ]]\n{text}")
+    return "\n\n".join(parts + ["[[ ## completed ## ]]"])
 
 
 class OpenAICompatibleServer:

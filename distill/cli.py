@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from dd_prompting.distill.config import ConfigError, RunConfig, add_config_arguments, overrides_from_args, read_config_file
-from dd_prompting.distill.run_dir import EXPENSIVE_STAGES, STAGES, Run, is_main_process
-from dd_prompting.distill.stages import STAGE_FUNCTIONS, finish
+from dd_prompting.distill.run_dir import STAGES, Run
+from dd_prompting.distill.stages import STAGE_FUNCTIONS, finish, run_stages, start_run
 
 __all__ = ["main", "build_parser", "OFFLINE_DEFAULT", "OFFLINE_NAME", "STAGES"]
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         run = _open_run(args)
         if args.command == "run":
             return _run_all(run, force=args.force)
-        _start(run, (args.command,))
+        start_run(run, (args.command,))
         started = time.monotonic()
         STAGE_FUNCTIONS[args.command](run)
         run.mark_done(args.command, time.monotonic() - started)
@@ -152,39 +152,10 @@ def _open_run(args: argparse.Namespace) -> Run:
     return Run(run_dir, config)
 
 
-def _start(run: Run, stages: tuple[str, ...]) -> None:
-    """Refuse settings that contradict finished expensive stages, then record the config in the run directory."""
-    for stage in stages:
-        changed = run.changed_settings(stage)
-        if changed and stage in EXPENSIVE_STAGES:
-            raise ConfigError(
-                f"{run.dir}: the {stage} stage finished with other settings (changed: {', '.join(changed)}). "
-                "Use a new run directory (--name or --run-dir), or `dd-distill run --force` to redo every stage here."
-            )
-    try:
-        run.dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as err:
-        raise ConfigError(f"run directory {run.dir}: {err.strerror} ({err.filename}); output_dir and --run-dir "
-                          "must name directories, not files") from err
-    if is_main_process():
-        run.config.save(run.dir / "config.json")
-
-
 def _run_all(run: Run, *, force: bool) -> int:
     if force:
         _clear(run)
-    _start(run, STAGES)
-    for stage in STAGES:
-        if run.stages().get(stage) and not run.changed_settings(stage):
-            logger.info("Stage %s already finished; skipping it.", stage)
-            continue
-        started = time.monotonic()
-        STAGE_FUNCTIONS[stage](run)
-        run.mark_done(stage, time.monotonic() - started)
-        # A stage redone makes the ones after it stale (except paid-for or trained results, checked above).
-        for later in STAGES[STAGES.index(stage) + 1 :]:
-            if later not in EXPENSIVE_STAGES:
-                run.forget(later)
+    run_stages(run, STAGES)
     finish(run)
     return 0
 

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 ROLES = ("decomposer", "solver", "cot")
-TEACHER_KINDS = ("generator", "socratic", "api", "local")
+TEACHER_KINDS = ("generator", "socratic", "api", "local", "program")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -68,12 +68,13 @@ class TeacherConfig(ModelConfig):
     __removed__: ClassVar[dict[str, str]] = {"lm_retries": "retries are per call now and never nested: set teacher.retries, and delete lm_retries"}
     __renamed_values__: ClassVar[dict[str, dict[str, str]]] = {"kind": {"dspy": "api"}}
 
-    kind: Literal["generator", "socratic", "api", "local"] = field(
+    kind: Literal["generator", "socratic", "api", "local", "program"] = field(
         default="generator",
         metadata={
             "help": "'generator': the built-in problem generator (exact steps, offline); 'socratic': the annotated "
             "sub-questions in the data (GSM8K Socratic); 'api': a litellm model (at its provider or an api_base) "
-            "running DecomposedSolver; 'local': a transformers model in process ('smollm2', a directory, a hub id)."
+            "running DecomposedSolver; 'local': a transformers model in process ('smollm2', a directory, a hub id); "
+            "'program': a DSPy program given to DecompositionDistillation in Python (model records its LM)."
         },
     )
     temperature: float | None = field(

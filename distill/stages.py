@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from dd_prompting.distill.config import ConfigError, RunConfig
-from dd_prompting.distill.run_dir import Run, is_main_process, write_json
+from dd_prompting.distill.run_dir import EXPENSIVE_STAGES, STAGES, Run, is_main_process, write_json
 
-__all__ = ["STAGE_FUNCTIONS", "StageFailed", "stage_traces", "stage_build", "stage_train", "stage_evaluate",
+__all__ = ["STAGE_FUNCTIONS", "StageFailed", "start_run", "run_stages", "stage_traces", "stage_build", "stage_train", "stage_evaluate",
            "make_teacher", "write_run_report", "finish"]
 
 logger = logging.getLogger(__name__)
@@ -24,14 +25,18 @@ class StageFailed(RuntimeError):
     """A stage ran but produced nothing usable; it is not marked finished."""
 
 
-def stage_traces(run: Run) -> None:
-    """Training and held-out problems, then the teacher's traces of the training problems."""
+def stage_traces(run: Run, *, teacher=None, problems=None) -> None:
+    """Training and held-out problems, then the teacher's traces of the training problems.
+
+    The teacher and the `(train, held_out)` problems come from the run's config unless given (as
+    `DecompositionDistillation` gives a DSPy program and a trainset).
+    """
     from dd_prompting.distill.problems import write_problems
     from dd_prompting.distill.teachers import collect_traces
 
     config = run.config
-    teacher = make_teacher(config)
-    train, held_out = make_problems(config)
+    teacher = make_teacher(config) if teacher is None else teacher
+    train, held_out = make_problems(config) if problems is None else problems
     write_problems(run.problems, train)
     write_problems(run.heldout, held_out)
     logger.info("%d training problems, %d held-out problems", len(train), len(held_out))
@@ -64,6 +69,11 @@ def stage_build(run: Run) -> None:
     kept, report = _filter(run, result.traces, skipped_lines=len(result.skipped))
     if not kept:
         raise RuntimeError(f"No usable traces in {run.traces}: {report.summary()}")
+    # Concurrent teachers append traces in the order they finish; rows in the problems' order make
+    # the students the same on every run of the same config.
+    if run.problems.is_file():
+        order = {problem.id: index for index, problem in enumerate(read_problems(run.problems))}
+        kept.sort(key=lambda trace: (order.get(trace.id, len(order)), trace.sample))
     rows = build_rows(kept, packed_solver=config.data.packed_solver)
     write_rows(rows, run.data)
     # Held-out rows (from the held-out problems' reference steps, when they have them) give the
@@ -76,11 +86,11 @@ def stage_build(run: Run) -> None:
     print(f"build: {report.kept} traces -> " + ", ".join(f"{n} {role} rows" for role, n in counts.items()))
 
 
-def stage_train(run: Run) -> None:
-    """Train the decomposer, the solver and (unless train_cot is off) the CoT student."""
+def stage_train(run: Run, *, roles: tuple[str, ...] | None = None) -> None:
+    """Train the decomposer, the solver and (unless train_cot is off) the CoT student, or just `roles`."""
     from dd_prompting.distill.train import train_student
 
-    for role in run.roles:
+    for role in run.roles if roles is None else roles:
         rows = run.data / f"{role}.jsonl"
         _require(rows, "build")
         eval_rows = run.data / "heldout" / f"{role}.jsonl"
@@ -101,8 +111,12 @@ def stage_train(run: Run) -> None:
 def stage_evaluate(run: Run) -> None:
     """Held-out accuracy of the student pair, the CoT student and the teacher, with intervals and a paired test."""
     from dd_prompting.distill.heldout import evaluate_heldout
+    from dd_prompting.distill.problems import read_problems
 
     _require(run.heldout, "traces")
+    if not read_problems(run.heldout):  # a DecompositionDistillation compile without a valset
+        logger.warning("%s has no held-out problems: nothing to evaluate", run.heldout)
+        return
     evaluate_heldout(run)
 
 
@@ -116,6 +130,11 @@ def make_teacher(config: RunConfig):
         return GeneratorTeacher()
     if teacher.kind == "socratic":
         return SocraticTeacher()
+    if teacher.kind == "program":
+        raise ConfigError(
+            "this run's teacher is a DSPy program given in Python (teacher.kind = 'program'): its traces come from "
+            "DecompositionDistillation.compile(...), which resumes them; dd-distill can build, train and evaluate it"
+        )
     # The one model factory and call cache that dd-evals uses: every call cached as it returns, retried on its own.
     cache = None if teacher.cache_dir in (None, "", "none") else CallCache(teacher.cache_dir)
     return DSPyTeacher(
@@ -224,6 +243,49 @@ def finish(run: Run) -> None:
             if sentence:
                 print(sentence)
     print(f"\nReport: {run.dir / 'report.md'}")
+
+
+def start_run(run: Run, stages: tuple[str, ...]) -> None:
+    """Refuse settings that contradict finished expensive stages, then record the config in the run directory."""
+    for stage in stages:
+        changed = run.changed_settings(stage)
+        if changed and stage in EXPENSIVE_STAGES:
+            raise ConfigError(
+                f"{run.dir}: the {stage} stage finished with other settings (changed: {', '.join(changed)}). "
+                "Use a new run directory (--name or --run-dir), or `dd-distill run --force` to redo every stage here."
+            )
+    try:
+        run.dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise ConfigError(f"run directory {run.dir}: {err.strerror} ({err.filename}); output_dir and --run-dir "
+                          "must name directories, not files") from err
+    if is_main_process():
+        run.config.save(run.dir / "config.json")
+
+
+def run_stages(run: Run, stages: tuple[str, ...] = STAGES, **inputs: Any) -> None:
+    """Run `stages` in order, skipping those already finished with the same settings.
+
+    The one driver of `dd-distill run` and `DecompositionDistillation.compile`, so a run started by
+    either resumes in the other. `inputs` go to the stage functions that take them (`teacher` and
+    `problems` to the traces stage).
+    """
+    import inspect
+
+    start_run(run, stages)
+    for stage in stages:
+        if run.stages().get(stage) and not run.changed_settings(stage):
+            logger.info("Stage %s already finished; skipping it.", stage)
+            continue
+        function = STAGE_FUNCTIONS[stage]
+        accepted = inspect.signature(function).parameters
+        started = time.monotonic()
+        function(run, **{name: value for name, value in inputs.items() if name in accepted})
+        run.mark_done(stage, time.monotonic() - started)
+        # A stage redone makes the ones after it stale (except paid-for or trained results, checked above).
+        for later in STAGES[STAGES.index(stage) + 1 :]:
+            if later not in EXPENSIVE_STAGES:
+                run.forget(later)
 
 
 def _require(path: Path, stage: str) -> None:

@@ -53,6 +53,7 @@ __all__ = [
     "StudentPipeline",
     "CoTStudent",
     "StudentModule",
+    "find_student",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,13 +124,16 @@ class DecomposerStudent(_Student):
         self.max_subquestions = max_subquestions
         self.max_new_tokens = max_new_tokens
         self._vocab = Vocab(tokenizer)
+        self.sources: dict[str, Path] = {}  # role -> the directory it was loaded from (for DSPy save/load)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, max_subquestions: int = 8,
                         max_new_tokens: int = 160) -> DecomposerStudent:
         """Load a decomposer saved by `distill.train.train_student` (role "decomposer")."""
         model, tokenizer = load_student(directory, role="decomposer")
-        return cls(model=model, tokenizer=tokenizer, max_subquestions=max_subquestions, max_new_tokens=max_new_tokens)
+        student = cls(model=model, tokenizer=tokenizer, max_subquestions=max_subquestions, max_new_tokens=max_new_tokens)
+        student.sources = {"decomposer": Path(directory)}
+        return student
 
     def decompose(self, questions: Sequence[str], *, temperature: float = 0.0, generator=None) -> list[str]:
         """The decomposer's raw outputs for a batch of problems (decoded in one batch)."""
@@ -184,6 +188,7 @@ class StudentPipeline(_Student):
         self.max_subquestions = max_subquestions
         self.max_answer_tokens = max_answer_tokens
         self._solver_vocab = Vocab(solver_tokenizer)
+        self.sources: dict[str, Path] = {}
 
     @property
     def decomposer(self):
@@ -206,7 +211,7 @@ class StudentPipeline(_Student):
         """Load the two students saved by `distill.train.train_student` (roles are checked)."""
         decomposer, decomposer_tokenizer = load_student(decomposer_dir, role="decomposer")
         solver, solver_tokenizer = load_student(solver_dir, role="solver")
-        return cls(
+        pipeline = cls(
             decomposer=decomposer,
             decomposer_tokenizer=decomposer_tokenizer,
             solver=solver,
@@ -215,6 +220,8 @@ class StudentPipeline(_Student):
             max_decomposition_tokens=max_decomposition_tokens,
             max_answer_tokens=max_answer_tokens,
         )
+        pipeline.sources = {"decomposer": Path(decomposer_dir), "solver": Path(solver_dir)}
+        return pipeline
 
     def decompose(self, questions: Sequence[str], *, temperature: float = 0.0, generator=None) -> list[str]:
         """The decomposer's raw outputs for a batch of problems (decoded in one batch)."""
@@ -329,12 +336,15 @@ class CoTStudent(_Student):
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens = max_new_tokens
         self._vocab = Vocab(tokenizer)
+        self.sources: dict[str, Path] = {}  # role -> the directory it was loaded from (for DSPy save/load)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, max_new_tokens: int = 200) -> CoTStudent:
         """Load a CoT student saved by `distill.train.train_student` (role "cot")."""
         model, tokenizer = load_student(directory, role="cot")
-        return cls(model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens)
+        student = cls(model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens)
+        student.sources = {"cot": Path(directory)}
+        return student
 
     def solve(
         self,
@@ -375,45 +385,131 @@ class CoTStudent(_Student):
 
 
 class StudentModule(dspy.Module):
-    """A trained student as a DSPy module: `forward(question=...)` -> `dspy.Prediction`.
+    """Trained students as a DSPy program: `forward(**inputs)` -> `dspy.Prediction`.
 
-    The prediction has `answer`, `subquestions`, `subanswers`, `fallback` and `parse_failures`, like
-    `dd_prompting.DecomposedSolver`; a CoT student leaves `subquestions` empty, puts its steps in
-    `subanswers` and its text in `reasoning`. No LM needs to be configured: the student is the model.
-    Calls are serialised with a lock, so a threaded `dspy.Evaluate` is safe (if not parallel).
+    The signature's one input is the problem and its first output is the answer (a number; a
+    float or int field gets a float or int, None when no number came out). The prediction also has
+    `subquestions`, `subanswers`, `reasoning` (the sub-questions with their answers), `fallback` and
+    `parse_failures`, like `dd_prompting.DecomposedSolver`; a CoT student leaves `subquestions`
+    empty, puts its steps in `subanswers` and its text in `reasoning`. No LM needs to be configured:
+    the students are the model. `batch` decodes `batch_size` problems together (one forward pass
+    per token for the whole batch) instead of running threads. Calls are serialised with a lock,
+    so a threaded `dspy.Evaluate` is safe (if not parallel).
+
+    `save("program.json")` records the students' directories; `StudentModule().load("program.json")`
+    (or `dspy.load`) loads them again:
+
+    >>> program = StudentModule.from_run("runs/offline", signature="question -> answer: float")  # doctest: +SKIP
+    >>> program(question="Ann has 3 apples and buys 5 more. How many does she have?").answer  # doctest: +SKIP
+    8.0
     """
 
-    def __init__(self, *, student: StudentPipeline | CoTStudent, temperature: float = 0.0):
+    def __init__(self, *, student: StudentPipeline | CoTStudent | None = None, signature="question -> answer",
+                 temperature: float = 0.0, batch_size: int = 32):
         super().__init__()
-        if not isinstance(student, (StudentPipeline, CoTStudent)):
+        if student is not None and not isinstance(student, (StudentPipeline, CoTStudent)):
             raise TypeError(f"student must be a StudentPipeline or a CoTStudent, got {type(student).__name__}.")
+        self.signature = dspy.ensure_signature(signature)
+        inputs, outputs = list(self.signature.input_fields), list(self.signature.output_fields)
+        if len(inputs) != 1 or not outputs:
+            raise ValueError(f"A student reads one problem and writes an answer: the signature needs one input and an "
+                             f"output field, got inputs {inputs} and outputs {outputs}.")
+        self._input, self._output = inputs[0], outputs[0]
         self.student = student
         self.temperature = temperature
+        self.batch_size = batch_size
         self._lock = threading.Lock()
 
-    def forward(self, question: str) -> dspy.Prediction:
+    @classmethod
+    def from_run(cls, run_dir: str | Path, *, student: str = "pair", **kwargs) -> StudentModule:
+        """The students of a run directory (`dd-distill`'s or `DecompositionDistillation`'s): "pair" or "cot"."""
+        if student not in ("pair", "cot"):
+            raise ValueError(f"student must be 'pair' or 'cot', got {student!r}")
+        roles = ("cot",) if student == "cot" else ("decomposer", "solver")
+        return cls(student=_load_students({role: find_student(run_dir, role) for role in roles}), **kwargs)
+
+    def forward(self, **inputs) -> dspy.Prediction:
+        if set(inputs) != {self._input}:
+            raise ValueError(f"{type(self).__name__} takes one input, {self._input!r}; got {sorted(inputs)}.")
+        [prediction] = self._predict([inputs[self._input]])
+        return prediction
+
+    def batch(self, examples, num_threads=None, max_errors=None, return_failed_examples=False, **_ignored):
+        """Predictions for `examples`, decoded `batch_size` problems at a time (threads are not used)."""
+        predictions = self._predict([example.inputs()[self._input] for example in examples])
+        return (predictions, [], []) if return_failed_examples else predictions
+
+    def _predict(self, problems: list) -> list[dspy.Prediction]:
+        if self.student is None:
+            raise RuntimeError(f"{type(self).__name__} has no students yet: load a saved program "
+                               "(`.load(path)`) or build it with `from_run(run_dir)`.")
         with self._lock:
-            [result] = self.student.solve([question], batch_size=1, temperature=self.temperature)
+            results = self.student.solve([str(p) for p in problems], batch_size=self.batch_size,
+                                         temperature=self.temperature)
+        return [self._prediction(result) for result in results]
+
+    def _prediction(self, result: StudentResult | CoTResult) -> dspy.Prediction:
+        answer = _typed_answer(result.answer, self.signature.output_fields[self._output].annotation)
+        failures = [] if result.answer != INVALID else ["no number in the final answer"]
         if isinstance(result, CoTResult):
-            return dspy.Prediction(
-                answer=result.answer,
-                subquestions=[],
-                subanswers=result.steps,
-                reasoning=result.text,
-                fallback=None,
-                parse_failures=[] if result.answer != INVALID else ["no final answer in the CoT output"],
-            )
-        return dspy.Prediction(
-            answer=result.answer,
-            subquestions=result.subquestions,
-            subanswers=result.subanswers,
-            fallback=result.fallback,
-            parse_failures=[] if result.answer != INVALID else ["no number in the last sub-answer"],
-        )
+            return dspy.Prediction(**{self._output: answer}, subquestions=[], subanswers=result.steps,
+                                   reasoning=result.text, fallback=None, parse_failures=failures)
+        reasoning = "\n".join(f"{q} {a}" for q, a in zip(result.subquestions, result.subanswers))
+        return dspy.Prediction(**{self._output: answer}, subquestions=result.subquestions,
+                               subanswers=result.subanswers, reasoning=reasoning, fallback=result.fallback,
+                               parse_failures=failures)
+
+    # DSPy's save/load: the state is where the students live, not their weights.
+
+    def dump_state(self, json_mode=True):
+        sources = self.student.sources if self.student is not None else {}
+        if self.student is not None and not sources:
+            raise ValueError("These students were built in memory, not loaded from directories; save them with "
+                             "distill.artifacts.save_student and load them with from_pretrained before saving the program.")
+        return {"students": {role: str(path) for role, path in sources.items()}, "temperature": self.temperature,
+                "batch_size": self.batch_size}
+
+    def load_state(self, state, **_ignored):
+        students = state.get("students") or {}
+        if not students:
+            raise ValueError("The saved state names no student directories.")
+        self.student = _load_students({role: Path(path) for role, path in students.items()})
+        self.temperature = state.get("temperature", self.temperature)
+        self.batch_size = state.get("batch_size", self.batch_size)
+        return self
 
     def __deepcopy__(self, memo):
         # dspy copies programs (reset_copy, optimizers); the models are shared, not copied.
-        return StudentModule(student=self.student, temperature=self.temperature)
+        return StudentModule(student=self.student, signature=self.signature, temperature=self.temperature,
+                             batch_size=self.batch_size)
+
+
+def find_student(run_dir: str | Path, role: str) -> Path:
+    """Where a run directory keeps a student: `run_dir/<role>` or `run_dir/students/<role>`."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"Student run directory not found: {run_dir}")
+    for candidate in (run_dir / role, run_dir / "students" / role):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"{run_dir} has no {role!r} student (looked in {role}/ and students/{role}/)")
+
+
+def _load_students(sources: dict[str, Path]) -> StudentPipeline | CoTStudent:
+    if set(sources) == {"cot"}:
+        return CoTStudent.from_pretrained(sources["cot"])
+    if set(sources) == {"decomposer", "solver"}:
+        return StudentPipeline.from_pretrained(sources["decomposer"], sources["solver"])
+    raise ValueError(f"Students are a decomposer and a solver, or a CoT student; got {sorted(sources)}.")
+
+
+def _typed_answer(answer: str, annotation) -> object:
+    if annotation in (float, int):
+        if answer == INVALID:
+            return None
+        value = float(answer)
+        return int(value) if annotation is int and value.is_integer() else value
+    return answer
 
 
 class DecomposerModule(dspy.Module):

@@ -122,6 +122,9 @@ class DSPyTeacher(Teacher):
 
     With `samples > 1`, each problem is asked `samples` times at `temperature` (distinct `rollout_id`s,
     so the cache keeps one reply per sample); filtering keeps the distinct correct ones.
+
+    A trace is correct when its final answer equals the gold one, or, given a DSPy `metric`, when
+    `metric(example, prediction)` is true for the problem as a `dspy.Example` of the program's fields.
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class DSPyTeacher(Teacher):
         retry_backoff: float = 1.0,
         name: str | None = None,
         progress: bool = True,
+        metric: Any | None = None,
     ):
         import dspy
 
@@ -181,6 +185,7 @@ class DSPyTeacher(Teacher):
         self.temperature = temperature
         self.threads = threads
         self.progress = progress
+        self.metric = metric
         self.name = name or f"dspy:{lm.model}:{self.mode}"
 
     # -- public -------------------------------------------------------------------------------------
@@ -249,8 +254,19 @@ class DSPyTeacher(Teacher):
             "parse_failures": list(prediction.get("parse_failures") or []),
             "usage": usage,
             "cost": log.cost,
+            "metric": None if self.metric is None else self._score(problem, prediction),
         }
         return self._to_trace(problem, sample, result)
+
+    def _score(self, problem: Problem, prediction: Any) -> bool:
+        import dspy
+
+        example = dspy.Example(**{self._input: problem.question, self._output: problem.gold}).with_inputs(self._input)
+        try:
+            return bool(self.metric(example, prediction))
+        except Exception as err:  # noqa: BLE001 - a metric that fails on one prediction marks it wrong, loudly
+            logger.warning("The metric failed on %s: %s: %s", problem.id, type(err).__name__, err)
+            return False
 
     def _to_trace(self, problem: Problem, sample: int, result: dict[str, Any]) -> Trace:
         from dd_prompting import INVALID, answers_match, extract_answer
@@ -275,7 +291,8 @@ class DSPyTeacher(Teacher):
             subquestions=subquestions,
             subanswers=subanswers,
             answer=answer,
-            correct=error is None and answers_match(answer, problem.gold),
+            correct=error is None and (answers_match(answer, problem.gold) if result.get("metric") is None
+                                       else result["metric"]),
             teacher=self.name,
             usage=result["usage"],
             cost=result["cost"],

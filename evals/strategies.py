@@ -189,27 +189,13 @@ def load_student_program(run_dir: str | Path, *, student: str = "pair") -> dspy.
     The students are looked for in `run_dir/<role>` (and `run_dir/students/<role>`). `distill` is
     imported only here, so evaluating API models never needs it.
     """
-    from dd_prompting.distill.students import CoTStudent, StudentModule, StudentPipeline
+    from dd_prompting.distill.students import StudentModule
 
-    if student == "cot":
-        return StudentModule(student=CoTStudent.from_pretrained(find_student(run_dir, "cot")))
-    return StudentModule(student=StudentPipeline.from_pretrained(find_student(run_dir, "decomposer"),
-                                                                 find_student(run_dir, "solver")))
+    return StudentModule.from_run(run_dir, student="cot" if student == "cot" else "pair")
 
 
 def load_student_decomposer(run_dir: str | Path) -> dspy.Module:
     """A dd-distill run's decomposer student as a module for a `DecomposedSolver`'s `decompose` (a hybrid pair)."""
-    from dd_prompting.distill.students import DecomposerModule, DecomposerStudent
+    from dd_prompting.distill.students import DecomposerModule, DecomposerStudent, find_student
 
     return DecomposerModule(DecomposerStudent.from_pretrained(find_student(run_dir, "decomposer")))
-
-
-def find_student(run_dir: str | Path, role: str) -> Path:
-    """Where a run directory keeps a student: `run_dir/<role>` or `run_dir/students/<role>`."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"Student run directory not found: {run_dir}")
-    for candidate in (run_dir / role, run_dir / "students" / role):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"{run_dir} has no {role!r} student (looked in {role}/ and students/{role}/)")

@@ -333,3 +333,26 @@ def test_old_flag_spellings_still_work_with_a_future_warning(tmp_path):
 def test_a_removed_setting_is_an_error_saying_so(tmp_path, capsys):
     assert main(["traces", "--run-dir", str(tmp_path / "r"), "--teacher.lm_retries", "2", "--quiet"]) == 2
     assert "teacher.lm_retries is no longer a setting" in capsys.readouterr().err
+
+
+def test_rows_follow_the_problems_not_the_order_the_teacher_finished_them(tmp_path):
+    # A concurrent teacher appends traces as they finish; the students must not depend on that order.
+    from dd_prompting.distill.config import RunConfig
+    from dd_prompting.distill.problems import generated_problems, write_problems
+    from dd_prompting.distill.run_dir import Run
+    from dd_prompting.distill.stages import stage_build
+    from dd_prompting.distill.teachers import GeneratorTeacher
+    from dd_prompting.distill.traces import TraceWriter
+
+    problems = generated_problems(6, seed=0)
+    rows = {}
+    for name, order in (("in_order", problems), ("finished_otherwise", problems[::-1])):
+        run = Run(tmp_path / name, RunConfig())
+        write_problems(run.problems, problems)
+        write_problems(run.heldout, [])
+        with TraceWriter(run.traces) as writer:
+            for trace in GeneratorTeacher().traces(order):
+                writer.write(trace)
+        stage_build(run)
+        rows[name] = (run.data / "decomposer.jsonl").read_text()
+    assert rows["finished_otherwise"] == rows["in_order"]

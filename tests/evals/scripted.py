@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from dd_prompting.testing import Reply, last_user_text
-
-_OUTPUTS = re.compile(r"Your output fields are:\n(.*?)\n\n", re.DOTALL)
-_FIELD = re.compile(r"`(\w+)`")
-_QUESTION = re.compile(r"\[\[ ## question ## \]\]\n(.*?)\n\n(?:\[\[ ## |Respond with)", re.DOTALL)
-
-
-def output_fields(request: dict[str, Any]) -> list[str]:
-    """The output fields a ChatAdapter request asks for, read from its system message."""
-    system = request["messages"][0]["content"]
-    match = _OUTPUTS.search(system + "\n\n")
-    return _FIELD.findall(match.group(1)) if match else []
+from dd_prompting.testing import Reply, chat_reply, input_field, output_fields  # noqa: F401 (re-exported for the tests)
 
 
 def question_of(request: dict[str, Any]) -> str:
-    match = _QUESTION.search(last_user_text(request))
-    return match.group(1).strip() if match else ""
-
-
-def chat_reply(values: dict[str, Any]) -> str:
-    parts = []
-    for name, value in values.items():
-        text = json.dumps(value) if isinstance(value, list) else str(value)
-        parts.append(f"[[ ## {name} ## ]]\n{text}")
-    return "\n\n".join(parts + ["[[ ## completed ## ]]"])
+    return input_field(request, "question")
 
 
 @dataclass
