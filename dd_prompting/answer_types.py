@@ -15,10 +15,12 @@ True
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dd_prompting.answers import INVALID, answers_match, canonical_number, extract_answer
+from dd_prompting.answers import INVALID, answers_match, canonical_number, extract_answer, read_step_result
 from dd_prompting.choices import YES_NO, extract_choice, match_option
 
 __all__ = ["AnswerType", "ANSWER_KINDS"]
@@ -45,6 +47,22 @@ class AnswerType:
             raise ValueError(f"a 'choice' answer needs at least two options, got {list(self.choices)}")
         if self.kind != "choice" and self.choices:
             raise ValueError(f"options are for 'choice' answers; a {self.kind!r} answer takes none")
+
+    @classmethod
+    def of(cls, annotation: Any) -> AnswerType:
+        """The answer type a signature's output field has: `bool` is yes/no, `Literal[...]` a choice, else a number.
+
+        >>> AnswerType.of(bool).kind, AnswerType.of(Literal["A", "B"]).choices, AnswerType.of(float).kind
+        ('yes_no', ('A', 'B'), 'number')
+        """
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # Optional[bool] and the like
+            members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+            annotation = members[0] if len(members) == 1 else annotation
+        if annotation is bool:
+            return cls("yes_no")
+        if typing.get_origin(annotation) is Literal:
+            return cls("choice", choices=typing.get_args(annotation))
+        return cls("number")
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -90,6 +108,17 @@ class AnswerType:
             return extract_answer(text, strict=strict)
         return extract_choice(text, self.options, strict=strict)
 
+    def read_step(self, step: Any) -> str:
+        """The answer a solution's last step gives: the result of its calculation for a number
+        (`read_step_result`), else the option it names (the last one, as the flexible reader does).
+
+        >>> AnswerType("number").read_step("She has 3 + 5 = 8 apples."), AnswerType("yes_no").read_step("8 is more than 6, so yes.")
+        ('8', 'yes')
+        """
+        if self.kind == "number":
+            return read_step_result(step)
+        return extract_choice(step, self.options)
+
     def read_gold(self, value: Any) -> str:
         """A dataset's gold answer in canonical form, or `INVALID` if it is not an answer of this kind."""
         if self.kind == "number":
@@ -104,3 +133,15 @@ class AnswerType:
     def as_field_value(self, gold: str) -> Any:
         """A canonical gold answer as the answer field holds it (for few-shot demos): True/False for yes/no."""
         return gold == "yes" if self.kind == "yes_no" else gold
+
+    def typed(self, answer: str, annotation: Any = None) -> Any:
+        """A canonical answer as a signature's output field holds it: True/False for yes/no, a float
+        or int for such a field, None for `INVALID` (text fields keep the text)."""
+        if answer == INVALID:
+            return None if self.kind != "number" or annotation in (float, int) else answer
+        if self.kind == "yes_no":
+            return answer == "yes"
+        if self.kind == "number" and annotation in (float, int):
+            value = float(answer)
+            return int(value) if annotation is int and value.is_integer() else value
+        return answer

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from dd_prompting.answer_types import ANSWER_KINDS, AnswerType
 from dd_prompting.config import ConfigError, add_arguments, from_dict, load, read_config_file
 from dd_prompting.config import overrides_from_args as _overrides_from_args
 from dd_prompting.distill.generator import GeneratorConfig
@@ -191,10 +192,26 @@ class DataConfig:
     eval_max_steps: int | None = field(
         default=None, metadata={"help": "Generated held-out problems: most steps (default: generator.max_steps)."}
     )
+    answer_type: Literal["number", "yes_no", "choice"] = field(
+        default="number",
+        metadata={"help": "What the answers are: numbers, yes/no, or one of `choices` (the text after '####' in a "
+                  "file's answers, and what the last step of a solution names)."},
+    )
+    choices: list[str] | None = field(
+        default=None, metadata={"help": "answer_type = 'choice': the options, e.g. ['A', 'B', 'C', 'D']."})
 
     def __post_init__(self):
         if isinstance(self.generator, dict):
             self.generator = from_dict(GeneratorConfig, self.generator, "data.generator")
+        _check_choice("data.answer_type", self.answer_type, ANSWER_KINDS)
+        try:
+            self.answers
+        except ValueError as err:
+            raise ConfigError(f"data.answer_type / data.choices: {err}") from err
+        numeric = {"generator", "gsm8k"} & {self.source, self.resolved_eval_source}
+        if self.answer_type != "number" and numeric:
+            raise ConfigError(f"data.answer_type = {self.answer_type!r}: the {sorted(numeric)[0]} problems have "
+                              "numeric answers; yes/no and choice answers come from JSONL files")
         for name in ("offset", "eval_offset"):
             _check_min(f"data.{name}", getattr(self, name), 0)
         for name in ("train_problems", "eval_problems"):
@@ -221,6 +238,11 @@ class DataConfig:
             except ValueError as err:
                 raise ConfigError(f"data.eval_min_steps / data.eval_max_steps: {err}") from err
         self._check_disjoint()
+
+    @property
+    def answers(self) -> AnswerType:
+        """How the run's answers are read and compared."""
+        return AnswerType(self.answer_type, choices=tuple(self.choices or ()))
 
     @property
     def resolved_eval_source(self) -> str:

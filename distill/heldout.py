@@ -26,11 +26,10 @@ RESULTS_FILE = "results.jsonl"
 def evaluate_heldout(run) -> dict[str, Any]:
     """Run each trained student (and the teacher) on the run's held-out problems; write rows; return the summary."""
     from dd_prompting.data.jsonl import write_jsonl
-    from dd_prompting.distill.problems import read_problems
     from dd_prompting.distill.students import CoTStudent, StudentPipeline
 
     config = run.config
-    problems = read_problems(run.heldout)
+    problems = run.read_problems(run.heldout)
     questions = [problem.question for problem in problems]
     for role in run.roles:
         if not (run.student(role) / "student.json").is_file():
@@ -43,13 +42,15 @@ def evaluate_heldout(run) -> dict[str, Any]:
         max_subquestions=config.teacher.max_subquestions,
         max_decomposition_tokens=config.eval.max_decomposition_tokens,
         max_answer_tokens=config.eval.max_answer_tokens,
+        answer_type=config.data.answers,
     )
     started = time.monotonic()
     results = pipeline.solve(questions, batch_size=config.eval.batch_size, progress=True)
     evaluation["pair"], pair_rows = _score(run, "pair", problems, results, time.monotonic() - started)
     rows += pair_rows
     if config.train_cot:
-        cot = CoTStudent.from_pretrained(run.student("cot"), max_new_tokens=config.eval.max_cot_tokens)
+        cot = CoTStudent.from_pretrained(run.student("cot"), max_new_tokens=config.eval.max_cot_tokens,
+                                         answer_type=config.data.answers)
         started = time.monotonic()
         results = cot.solve(questions, batch_size=config.eval.batch_size, progress=True)
         evaluation["cot"], cot_rows = _score(run, "cot", problems, results, time.monotonic() - started)
@@ -71,8 +72,9 @@ def evaluate_heldout(run) -> dict[str, Any]:
 
 
 def _score(run, system: str, problems, results, seconds: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from dd_prompting import INVALID, answers_match
+    from dd_prompting import INVALID
 
+    answers = run.config.data.answers
     rows = []
     exact = with_reference = 0
     for problem, result in zip(problems, results):
@@ -84,8 +86,9 @@ def _score(run, system: str, problems, results, seconds: float) -> tuple[dict[st
             cell=f"{run.dir.name}:{system}", dataset="heldout", model=STUDENTS_MODEL, strategy=system,
             example_id=problem.id, question=problem.question, gold=problem.gold,
             prediction=result.answer, prediction_strict=result.answer, answer_text=result.answer,
-            correct=answers_match(result.answer, problem.gold), correct_strict=answers_match(result.answer, problem.gold),
-            parse_status="no_number" if result.answer == INVALID else "ok",
+            correct=answers.matches(result.answer, problem.gold),
+            correct_strict=answers.matches(result.answer, problem.gold),
+            parse_status=answers.no_answer_status if result.answer == INVALID else "ok",
             subquestions=subquestions, subanswers=getattr(result, "subanswers", None) or getattr(result, "steps", None),
             reasoning=getattr(result, "text", None) or getattr(result, "decomposition", None),
             fallback=getattr(result, "fallback", None), calls=1, latency_s=round(seconds / max(len(problems), 1), 4),
@@ -108,7 +111,7 @@ def _teacher(run, problems) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
     config = run.config
     if config.teacher.kind in ("generator", "socratic") and all(p.subquestions for p in problems):
-        traces, on = list(SocraticTeacher().traces(problems)), "held-out problems"
+        traces, on = list(SocraticTeacher(answer_type=config.data.answers).traces(problems)), "held-out problems"
     elif config.eval.teacher:
         from dd_prompting.distill.stages import make_teacher
 

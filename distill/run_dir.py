@@ -64,6 +64,12 @@ class Run:
     def student(self, role: str) -> Path:
         return self.dir / "students" / role
 
+    def read_problems(self, path: Path) -> list:
+        """The problems of one of the run's problem files, read with the run's answer type."""
+        from dd_prompting.distill.problems import read_problems
+
+        return read_problems(path, answer_type=self.config.data.answers)
+
     @property
     def roles(self) -> tuple[str, ...]:
         return ROLES if self.config.train_cot else ("decomposer", "solver")

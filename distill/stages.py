@@ -59,7 +59,6 @@ def stage_traces(run: Run, *, teacher=None, problems=None) -> None:
 def stage_build(run: Run) -> None:
     """Filter the traces and write the rows of each role (and held-out rows for the loss curves)."""
     from dd_prompting.distill.formats import build_rows, write_rows
-    from dd_prompting.distill.problems import read_problems
     from dd_prompting.distill.teachers import SocraticTeacher
     from dd_prompting.distill.traces import read_trace_file
 
@@ -72,13 +71,14 @@ def stage_build(run: Run) -> None:
     # Concurrent teachers append traces in the order they finish; rows in the problems' order make
     # the students the same on every run of the same config.
     if run.problems.is_file():
-        order = {problem.id: index for index, problem in enumerate(read_problems(run.problems))}
+        order = {problem.id: index for index, problem in enumerate(run.read_problems(run.problems))}
         kept.sort(key=lambda trace: (order.get(trace.id, len(order)), trace.sample))
     rows = build_rows(kept, packed_solver=config.data.packed_solver)
     write_rows(rows, run.data)
     # Held-out rows (from the held-out problems' reference steps, when they have them) give the
     # training loss curves a held-out loss.
-    held_out = [trace for trace in SocraticTeacher().traces(read_problems(run.heldout)[:200]) if trace.correct]
+    socratic = SocraticTeacher(answer_type=config.data.answers)
+    held_out = [trace for trace in socratic.traces(run.read_problems(run.heldout)[:200]) if trace.correct]
     if held_out:
         write_rows(build_rows(held_out, packed_solver=config.data.packed_solver), run.data / "heldout")
     counts = {role: len(role_rows) for role, role_rows in rows.items()}
@@ -111,10 +111,9 @@ def stage_train(run: Run, *, roles: tuple[str, ...] | None = None) -> None:
 def stage_evaluate(run: Run) -> None:
     """Held-out accuracy of the student pair, the CoT student and the teacher, with intervals and a paired test."""
     from dd_prompting.distill.heldout import evaluate_heldout
-    from dd_prompting.distill.problems import read_problems
 
     _require(run.heldout, "traces")
-    if not read_problems(run.heldout):  # a DecompositionDistillation compile without a valset
+    if not run.read_problems(run.heldout):  # a DecompositionDistillation compile without a valset
         logger.warning("%s has no held-out problems: nothing to evaluate", run.heldout)
         return
     evaluate_heldout(run)
@@ -129,7 +128,7 @@ def make_teacher(config: RunConfig):
     if teacher.kind == "generator":
         return GeneratorTeacher()
     if teacher.kind == "socratic":
-        return SocraticTeacher()
+        return SocraticTeacher(answer_type=config.data.answers)
     if teacher.kind == "program":
         raise ConfigError(
             "this run's teacher is a DSPy program given in Python (teacher.kind = 'program'): its traces come from "
@@ -144,6 +143,7 @@ def make_teacher(config: RunConfig):
         samples=teacher.samples,
         temperature=teacher.temperature,
         threads=teacher.threads,
+        answer_type=config.data.answers,
     )
 
 
@@ -156,7 +156,7 @@ def make_problems(config: RunConfig):
     def load(source: str, split: str, offset: int, limit: int | None):
         if source == "gsm8k":
             return gsm8k_problems(split, offset=offset, limit=limit)
-        return read_problems(source, offset=offset, limit=limit)
+        return read_problems(source, offset=offset, limit=limit, answer_type=data.answers)
 
     if data.source == "generator":
         train = generated_problems(data.train_problems, seed=data.seed, config=data.generator, id_prefix="train")

@@ -2,7 +2,8 @@
 
 `StudentPipeline` answers a problem as the paper's students do: the decomposer writes all the
 sub-questions, then the solver answers them one at a time, each answer fed back into its context,
-and the final answer is read from the last step by `dd_prompting.answers.read_step_result` (the
+and the final answer is read from the last step by `AnswerType.read_step` (a number's calculation
+result, `dd_prompting.answers.read_step_result`, or the option a yes/no or choice step names: the
 reader teacher traces are filtered with). Decoding is greedy unless a temperature is given.
 
 Two things make it fast on a CPU, both in `distill.decoding`. Problems are decoded in batches (one
@@ -31,7 +32,8 @@ from pathlib import Path
 
 import dspy
 
-from dd_prompting.answers import INVALID, extract_answer, read_step_result
+from dd_prompting.answer_types import AnswerType
+from dd_prompting.answers import INVALID
 from dd_prompting.distill.artifacts import load_student
 from dd_prompting.distill.decoding import Decoder, Vocab, generate
 from dd_prompting.distill.formats import (
@@ -179,7 +181,9 @@ class StudentPipeline(_Student):
         max_subquestions: int = 8,
         max_decomposition_tokens: int = 160,
         max_answer_tokens: int = 48,
+        answer_type: AnswerType | None = None,
     ):
+        self.answer_type = answer_type or AnswerType()
         self.decomposer_student = DecomposerStudent(
             model=decomposer, tokenizer=decomposer_tokenizer, max_subquestions=max_subquestions,
             max_new_tokens=max_decomposition_tokens,
@@ -207,6 +211,7 @@ class StudentPipeline(_Student):
         max_subquestions: int = 8,
         max_decomposition_tokens: int = 160,
         max_answer_tokens: int = 48,
+        answer_type: AnswerType | None = None,
     ) -> StudentPipeline:
         """Load the two students saved by `distill.train.train_student` (roles are checked)."""
         decomposer, decomposer_tokenizer = load_student(decomposer_dir, role="decomposer")
@@ -219,6 +224,7 @@ class StudentPipeline(_Student):
             max_subquestions=max_subquestions,
             max_decomposition_tokens=max_decomposition_tokens,
             max_answer_tokens=max_answer_tokens,
+            answer_type=answer_type,
         )
         pipeline.sources = {"decomposer": Path(decomposer_dir), "solver": Path(solver_dir)}
         return pipeline
@@ -308,7 +314,7 @@ class StudentPipeline(_Student):
                 batch, texts, plans, answers, fallbacks, truncated
             ):
                 complete = len(subanswers) == len(subquestions)
-                final = read_step_result(subanswers[-1]) if subanswers and complete else INVALID
+                final = self.answer_type.read_step(subanswers[-1]) if subanswers and complete else INVALID
                 results.append(
                     StudentResult(
                         question=question,
@@ -332,17 +338,19 @@ def _question_sentence(question: str) -> str:
 class CoTStudent(_Student):
     """A chain-of-thought student: problem -> steps -> "The answer is N." in one generation."""
 
-    def __init__(self, *, model, tokenizer, max_new_tokens: int = 200):
+    def __init__(self, *, model, tokenizer, max_new_tokens: int = 200, answer_type: AnswerType | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens = max_new_tokens
+        self.answer_type = answer_type or AnswerType()
         self._vocab = Vocab(tokenizer)
         self.sources: dict[str, Path] = {}  # role -> the directory it was loaded from (for DSPy save/load)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, max_new_tokens: int = 200) -> CoTStudent:
+    def from_pretrained(cls, directory: str | Path, *, max_new_tokens: int = 200,
+                        answer_type: AnswerType | None = None) -> CoTStudent:
         """Load a CoT student saved by `distill.train.train_student` (role "cot")."""
         model, tokenizer = load_student(directory, role="cot")
-        student = cls(model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens)
+        student = cls(model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens, answer_type=answer_type)
         student.sources = {"cot": Path(directory)}
         return student
 
@@ -379,7 +387,8 @@ class CoTStudent(_Student):
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
                 steps, answer_text = parse_cot(text)
                 results.append(
-                    CoTResult(question=question, steps=steps, answer=extract_answer(answer_text), text=text, truncated=cut)
+                    CoTResult(question=question, steps=steps, answer=self.answer_type.read(answer_text), text=text,
+                              truncated=cut)
                 )
         return results
 
@@ -415,6 +424,11 @@ class StudentModule(dspy.Module):
             raise ValueError(f"A student reads one problem and writes an answer: the signature needs one input and an "
                              f"output field, got inputs {inputs} and outputs {outputs}.")
         self._input, self._output = inputs[0], outputs[0]
+        self._annotation = self.signature.output_fields[self._output].annotation
+        self.answer_type = AnswerType.of(self._annotation)
+        if student is not None and student.answer_type != self.answer_type:
+            raise ValueError(f"The students read {student.answer_type.kind} answers, the signature's {self._output!r} "
+                             f"is {self.answer_type.kind}; load them with answer_type={self.answer_type!r}.")
         self.student = student
         self.temperature = temperature
         self.batch_size = batch_size
@@ -426,7 +440,10 @@ class StudentModule(dspy.Module):
         if student not in ("pair", "cot"):
             raise ValueError(f"student must be 'pair' or 'cot', got {student!r}")
         roles = ("cot",) if student == "cot" else ("decomposer", "solver")
-        return cls(student=_load_students({role: find_student(run_dir, role) for role in roles}), **kwargs)
+        signature = dspy.ensure_signature(kwargs.pop("signature", "question -> answer"))
+        answer_type = AnswerType.of(next(iter(signature.output_fields.values())).annotation)
+        students = _load_students({role: find_student(run_dir, role) for role in roles}, answer_type)
+        return cls(student=students, signature=signature, **kwargs)
 
     def forward(self, **inputs) -> dspy.Prediction:
         if set(inputs) != {self._input}:
@@ -449,8 +466,9 @@ class StudentModule(dspy.Module):
         return [self._prediction(result) for result in results]
 
     def _prediction(self, result: StudentResult | CoTResult) -> dspy.Prediction:
-        answer = _typed_answer(result.answer, self.signature.output_fields[self._output].annotation)
-        failures = [] if result.answer != INVALID else ["no number in the final answer"]
+        answer = self.answer_type.typed(result.answer, self._annotation)
+        what = "number" if self.answer_type.kind == "number" else "option"
+        failures = [] if result.answer != INVALID else [f"no {what} in the final answer"]
         if isinstance(result, CoTResult):
             return dspy.Prediction(**{self._output: answer}, subquestions=[], subanswers=result.steps,
                                    reasoning=result.text, fallback=None, parse_failures=failures)
@@ -473,7 +491,7 @@ class StudentModule(dspy.Module):
         students = state.get("students") or {}
         if not students:
             raise ValueError("The saved state names no student directories.")
-        self.student = _load_students({role: Path(path) for role, path in students.items()})
+        self.student = _load_students({role: Path(path) for role, path in students.items()}, self.answer_type)
         self.temperature = state.get("temperature", self.temperature)
         self.batch_size = state.get("batch_size", self.batch_size)
         return self
@@ -495,21 +513,12 @@ def find_student(run_dir: str | Path, role: str) -> Path:
     raise FileNotFoundError(f"{run_dir} has no {role!r} student (looked in {role}/ and students/{role}/)")
 
 
-def _load_students(sources: dict[str, Path]) -> StudentPipeline | CoTStudent:
+def _load_students(sources: dict[str, Path], answer_type: AnswerType) -> StudentPipeline | CoTStudent:
     if set(sources) == {"cot"}:
-        return CoTStudent.from_pretrained(sources["cot"])
+        return CoTStudent.from_pretrained(sources["cot"], answer_type=answer_type)
     if set(sources) == {"decomposer", "solver"}:
-        return StudentPipeline.from_pretrained(sources["decomposer"], sources["solver"])
+        return StudentPipeline.from_pretrained(sources["decomposer"], sources["solver"], answer_type=answer_type)
     raise ValueError(f"Students are a decomposer and a solver, or a CoT student; got {sorted(sources)}.")
-
-
-def _typed_answer(answer: str, annotation) -> object:
-    if annotation in (float, int):
-        if answer == INVALID:
-            return None
-        value = float(answer)
-        return int(value) if annotation is int and value.is_integer() else value
-    return answer
 
 
 class DecomposerModule(dspy.Module):

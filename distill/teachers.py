@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Literal
 
+from dd_prompting.answer_types import AnswerType
 from dd_prompting.distill.problems import Problem
 from dd_prompting.distill.traces import (
     API_ERROR,
@@ -65,16 +66,17 @@ class SocraticTeacher(Teacher):
     """Annotated decompositions from the data itself, such as GSM8K's Socratic solutions.
 
     A problem without an annotation gives a failed trace (`unparsable`). The final answer is read
-    from the last step (`dd_prompting.answers.read_step_result`), as the student pair reads it; a last step whose result is
-    not the gold answer gives a trace marked incorrect, which filtering drops by default.
+    from the last step (`AnswerType.read_step`: a number's calculation result, or the option named), as
+    the student pair reads it; a last step whose answer is not the gold one gives a trace marked
+    incorrect, which filtering drops by default.
     """
 
-    def __init__(self, *, name: str = "socratic"):
+    def __init__(self, *, name: str = "socratic", answer_type: AnswerType | None = None):
         self.name = name
+        self.answer_type = answer_type or AnswerType()
 
     def traces(self, problems: Iterable[Problem]) -> Iterator[Trace]:
-        from dd_prompting import INVALID, answers_match
-        from dd_prompting.answers import read_step_result
+        from dd_prompting import INVALID
 
         for problem in problems:
             if not problem.subquestions or problem.steps is None:
@@ -84,7 +86,7 @@ class SocraticTeacher(Teacher):
                 )
                 continue
             subquestions, steps = list(problem.subquestions), list(problem.steps)
-            answer = read_step_result(steps[-1]) if steps else INVALID
+            answer = self.answer_type.read_step(steps[-1]) if steps else INVALID
             error = None
             if len(subquestions) != len(steps):
                 error = f"{UNPARSABLE}: {len(subquestions)} sub-questions but {len(steps)} steps"
@@ -95,7 +97,7 @@ class SocraticTeacher(Teacher):
                 subquestions=subquestions,
                 subanswers=steps,
                 answer=answer,
-                correct=error is None and answers_match(answer, problem.gold),
+                correct=error is None and self.answer_type.matches(answer, problem.gold),
                 teacher=self.name,
                 error=error,
             )
@@ -105,7 +107,7 @@ class GeneratorTeacher(SocraticTeacher):
     """The built-in generator's exact decompositions as traces (its problems come from `generated_problems`)."""
 
     def __init__(self):
-        super().__init__(name="generator")
+        super().__init__(name="generator")  # numeric answers
 
 
 class DSPyTeacher(Teacher):
@@ -144,6 +146,7 @@ class DSPyTeacher(Teacher):
         name: str | None = None,
         progress: bool = True,
         metric: Any | None = None,
+        answer_type: AnswerType | None = None,
     ):
         import dspy
 
@@ -186,6 +189,7 @@ class DSPyTeacher(Teacher):
         self.threads = threads
         self.progress = progress
         self.metric = metric
+        self.answer_type = answer_type or AnswerType()
         self.name = name or f"dspy:{lm.model}:{self.mode}"
 
     # -- public -------------------------------------------------------------------------------------
@@ -261,7 +265,9 @@ class DSPyTeacher(Teacher):
     def _score(self, problem: Problem, prediction: Any) -> bool:
         import dspy
 
-        example = dspy.Example(**{self._input: problem.question, self._output: problem.gold}).with_inputs(self._input)
+        # The gold answer as the program's answer field holds it (18.0 for a float field, True for "yes").
+        gold = self.answer_type.typed(problem.gold, self.program.signature.output_fields[self._output].annotation)
+        example = dspy.Example(**{self._input: problem.question, self._output: gold}).with_inputs(self._input)
         try:
             return bool(self.metric(example, prediction))
         except Exception as err:  # noqa: BLE001 - a metric that fails on one prediction marks it wrong, loudly
@@ -269,10 +275,10 @@ class DSPyTeacher(Teacher):
             return False
 
     def _to_trace(self, problem: Problem, sample: int, result: dict[str, Any]) -> Trace:
-        from dd_prompting import INVALID, answers_match, extract_answer
+        from dd_prompting import INVALID
 
         subquestions, subanswers = result["subquestions"], result["subanswers"]
-        answer = extract_answer(result["answer"]) if result["answer"] is not None else INVALID
+        answer = self.answer_type.read(result["answer"]) if result["answer"] is not None else INVALID
         fallback, failures = result["fallback"], result["parse_failures"]
         error = None
         if fallback:
@@ -283,7 +289,8 @@ class DSPyTeacher(Teacher):
         elif len(subquestions) != len(subanswers):
             error = f"{UNPARSABLE}: {len(subquestions)} sub-questions but {len(subanswers)} sub-answers"
         elif answer == INVALID:
-            error = f"{UNPARSABLE}: no number in the final answer {str(result['answer'])[:80]!r}"
+            what = "number" if self.answer_type.kind == "number" else f"one of {', '.join(self.answer_type.options)}"
+            error = f"{UNPARSABLE}: no {what} in the final answer {str(result['answer'])[:80]!r}"
         return Trace(
             id=problem.id,
             question=problem.question,
@@ -291,7 +298,7 @@ class DSPyTeacher(Teacher):
             subquestions=subquestions,
             subanswers=subanswers,
             answer=answer,
-            correct=error is None and (answers_match(answer, problem.gold) if result.get("metric") is None
+            correct=error is None and (self.answer_type.matches(answer, problem.gold) if result.get("metric") is None
                                        else result["metric"]),
             teacher=self.name,
             usage=result["usage"],

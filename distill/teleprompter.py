@@ -19,6 +19,10 @@ stage needs the program, so only `compile` resumes that).
 `hybrid=True` trains only the decomposer and returns the program with the student writing the
 sub-questions and the teacher's LM solving them. `train_cot=True` also trains a chain-of-thought
 student of the same size on the same traces, the baseline the report compares the pair against.
+
+The answer field's type says what the answers are: a number (`float`, `int` or `str`), yes/no
+(`bool`) or one of a set (`Literal["A", "B", "C"]`); the students' answer is what their last step
+computes or names, read by `dd_prompting.AnswerType.read_step`.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from typing import Any
 import dspy
 from dspy.teleprompt import Teleprompter
 
-from dd_prompting.answers import INVALID, canonical_number
+from dd_prompting.answer_types import AnswerType
+from dd_prompting.answers import INVALID
 from dd_prompting.config import ConfigError
 from dd_prompting.data.problems import Problem
 
@@ -50,7 +55,8 @@ class DecompositionDistillation(Teleprompter):
         student: The students' base model: "gpt2" (any causal LM on the hub or in a directory) or
             "tiny" (a GPT-2 built from a config, offline).
         metric: `metric(example, prediction)` deciding which teacher traces are trained on; default:
-            the final answer equals the example's (as numbers).
+            the final answer equals the example's (as numbers, or as the yes/no or option a `bool`
+            or `Literal[...]` answer field holds).
         run_dir: Where the run lives (default: `runs/distill-<hash of the teacher, student and trainset>`).
         hybrid: Distil only the decomposer; the returned program solves with the teacher's LM.
         train_cot: Also train the chain-of-thought student (the baseline of the report).
@@ -118,20 +124,21 @@ class DecompositionDistillation(Teleprompter):
             raise TypeError(f"DecompositionDistillation compiles a DecomposedSolver program, got {type(student).__name__}; "
                             "wrap your task's signature in DecomposedSolver(...)")
         input_name, output_name = _fields(student.signature)
-        train = _problems(trainset, "trainset", input_name, output_name)
-        held_out = _problems(valset or [], "valset", input_name, output_name)
+        answers = AnswerType.of(student.signature.output_fields[output_name].annotation)
+        train = _problems(trainset, "trainset", input_name, output_name, answers)
+        held_out = _problems(valset or [], "valset", input_name, output_name, answers)
         if not train:
             raise ValueError("DecompositionDistillation.compile: trainset is empty")
         teacher_lm, teacher_program = self._teacher(student, teacher if teacher is not None else self.teacher)
         run_dir = Path(self.run_dir) if self.run_dir is not None else _default_run_dir(teacher_lm, self.student, train)
-        held_out = _check_same_problems(Run(run_dir, None), train, held_out)
-        run = Run(run_dir, self._run_config(teacher_lm, teacher_program, train, held_out))
+        held_out = _check_same_problems(run_dir, train, held_out, answers)
+        run = Run(run_dir, self._run_config(teacher_lm, teacher_program, train, held_out, answers))
         logger.info("DecompositionDistillation: run directory %s", run.dir)
 
         traces_teacher = DSPyTeacher(
             lm=teacher_lm, program=teacher_program, metric=self.metric, threads=self.threads, retries=self.retries,
             cache_dir=None if self.cache_dir in (None, "", "none") else Path(self.cache_dir).expanduser(),
-            progress=self.progress,
+            progress=self.progress, answer_type=answers,
         )
         try:
             run_stages(run, ("traces", "build"), teacher=traces_teacher, problems=(train, held_out))
@@ -169,7 +176,8 @@ class DecompositionDistillation(Teleprompter):
             predictor.lm = None  # the teacher's one cached, retried LM comes through the context
         return lm, teacher_program
 
-    def _run_config(self, teacher_lm, teacher_program, train: list[Problem], held_out: list[Problem]):
+    def _run_config(self, teacher_lm, teacher_program, train: list[Problem], held_out: list[Problem],
+                    answers: AnswerType):
         from dd_prompting.distill.config import RunConfig
 
         student = {"model": self.student, "seed": self.seed, **self.train}
@@ -183,7 +191,8 @@ class DecompositionDistillation(Teleprompter):
             },
             # The problems are the run directory's own problems.jsonl and heldout.jsonl (written by the traces stage).
             "data": {"source": "problems.jsonl", "train_problems": len(train), "eval_source": "heldout.jsonl",
-                     "eval_problems": len(held_out) or None},
+                     "eval_problems": len(held_out) or None, "answer_type": answers.kind,
+                     "choices": list(answers.choices) or None},
             "student": student,
             **{role: overrides for role, overrides in self.overrides.items() if overrides},
             "eval": {"batch_size": self.batch_size},
@@ -209,17 +218,19 @@ def _fields(signature) -> tuple[str, str]:
     return inputs[0], outputs[0]
 
 
-def _problems(examples: Sequence[dspy.Example], name: str, input_name: str, output_name: str) -> list[Problem]:
+def _problems(examples: Sequence[dspy.Example], name: str, input_name: str, output_name: str,
+              answers: AnswerType) -> list[Problem]:
     """The examples as problems with stable ids (from the question), duplicates dropped."""
     problems, seen = [], set()
     for index, example in enumerate(examples):
         question, gold = example.get(input_name), example.get(output_name)
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"{name}[{index}]: field {input_name!r} must be a non-empty string, got {question!r}")
-        canonical = canonical_number(str(gold)) if gold is not None else INVALID
+        canonical = answers.read_gold(gold) if gold is not None else INVALID
         if canonical == INVALID:
-            raise ValueError(f"{name}[{index}].{output_name} = {gold!r} is not a number: the students' final "
-                             "answer is the last step's result, so DecompositionDistillation distils numeric answers")
+            what = "a number" if answers.kind == "number" else f"one of {', '.join(answers.options)}"
+            raise ValueError(f"{name}[{index}].{output_name} = {gold!r} is not {what} (the signature's "
+                             f"{output_name!r} field is {answers.kind}: bool for yes/no, Literal[...] for options)")
         if question in seen:
             logger.warning("%s[%d] repeats an earlier question; using it once", name, index)
             continue
@@ -234,15 +245,25 @@ def _default_run_dir(teacher_lm, student: str, train: list[Problem]) -> Path:
     return Path("runs") / f"distill-{digest}"
 
 
-def _check_same_problems(run, train: list[Problem], held_out: list[Problem]) -> list[Problem]:
+def _check_same_problems(run_dir: Path, train: list[Problem], held_out: list[Problem],
+                         answers: AnswerType) -> list[Problem]:
     """Refuse a run directory that holds another trainset or valset; returns the held-out problems to use
     (a compile that resumes without a valset keeps the run's own)."""
     from dd_prompting.distill.problems import read_problems
+    from dd_prompting.distill.run_dir import Run
+
+    run = Run(run_dir, None)
+
+    def ids(path: Path) -> list[str]:
+        try:
+            return [p.id for p in read_problems(path, answer_type=answers)]
+        except ValueError as err:  # written for another answer type
+            raise ConfigError(f"{run_dir} holds a run on other answers ({err})") from None
 
     if run.heldout.is_file() and not held_out:
-        held_out = read_problems(run.heldout)
+        held_out = read_problems(run.heldout, answer_type=answers)
     for path, problems, name in ((run.problems, train, "trainset"), (run.heldout, held_out, "valset")):
-        if path.is_file() and [p.id for p in read_problems(path)] != [p.id for p in problems]:
+        if path.is_file() and ids(path) != [p.id for p in problems]:
             raise ConfigError(f"{run.dir} holds a run on another {name} ({path}); pass a new run_dir to compile on "
                               "this one, or the same examples to resume that run")
     return held_out

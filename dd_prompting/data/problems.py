@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from dd_prompting.answers import extract_gold
+from dd_prompting.answer_types import AnswerType
+from dd_prompting.answers import INVALID, extract_gold
 from dd_prompting.data.gsm8k_loader import load_gsm8k, parse_socratic
 from dd_prompting.data.jsonl import read_jsonl, write_jsonl
 
@@ -98,29 +100,41 @@ def _one_line(text: str) -> str:
 
 
 def read_problems(
-    path: str | os.PathLike, *, offset: int = 0, limit: int | None = None, skip_malformed: bool = False
+    path: str | os.PathLike, *, offset: int = 0, limit: int | None = None, skip_malformed: bool = False,
+    answer_type: AnswerType | None = None,
 ) -> list[Problem]:
     """Problems from a JSONL file in GSM8K's format: `question`, `answer` (a solution ending "#### N").
 
     An optional `id` names a problem (else "<file stem>-<line>"). A Socratic solution
-    ("sub-question ** step" lines) gives a reference decomposition. A malformed line is a
+    ("sub-question ** step" lines) gives a reference decomposition. With a yes/no or choice
+    `answer_type`, the text after "####" is the option ("#### yes"). A malformed line is a
     `MalformedLineError` naming the file and line (or, with `skip_malformed`, is logged and skipped).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Problem file not found: {path}")
+    parse = partial(_problem_from_row, answer_type=answer_type or AnswerType())
     problems = [
         _with_default_id(problem, f"{path.stem}-{line}")
-        for line, problem in read_jsonl(path, parse=_problem_from_row, skip_malformed=skip_malformed)
+        for line, problem in read_jsonl(path, parse=parse, skip_malformed=skip_malformed)
     ]
     end = None if limit is None else offset + limit
     return problems[offset:end]
 
 
-def _problem_from_row(row: dict[str, Any]) -> Problem:
+def _problem_from_row(row: dict[str, Any], *, answer_type: AnswerType) -> Problem:
     question, solution = row.get("question"), row.get("answer")
     if not isinstance(question, str) or not isinstance(solution, str):
         raise ValueError("needs string fields 'question' and 'answer'")
+    if answer_type.kind != "number":
+        text, marker, gold = solution.rpartition("####")
+        answer = answer_type.read_gold(gold.strip())
+        if not marker or answer == INVALID:
+            raise ValueError(f"the answer must end with '#### <one of {', '.join(answer_type.options)}>', "
+                             f"got {solution[-60:]!r}")
+        socratic = parse_socratic(f"{text}#### 0") if "**" in text else None
+        return Problem(str(row.get("id") or ""), question, answer, solution,
+                       socratic.subquestions if socratic else None, socratic.steps if socratic else None)
     if "**" in solution:
         parsed = parse_socratic(solution)
         return Problem(str(row.get("id") or ""), question, parsed.answer, solution, parsed.subquestions, parsed.steps)

@@ -105,3 +105,20 @@ def test_a_bad_problem_line_names_the_file_and_line(tmp_path):
         read_problems(path)
     [problem] = read_problems(path, skip_malformed=True)
     assert problem.id == "p-1" and problem.gold == "3"
+
+
+def test_yes_no_and_choice_problem_files_round_trip(tmp_path):
+    from dd_prompting import AnswerType
+    from dd_prompting.data import MalformedLineError, Problem, read_problems, write_problems
+
+    yes_no = [Problem("a", "Is 8 more than 6?", "yes", subquestions=["What is 8 - 6?", "Is it above 0?"],
+                      steps=["8 - 6 = 2.", "2 is more than 0, so yes."]), Problem("b", "Is 2 more than 6?", "no")]
+    path = write_problems(tmp_path / "yes_no.jsonl", yes_no)
+    assert read_problems(path, answer_type=AnswerType("yes_no")) == [
+        Problem("a", yes_no[0].question, "yes", "What is 8 - 6? ** 8 - 6 = 2.\n"
+                "Is it above 0? ** 2 is more than 0, so yes.\n#### yes", yes_no[0].subquestions, yes_no[0].steps),
+        Problem("b", yes_no[1].question, "no", "#### no")]
+    with pytest.raises(MalformedLineError, match=r"yes_no.jsonl:1: .*#### <one of A, B>"):
+        read_problems(path, answer_type=AnswerType("choice", choices=("A", "B")))
+    with pytest.raises(MalformedLineError, match=r"yes_no.jsonl:1: .*not a number"):
+        read_problems(path)  # numbers, the default

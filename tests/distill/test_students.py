@@ -230,3 +230,23 @@ def test_loading_and_running_a_student_imports_no_training_code(untrained_pair, 
     assert not loaded["transformers.trainer"]
     assert not loaded["dd_prompting.distill.train"]
     assert not loaded["dd_prompting.distill.collators"]
+
+
+@pytest.mark.parametrize(
+    "last_step, answer",
+    [("8 is not more than 9, so no.", "no"), ("Yes: 12 is more than 10.", "yes"), ("It is 12.", INVALID)],
+)
+def test_a_yes_no_pair_reads_the_option_its_last_step_names(untrained_pair, monkeypatch, last_step, answer):
+    from dd_prompting import AnswerType
+
+    pipeline = StudentPipeline.from_pretrained(untrained_pair / "decomposer", untrained_pair / "solver",
+                                               answer_type=AnswerType("yes_no"))
+    monkeypatch.setattr(pipeline, "decompose", lambda questions, **kwargs: ["- How many?\n- Is it more than 9?"])
+    monkeypatch.setattr(pipeline, "answer", lambda questions, plans, **kwargs: ([["It is 8.", last_step]], [False]))
+    [result] = pipeline.solve(["Ann has 3 apples and buys 5 more. Is that more than 9?"])
+    assert result.answer == answer
+    module = StudentModule(student=pipeline, signature="question -> answer: bool")
+    assert module(question="Ann has 3 apples and buys 5 more. Is that more than 9?").answer == {
+        "yes": True, "no": False, INVALID: None}[answer]
+    with pytest.raises(ValueError, match="read yes_no answers"):
+        StudentModule(student=pipeline, signature="question -> answer: float")

@@ -107,7 +107,7 @@ def test_compile_refuses_another_trainset_in_the_same_run_dir(distilled, generat
             DecomposedSolver("question -> answer: float"), trainset=as_examples(train[:10]))
 
 
-def test_non_numeric_answers_are_refused_with_the_example_named(tmp_path):
+def test_an_answer_not_of_the_fields_type_is_refused_naming_the_example(tmp_path):
     from dd_prompting.distill.teleprompter import DecompositionDistillation
 
     trainset = [dspy.Example(question="Is the sky blue?", answer="yes").with_inputs("question")]
@@ -182,3 +182,53 @@ def test_a_killed_compile_resumes_without_repeating_a_teacher_call(generator_pro
     assert sorted(line["id"] for line in lines) == sorted({line["id"] for line in lines})
     assert len(lines) == len(problems) and all(line["correct"] for line in lines)
     assert SEED == json.loads((tmp_path / "run" / "config.json").read_text())["student"]["seed"]
+
+
+# --- yes/no answers ---------------------------------------------------------------------------------
+
+
+def yes_no_problems(problems):
+    """The generator's problems with a yes/no question on their result, and one more step answering it."""
+    from dd_prompting.data.problems import Problem
+
+    made = []
+    for index, problem in enumerate(problems):
+        threshold = int(float(problem.gold)) + (1 if index % 2 else -1)
+        more = float(problem.gold) > threshold
+        gold = "yes" if more else "no"
+        made.append(Problem(
+            id=problem.id, question=f"{problem.question} Is it more than {threshold}?", gold=gold,
+            subquestions=(*problem.subquestions, f"Is {problem.gold} more than {threshold}?"),
+            steps=(*problem.steps, f"{problem.gold} is {'more' if more else 'not more'} than {threshold}, so {gold}."),
+        ))
+    return made
+
+
+def test_a_yes_no_program_compiles_into_students_that_answer_yes_or_no(generator_problems, tmp_path):
+    from dd_prompting.answers import INVALID
+
+    train, held_out = (yes_no_problems(part) for part in (generator_problems[0][:300], generator_problems[1][:20]))
+    examples = [[dspy.Example(question=p.question, answer=p.gold == "yes").with_inputs("question") for p in part]
+                for part in (train, held_out)]
+    small = dict(train_cot=True, train={"tiny_layers": 1, "tiny_hidden": 32, "tiny_heads": 2, "save_steps": 1000},
+                 decomposer={"max_steps": 20}, solver={"max_steps": 20}, cot={"max_steps": 20})
+    with OpenAICompatibleServer(scripted_teacher(train + held_out)) as server:
+        lm = dspy.LM("openai/scripted", api_base=server.base_url, api_key="offline", cache=False)
+        program = distillation(lm, tmp_path / "run", tmp_path / "cache", **small).compile(
+            DecomposedSolver("question -> answer: bool"), trainset=examples[0], valset=examples[1])
+
+    run = tmp_path / "run"
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["answer_type"] == "yes_no"
+    traces = [json.loads(line) for line in (run / "traces.jsonl").read_text().splitlines()]
+    assert {t["answer"] for t in traces} == {"yes", "no"} and all(t["correct"] for t in traces)
+    assert (run / "problems.jsonl").read_text().count("#### yes") == sum(p.gold == "yes" for p in train)
+    # The students answer True, False or None (no option named), never a number.
+    predictions = program.batch(examples[1])
+    assert {type(p.answer) for p in predictions} <= {bool, type(None)}
+    evaluation = json.loads((run / "eval" / "evaluation.json").read_text())
+    assert evaluation["problems"] == len(held_out) and {"pair", "cot", "teacher"} <= set(evaluation)
+    rows = [json.loads(line) for line in (run / "eval" / "results.jsonl").read_text().splitlines()]
+    assert {row["gold"] for row in rows} == {"yes", "no"}
+    assert all(row["parse_status"] in ("ok", "no_option") for row in rows)
+    assert all((row["prediction"] == INVALID) == (row["parse_status"] == "no_option") for row in rows)
