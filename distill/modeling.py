@@ -121,10 +121,32 @@ def load_model_and_tokenizer(config: TrainConfig, *, texts: Sequence[str] = (), 
         raise ValueError(f"The tokenizer of {config.model!r} has no EOS token; students need one to end completions.")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if config.load_in_4bit:
+        return _load_in_4bit(config), tokenizer
     model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32, **gguf)
     if getattr(model, "hf_quantizer", None) is not None:
         model = _dequantized_copy(model)
     return model, tokenizer
+
+
+def _load_in_4bit(config: TrainConfig):
+    """The base model with its linear weights in NF4 (QLoRA, Dettmers et al. 2023), ready for adapters."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers.utils import is_bitsandbytes_available
+
+    if not is_bitsandbytes_available():
+        raise ImportError("TrainConfig.load_in_4bit needs bitsandbytes: pip install 'dd-prompting[qlora]'")
+    from peft import prepare_model_for_kbit_training
+
+    compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=compute)
+    # Under torchrun / accelerate each process holds its own copy on its own device.
+    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(config.model, quantization_config=quantization, dtype=compute,
+                                                 device_map={"": device})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def _dequantized_copy(model):
@@ -151,6 +173,22 @@ def add_lora_adapters(model, config: TrainConfig):
     return get_peft_model(model, lora)
 
 
-def merged(model):
-    """A trained model as plain transformers weights: LoRA adapters merged in (other models as they are)."""
-    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+def merged(model, config: TrainConfig | None = None):
+    """A trained model as plain transformers weights: LoRA adapters merged in (other models as they are).
+
+    Adapters trained on 4-bit weights (QLoRA) are merged into the base model reloaded in full
+    precision, so the student is a plain float32 checkpoint rather than re-rounded 4-bit weights.
+    """
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    if config is not None and config.load_in_4bit:
+        import torch
+        from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
+        full = PeftModel(base, model.peft_config["default"])
+        set_peft_model_state_dict(full, {name: value.float().cpu()
+                                         for name, value in get_peft_model_state_dict(model).items()})
+        return full.merge_and_unload()
+    return model.merge_and_unload()

@@ -165,7 +165,7 @@ def train_student(
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
         save_student(
-            merged(trainer.model),
+            merged(trainer.model, config),
             tokenizer,
             output_dir,
             role=role,

@@ -128,6 +128,12 @@ class TrainConfig:
         metadata={"help": "Modules that get adapters, e.g. ['c_attn', 'c_proj']; default: peft's choice for the "
                           "architecture (GPT-2: c_attn)."},
     )
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "QLoRA: load the pretrained model's weights in 4 bits (NF4, bitsandbytes) and train LoRA "
+                          "adapters (lora_r) on top; the saved student is the full-precision model with them merged. "
+                          "`pip install dd-prompting[qlora]`."},
+    )
     report_to: list[str] = field(
         default_factory=lambda: ["none"],
         metadata={
@@ -153,6 +159,10 @@ class TrainConfig:
         if self.lora_r < 0 or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"TrainConfig.lora_r must be >= 0 and lora_dropout in [0, 1), got {self.lora_r} and "
                              f"{self.lora_dropout}.")
+        if self.load_in_4bit and (not self.lora_r or self.is_tiny or self.gguf_file):
+            raise ValueError("TrainConfig.load_in_4bit (QLoRA) trains LoRA adapters on a pretrained model's 4-bit "
+                             f"weights: it needs lora_r > 0 and a hub or directory model, got lora_r={self.lora_r}, "
+                             f"model={self.model!r}{', a GGUF file' if self.gguf_file else ''}.")
         if self.tiny_hidden % self.tiny_heads:
             raise ValueError(
                 f"TrainConfig.tiny_hidden ({self.tiny_hidden}) must be divisible by tiny_heads ({self.tiny_heads})."

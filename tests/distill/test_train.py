@@ -168,6 +168,42 @@ def test_lora_trains_only_the_adapters_and_saves_a_merged_plain_model(tmp_path, 
     assert torch.linalg.matrix_rank(delta).item() <= 4
 
 
+def test_qlora_trains_adapters_on_4_bit_weights_and_saves_a_full_precision_merged_model(tmp_path, rows, tokenizer):
+    pytest.importorskip("peft")
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM
+
+    # A "pretrained" model in a directory: QLoRA quantizes a checkpoint, not a model built in the run.
+    base_dir = tmp_path / "base"
+    build_tiny_model(tokenizer, TrainConfig(**SMALL)).save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir).state_dict()
+
+    config = TrainConfig(model=str(base_dir), batch_size=8, logging_steps=1, save_steps=100, max_steps=8,
+                         learning_rate=1e-2, warmup_ratio=0.0, lora_r=4, load_in_4bit=True)
+    out = train_student(rows=rows["solver"][:32], config=config, output_dir=tmp_path / "qlora", role="solver")
+    stats = read_student_metadata(out, role="solver")["train_stats"]
+    assert 0 < stats["trainable_parameters"] < 0.2 * stats["parameters"]
+    assert stats["final_train_loss"] < json.loads((out / "loss.json").read_text())[0]["loss"]
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out)  # plain float32 weights: no bitsandbytes, no peft needed
+    assert getattr(reloaded.config, "quantization_config", None) is None
+    after = reloaded.state_dict()
+    assert all(value.dtype == torch.float32 for value in after.values() if value.is_floating_point())
+    changed = {name for name, value in after.items() if name in base and not torch.equal(value, base[name])}
+    # The merge went into the full-precision base: only the adapted projections differ from it.
+    assert changed and all(".attn.c_attn." in name for name in changed), changed
+    delta = after["transformer.h.0.attn.c_attn.weight"] - base["transformer.h.0.attn.c_attn.weight"]
+    assert torch.linalg.matrix_rank(delta).item() <= 4
+
+
+def test_qlora_needs_adapters_and_a_pretrained_model():
+    with pytest.raises(ValueError, match="needs lora_r > 0 and a hub or directory model"):
+        TrainConfig(load_in_4bit=True, lora_r=4)  # the tiny preset
+    with pytest.raises(ValueError, match="lora_r=0"):
+        TrainConfig(model="gpt2", load_in_4bit=True)
+
+
 def test_training_changes_every_parameter(trained):
     from transformers import AutoModelForCausalLM
 
