@@ -367,11 +367,12 @@ def local_lm(
                                     use_chat_template=use_chat_template)
     from dd_prompting.distill.provider import TransformersProvider
 
-    # The provider needs the weights' directory to fine-tune them; a model passed as an object has none.
-    finetuning_model = f"local/{model}" if isinstance(model, (str, Path)) else None
+    # The provider needs the weights' directory (or GGUF file) to fine-tune them; a model object has none.
+    weights = Path(model) / gguf_file if isinstance(model, (str, Path)) and gguf_file else model
+    finetuning_model = f"local/{weights}" if isinstance(model, (str, Path)) else None
     # A directory is named by its whole path: DSPy's response cache is keyed on the name, and two students
     # saved as runs/a/solver and runs/b/solver must not answer from each other's cache.
-    name = Path(model).resolve() if isinstance(model, (str, Path)) and Path(model).is_dir() else engine.name
+    name = Path(weights).resolve() if isinstance(model, (str, Path)) and Path(model).is_dir() else engine.name
     return LocalLM(f"local/{name}", engine=engine, cache=cache, provider=TransformersProvider(),
                    finetuning_model=finetuning_model)
 

