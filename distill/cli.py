@@ -18,7 +18,6 @@ saved `config.json`, then `--config`, then flags such as `--teacher.model` or `-
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dd_prompting.distill.config import ConfigError, RunConfig, add_config_arguments, overrides_from_args, read_config_file
-from dd_prompting.distill.run_dir import STAGES, Run
+from dd_prompting.distill.run_dir import STAGES, Run, saved_settings
 from dd_prompting.distill.stages import STAGE_FUNCTIONS, finish, run_stages, start_run
 
 __all__ = ["main", "build_parser", "OFFLINE_DEFAULT", "OFFLINE_NAME", "STAGES"]
@@ -140,11 +139,7 @@ def _open_run(args: argparse.Namespace) -> Run:
         run_dir = Path(output_dir) / datetime.now().strftime("%Y%m%d-%H%M%S")
     else:
         raise ConfigError(f"`dd-distill {args.command}` needs the run directory: pass --run-dir or --name")
-    saved = run_dir / "config.json"
-    base = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else None
-    if base is not None:
-        # Written by an older dd-distill: retries are per call now, so its nested-retry setting means nothing.
-        (base.get("teacher") or {}).pop("lm_retries", None)
+    base = saved_settings(run_dir)
     if base is None and args.config is None:
         base = OFFLINE_DEFAULT  # no config anywhere: the offline default's steps
     config = RunConfig.load(args.config, overrides=overrides, base=base)

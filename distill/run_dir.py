@@ -19,7 +19,7 @@ from typing import Any
 
 from dd_prompting.distill.config import ROLES, RunConfig
 
-__all__ = ["Run", "STAGES", "STAGE_SETTINGS", "EXPENSIVE_STAGES", "write_json", "is_main_process"]
+__all__ = ["Run", "STAGES", "STAGE_SETTINGS", "EXPENSIVE_STAGES", "saved_settings", "write_json", "is_main_process"]
 
 STAGES = ("traces", "build", "train", "evaluate")
 
@@ -40,6 +40,15 @@ class Run:
 
     dir: Path
     config: RunConfig
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> Run:
+        """An existing run directory with the settings it saved."""
+        directory = Path(directory)
+        settings = saved_settings(directory)
+        if settings is None:
+            raise FileNotFoundError(f"{directory} is not a dd-distill run directory (no config.json)")
+        return cls(directory, RunConfig.load(base=settings))
 
     @property
     def traces(self) -> Path:
@@ -105,6 +114,17 @@ class Run:
         if not done:
             return []
         return _diff(done["settings"], self.settings(stage))
+
+
+def saved_settings(directory: Path) -> dict[str, Any] | None:
+    """The settings a run directory saved (`config.json`), or None if it has none."""
+    saved = Path(directory) / "config.json"
+    if not saved.is_file():
+        return None
+    settings = json.loads(saved.read_text(encoding="utf-8"))
+    # Written by an older dd-distill: retries are per call now, so its nested-retry setting means nothing.
+    (settings.get("teacher") or {}).pop("lm_retries", None)
+    return settings
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -156,6 +156,26 @@ class DecompositionDistillation(Teleprompter):
             logger.info("DecompositionDistillation: held-out report in %s", run.dir / "report.md")
         return StudentModule.from_run(run.dir, signature=student.signature, batch_size=self.batch_size)
 
+    @staticmethod
+    def resume(run_dir: str | Path, *, signature: Any = "question -> answer: float", batch_size: int = 32,
+               student: str = "pair") -> dspy.Module:
+        """Finish a run directory started by `dd-distill` (or by `compile`) and return its students as a program.
+
+        The stages left are run with the directory's own settings, as `dd-distill run --run-dir` does;
+        `student="cot"` returns the CoT student instead of the pair.
+        """
+        from dd_prompting.distill.run_dir import STAGES, Run
+        from dd_prompting.distill.stages import run_stages, write_run_report
+        from dd_prompting.distill.students import StudentModule
+
+        run = Run.open(run_dir)
+        if run.config.teacher.kind == "program" and "traces" not in run.stages():
+            raise ConfigError(f"{run.dir}: its teacher is a DSPy program and its traces are unfinished; "
+                              "call compile(program, trainset=...) with the same program and examples to resume them")
+        run_stages(run, STAGES)
+        write_run_report(run)
+        return StudentModule.from_run(run.dir, student=student, signature=signature, batch_size=batch_size)
+
     # -- pieces -------------------------------------------------------------------------------------
 
     def _teacher(self, program: dspy.Module, teacher: Any) -> tuple[dspy.BaseLM, dspy.Module]:

@@ -232,3 +232,27 @@ def test_a_yes_no_program_compiles_into_students_that_answer_yes_or_no(generator
     assert {row["gold"] for row in rows} == {"yes", "no"}
     assert all(row["parse_status"] in ("ok", "no_option") for row in rows)
     assert all((row["prediction"] == INVALID) == (row["parse_status"] == "no_option") for row in rows)
+
+
+def test_resume_finishes_a_killed_dd_distill_run_and_returns_its_students(tmp_path, monkeypatch):
+    from dd_prompting.distill import train
+    from dd_prompting.distill.cli import main
+    from dd_prompting.distill.teleprompter import DecompositionDistillation
+
+    tiny = ["--student.tiny_layers", "1", "--student.tiny_hidden", "32", "--student.tiny_heads", "2",
+            "--decomposer.max_steps", "3", "--solver.max_steps", "3", "--cot.max_steps", "3"]
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(train, "train_student", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["run", "--run-dir", str(run_dir), "--data.train_problems", "30", "--data.eval_problems", "8",
+                 "--quiet", *tiny]) == 130  # killed in the train stage
+    monkeypatch.undo()
+
+    program = DecompositionDistillation.resume(run_dir)
+    assert isinstance(program, StudentModule)
+    evaluation = json.loads((run_dir / "eval" / "evaluation.json").read_text())
+    problems = [json.loads(line) for line in (run_dir / "heldout.jsonl").read_text().splitlines()]
+    examples = [dspy.Example(question=p["question"], answer=p["answer"].rpartition("####")[2].strip())
+                .with_inputs("question") for p in problems]
+    solved = sum(bool(numeric_match(e, p)) for e, p in zip(examples, program.batch(examples)))
+    assert solved == evaluation["pair"]["correct"] and len(examples) == evaluation["problems"] == 8
+    assert json.loads((run_dir / "stages.json").read_text()).keys() == {"traces", "build", "train", "evaluate"}
