@@ -35,6 +35,7 @@ def build_tiny_model(tokenizer, config: TrainConfig):
         resid_pdrop=config.dropout,
         embd_pdrop=config.dropout,
         attn_pdrop=config.dropout,
+        activation_function=config.tiny_activation,
         bos_token_id=eos,
         eos_token_id=eos,
         pad_token_id=tokenizer.pad_token_id,

@@ -18,6 +18,7 @@ __all__ = ["TINY", "TrainConfig"]
 
 _NUMBER_INITS = ("fourier", "random")
 _POSITION_INITS = ("sinusoidal", "random")
+_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_new", "gelu", "relu")
 _TIMED_SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup")
 
 TINY = "tiny"
@@ -71,6 +72,14 @@ class TrainConfig:
     )
     tiny_position_scale: float = field(
         default=0.05, metadata={"help": "'tiny' preset: amplitude of the sinusoidal position features."}
+    )
+    tiny_activation: str = field(
+        default="gelu_pytorch_tanh",
+        metadata={
+            "help": "'tiny' preset: the MLP activation. 'gelu_pytorch_tanh' is GPT-2's GELU (tanh approximation) as "
+            "one fused op; 'gelu_new', GPT-2's own spelling of the same function, takes five elementwise ops "
+            "(benchmarks/bench_activation.py)."
+        },
     )
     max_length: int = field(
         default=256,
@@ -171,6 +180,8 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.tiny_position_init must be one of {_POSITION_INITS}, got {self.tiny_position_init!r}."
             )
+        if self.tiny_activation not in _ACTIVATIONS:
+            raise ValueError(f"TrainConfig.tiny_activation must be one of {_ACTIVATIONS}, got {self.tiny_activation!r}.")
         if self.tiny_number_init not in _NUMBER_INITS:
             raise ValueError(f"TrainConfig.tiny_number_init must be one of {_NUMBER_INITS}, got {self.tiny_number_init!r}.")
         if self.max_steps <= 0 and self.epochs <= 0:

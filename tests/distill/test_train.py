@@ -335,6 +335,15 @@ def test_sinusoidal_positions_make_a_fixed_offset_the_same_rotation_everywhere(t
     assert not torch.allclose(turn, turn[:1].expand_as(turn), atol=1e-1)
 
 
+def test_the_fused_gelu_is_the_same_function_as_gpt2s(tokenizer):
+    fused = build_tiny_model(tokenizer, TrainConfig())
+    gpt2 = build_tiny_model(tokenizer, TrainConfig(tiny_activation="gelu_new"))
+    assert (fused.config.activation_function, gpt2.config.activation_function) == ("gelu_pytorch_tanh", "gelu_new")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():  # same seed, same weights: only the activation's rounding differs
+        assert torch.allclose(fused(ids).logits, gpt2(ids).logits, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -343,6 +352,7 @@ def test_sinusoidal_positions_make_a_fixed_offset_the_same_rotation_everywhere(t
         (dict(max_train_seconds=10, lr_scheduler_type="polynomial"), "time budget"),
         (dict(tiny_number_init="digits"), "fourier"),
         (dict(tiny_position_init="rotary"), "sinusoidal"),
+        (dict(tiny_activation="swish"), "tiny_activation must be one of"),
         (dict(pack_length=64, max_length=128), "pack_length"),
     ],
 )
