@@ -88,6 +88,17 @@ def _secrets(config: EvalConfig) -> list[str]:
     return [*environment_secrets(names), *(secret for model in models for secret in url_secrets(model.api_base))]
 
 
+def _check_directory(path: Path, setting: str) -> None:
+    """Fail before any call when `path` cannot be a directory: it, or a folder it would be made in, is a file."""
+    for place in (path, *path.parents):
+        if place.exists():
+            if not place.is_dir():
+                what = f"{setting} {path}" + ("" if place == path else f" cannot be made: {place}")
+                raise ValueError(f"{what} is a file, not a directory; choose another {setting} "
+                                 f"(--{setting.replace('_', '-')}) or move the file away")
+            return
+
+
 def _hash(payload: Any) -> str:
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -103,6 +114,8 @@ class Harness:
 
     def __init__(self, config: EvalConfig, *, on_row: Callable[[dict[str, Any]], None] | None = None):
         config.check_runnable()
+        _check_directory(Path(config.output_dir), "output_dir")
+        _check_directory(config.cache_path, "cache_dir")
         self.config = config
         self.on_row = on_row
         self.output_dir = Path(config.output_dir)

@@ -60,3 +60,16 @@ def test_example_configs_dry_run_offline(name, tmp_path, monkeypatch, capsys):
     assert code == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "total" in out and "unknown" not in out.split("total", 1)[1]  # every model has a price
+
+
+@pytest.mark.parametrize("where", ["out", "out/sub"])
+def test_an_output_dir_that_is_a_file_ends_in_one_sentence_naming_it(where, tmp_path, problems_file, gold, capsys):
+    (tmp_path / "out").write_text("a file, not a directory\n")
+    with OpenAICompatibleServer(ScriptedModel(gold=gold, right=set(gold))) as server:
+        config = write_config(tmp_path / "c.toml", server.base_url, problems_file, tmp_path / where)
+        assert main(["run", str(config), "--no-progress"]) == 1
+        assert server.call_count == 0  # refused before any call is paid for
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith(f"error: output_dir {tmp_path / where} ") and f"{tmp_path / 'out'} is a file" in err
+    assert (tmp_path / "out").read_text() == "a file, not a directory\n"
