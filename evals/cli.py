@@ -43,7 +43,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("config", help="A .toml or .yaml config (see examples/evals_*.toml).")
     _add_config_flags(run)
-    run.add_argument("-v", "--verbose", action="store_true", help="Log each retry and more.")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="Log each retry, each cell's start and end (with its cache hits) and each finished example.")
     report = commands.add_parser("report", help="Rebuild summary.md, CSVs and plots from a run's output directory.")
     report.add_argument("output_dir", help="The run's output directory (holding results.jsonl and run.json).")
     report.add_argument("--no-plots", dest="plots", action="store_false", help="Skip the PNG plots.")
@@ -51,8 +52,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: bool) -> None:
+    # The harness logs under dd_prompting.evals, retries under dd_prompting.models (INFO): -v shows both, and
+    # each finished example (DEBUG); without it, only warnings (the CLI prints the summary itself).
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("evals").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("dd_prompting").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("dd_prompting.evals").setLevel(logging.DEBUG if verbose else logging.WARNING)
     for noisy in ("LiteLLM", "litellm", "httpx", "httpcore", "dspy"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
 

@@ -314,6 +314,7 @@ class Harness:
                 todo = [p for p in cell.dataset.problems if (cell.fingerprint, p.id) not in done]
                 summary.examples_skipped += len(cell.dataset.problems) - len(todo)
                 if not todo:
+                    logger.info("%s: all %d examples done already", cell.label, len(cell.dataset.problems))
                     continue
                 cell_started = time.perf_counter()
                 try:
@@ -360,6 +361,9 @@ class Harness:
         calibration = self._calibration(cell, done) if budget.limit is not None else Calibration()
         progress = tqdm(total=total, initial=total - len(todo), desc=cell.label, unit="ex",
                         disable=not self.config.progress, dynamic_ncols=True)
+        logger.info("%s: %d examples to run (%d done already), %d at a time", cell.label, len(todo),
+                    total - len(todo), workers)
+        tally = _CellTally(started=time.perf_counter())
         pending: dict[Future, tuple[Problem, float, Estimate | None]] = {}
         queue = iter(todo)
         exhausted = False
@@ -372,6 +376,11 @@ class Harness:
             budget.settle(reserve, row["new_cost"])
             if estimate is not None:
                 calibration.observe(estimate, row)
+            tally.add(row)
+            logger.debug("%s: example %s: %s%s, %d calls (%d from the cache), %d retries", cell.label,
+                         row["example_id"], "right" if row["correct"] else "wrong",
+                         "" if row["parse_status"] == "ok" else f" ({row['parse_status']})", row["calls"],
+                         row["cached_calls"], row.get("retries") or 0)
             summary.rows_written += 1
             summary.new_calls += row["calls"] - row["cached_calls"]
             summary.cached_calls += row["cached_calls"]
@@ -432,6 +441,7 @@ class Harness:
             raise
         finally:
             progress.close()
+            tally.log(cell.label)
         pool.shutdown(wait=True)
 
     # ---------------------------------------------------------------- records
@@ -494,6 +504,32 @@ class Harness:
             summary.rows_written, summary.examples_skipped, summary.new_calls, summary.cached_calls, summary.spent,
             summary.failed, summary.parse_failures, f"; stopped early: {summary.stopped}" if summary.stopped else "",
         )
+
+
+@dataclass
+class _CellTally:
+    """What one invocation did in one cell, for the log line that closes the cell."""
+
+    started: float
+    examples: int = 0
+    correct: int = 0
+    calls: int = 0
+    cached_calls: int = 0
+    retries: int = 0
+    new_cost: float = 0.0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.examples += 1
+        self.correct += bool(row["correct"])
+        self.calls += row["calls"]
+        self.cached_calls += row["cached_calls"]
+        self.retries += row.get("retries") or 0
+        self.new_cost += row.get("new_cost") or 0.0
+
+    def log(self, label: str) -> None:
+        logger.info("%s: %d examples run (%d right), %d calls: %d cache hits, %d new, %d retries; $%.4f new cost, "
+                    "%.1f s", label, self.examples, self.correct, self.calls, self.cached_calls,
+                    self.calls - self.cached_calls, self.retries, self.new_cost, time.perf_counter() - self.started)
 
 
 def _load_wall_times(path: Path) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """`python -m dd_prompting.evals` end to end: exit codes, printed summaries, the dry run and the example configs."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,31 @@ def test_an_output_dir_that_is_a_file_ends_in_one_sentence_naming_it(where, tmp_
     assert err.count("\n") == 0 and "Traceback" not in err
     assert err.startswith(f"error: output_dir {tmp_path / where} ") and f"{tmp_path / 'out'} is a file" in err
     assert (tmp_path / "out").read_text() == "a file, not a directory\n"
+
+
+@pytest.fixture
+def restore_log_levels():
+    names = ("dd_prompting", "dd_prompting.evals", "evals", "LiteLLM", "litellm", "httpx", "httpcore", "dspy")
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def test_verbose_logs_retries_cache_hits_per_cell_and_progress(tmp_path, problems_file, gold, caplog,
+                                                               restore_log_levels):
+    first = list(gold)[0]
+    with OpenAICompatibleServer(ScriptedModel(gold=gold, right=set(gold), faults={first: [Reply(status=500)]})) as server:
+        config = write_config(tmp_path / "c.toml", server.base_url, problems_file, tmp_path / "out")
+        assert main(["run", str(config), "--no-progress", "-v"]) == 0
+        (tmp_path / "out" / "results.jsonl").unlink()  # the rows go; the cache answers every call of the rerun
+        assert main(["run", str(config), "--no-progress", "-v"]) == 0
+    logs = [(record.name, record.getMessage()) for record in caplog.records]
+    retries = [message for name, message in logs if name.startswith("dd_prompting.models") and "retry 1 of 1" in message]
+    assert len(retries) == 1
+    harness = [message for name, message in logs if name == "dd_prompting.evals.harness"]
+    assert harness.count("apples | scripted | direct: 10 examples to run (0 done already), 2 at a time") == 2
+    ends = [message.split("; $")[0] for message in harness if "examples run" in message]
+    assert ends == ["apples | scripted | direct: 10 examples run (10 right), 10 calls: 0 cache hits, 10 new, 1 retries",
+                    "apples | scripted | direct: 10 examples run (10 right), 10 calls: 10 cache hits, 0 new, 0 retries"]
+    assert sum(message.startswith("apples | scripted | direct: example q3: right, 1 calls") for message in harness) == 2
