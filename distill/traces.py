@@ -128,7 +128,6 @@ class TraceFormatError(MalformedLineError):
     """A line of a trace file is not a valid trace."""
 
     what = "trace"
-    remedy = "read the file with skip_malformed=True (`--skip-malformed` on the CLI) to skip and count such lines"
 
 
 @dataclass

@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     _setup_logging(args.pop("verbose"))
     from dd_prompting.config import overrides_from_args
+    from dd_prompting.data.jsonl import CLI_REMEDY, MalformedLineError
     from dd_prompting.evals.config import EvalConfig, load_config
     from dd_prompting.evals.harness import Harness
 
@@ -108,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             _print_estimate(harness.estimate(), max_cost=config.max_cost)
             return EXIT_OK
         summary = harness.run()
+    except MalformedLineError as err:  # its way out names this command's option, not the Python keyword
+        print(f"error: {err.with_remedy(CLI_REMEDY)}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -117,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     print(f"{summary.rows_written} examples run ({summary.examples_skipped} already done), {summary.new_calls} new "
           f"calls, {summary.cached_calls} from cache, ${summary.spent:.4f} spent, {summary.wall_s:.1f} s.")
+    if summary.skipped_lines:
+        shown = ", ".join(entry.split(": ", 1)[0] for entry in summary.skipped_lines[:5])
+        more = f" and {len(summary.skipped_lines) - 5} more" if len(summary.skipped_lines) > 5 else ""
+        print(f"{len(summary.skipped_lines)} malformed input lines skipped ({shown}{more}); the report lists them.")
     if summary.parse_failures:
         print(f"{summary.parse_failures} outputs had no readable answer (scored wrong).")
     if summary.failed:

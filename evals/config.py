@@ -196,6 +196,10 @@ class EvalConfig:
                                                                     "all)."})
     only_strategies: str | None = field(default=None, metadata={"help": "Comma-separated strategy names to run."})
     only_datasets: str | None = field(default=None, metadata={"help": "Comma-separated dataset names to run."})
+    skip_malformed: bool = field(
+        default=False, metadata={"help": "Skip malformed lines of the data files (and demos_path files) instead of "
+                                         "stopping with an error; each is logged and listed, as file:line, in the "
+                                         "report. dd-distill has the same option."})
     plots: bool = field(default=True, metadata={"help": "Write PNG plots with the report."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 

@@ -1,7 +1,9 @@
 """Problems to evaluate: the bundled GSM8K, or a JSON/JSONL/CSV file mapped onto question and answer.
 
-A question may be built from several fields (SVAMP's `Body` + `Question`). A bad row fails the load
-with the file, line and field named, before any model is called. Problems are `dd_prompting.data`'s
+A question may be built from several fields (SVAMP's `Body` + `Question`). A bad row (not JSON, a
+field missing or empty, a gold answer that is not one) fails the load with the file, line and field
+named, before any model is called; with `skip_malformed` it is left out instead and listed, as
+`path:line: reason`, in `Dataset.skipped` (and so in the run's report). Problems are `dd_prompting.data`'s
 `Problem`, the type distill's teachers take too; files are read by `dd_prompting.data.read_rows`.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 
 from dd_prompting.answer_types import AnswerType
 from dd_prompting.data import Problem, gsm8k_path, gsm8k_problems, read_rows
+from dd_prompting.data.jsonl import MalformedLineError, on_malformed
 from dd_prompting.evals.config import DatasetConfig
 
 # `Problem` stays importable from here: evals/cell.py imports it from this module.
@@ -35,6 +38,7 @@ class Dataset:
     total: int = 0
     notes: list[str] = field(default_factory=list)
     answer_type: AnswerType = field(default_factory=AnswerType)
+    skipped: list[str] = field(default_factory=list)  # malformed lines left out: "path:line: reason"
 
     @property
     def selection_sha256(self) -> str:
@@ -61,8 +65,14 @@ def select_problems(problems: list[Problem], *, limit: int | None, seed: int) ->
     return [problems[index] for index in chosen]
 
 
-def load_dataset(config: DatasetConfig, *, limit: int | None = None, seed: int = 0) -> Dataset:
-    """Load and validate every row, then sample `limit` of them with `seed`."""
+def load_dataset(config: DatasetConfig, *, limit: int | None = None, seed: int = 0,
+                 skip_malformed: bool = False) -> Dataset:
+    """Load and validate every row, then sample `limit` of them with `seed`.
+
+    A malformed row raises `MalformedLineError` (file, line, reason); with `skip_malformed` it is
+    logged, left out and listed in `Dataset.skipped`.
+    """
+    skipped: list[str] = []
     if config.kind == "gsm8k":
         problems = gsm8k_problems(config.split)
         source = f"dd_prompting/data/gsm8k/{config.split}.jsonl (bundled)"
@@ -70,19 +80,24 @@ def load_dataset(config: DatasetConfig, *, limit: int | None = None, seed: int =
         answer_type = AnswerType()
     else:
         path = Path(config.path)
-        answer_type = _answer_type(path, config)
-        problems = _file_problems(path, config, answer_type)
+        answer_type = _answer_type(path, config, skip_malformed=skip_malformed)
+        problems = _file_problems(path, config, answer_type, skip_malformed=skip_malformed, skipped=skipped)
         source, sha = str(path), _file_sha256(path)
     selected = select_problems(problems, limit=limit, seed=seed)
     return Dataset(name=config.name, problems=selected, source=source, sha256=sha, total=len(problems),
-                   answer_type=answer_type)
+                   answer_type=answer_type, skipped=skipped)
 
 
-def _answer_type(path: Path, config: DatasetConfig) -> AnswerType:
+def _answer_type(path: Path, config: DatasetConfig, *, skip_malformed: bool = False) -> AnswerType:
     """The dataset's answer type; a 'choice' dataset without `choices` takes the distinct gold answers."""
     if config.answer_type != "choice" or config.choices:
         return AnswerType(config.answer_type, choices=tuple(config.choices or ()))
-    options = dict.fromkeys(_text(_require(row, config.answer, f"{path}:{line}")).strip() for line, row in read_rows(path))
+    options = {}
+    for line, row in read_rows(path, skip_malformed=skip_malformed):  # skipped lines are counted by _file_problems
+        value = row.get(config.answer)
+        if skip_malformed and (value is None or not _text(value).strip()):
+            continue
+        options[_text(_require(row, config.answer, f"{path}:{line}")).strip()] = None
     if len(options) < 2:
         raise ValueError(f"{path}: field {config.answer!r}: answer_type 'choice' needs two or more distinct answers "
                          f"to take as the options, found {list(options)}; set `choices`")
@@ -90,7 +105,8 @@ def _answer_type(path: Path, config: DatasetConfig) -> AnswerType:
 
 
 def load_demo_pool(config: DatasetConfig, *, socratic: bool, exclude: set[str],
-                   answer_type: AnswerType | None = None) -> tuple[list[Problem], str]:
+                   answer_type: AnswerType | None = None, skip_malformed: bool = False,
+                   skipped: list[str] | None = None) -> tuple[list[Problem], str]:
     """Solved problems to draw few-shot demos from, and a note saying where they come from.
 
     GSM8K demos come from the train split; demos with sub-questions (for decomposition) come from the
@@ -117,8 +133,9 @@ def load_demo_pool(config: DatasetConfig, *, socratic: bool, exclude: set[str],
             "field mapping"
         )
     path = Path(config.demos_path)
-    answer_type = answer_type or _answer_type(path, config)
-    pool = [p for p in _file_problems(path, config, answer_type) if p.id not in exclude]
+    answer_type = answer_type or _answer_type(path, config, skip_malformed=skip_malformed)
+    pool = [p for p in _file_problems(path, config, answer_type, skip_malformed=skip_malformed, skipped=skipped)
+            if p.id not in exclude]
     return pool, f"{config.demos_path}"
 
 
@@ -129,39 +146,67 @@ def _clean_solution(solution: str) -> str:
     return "\n".join(line.split(" ** ", 1)[-1] for line in text.splitlines()).strip()
 
 
-def _file_problems(path: Path, config: DatasetConfig, answer_type: AnswerType) -> list[Problem]:
+def _file_problems(path: Path, config: DatasetConfig, answer_type: AnswerType, *, skip_malformed: bool = False,
+                   skipped: list[str] | None = None) -> list[Problem]:
     template = config.question_template
     template_fields = _template_fields(template, path) if template else []
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    for line, row in read_rows(path):
-        where = f"{path}:{line}"
-        if template:
-            for name in template_fields:
-                _require(row, name, where)
-            question = template.format_map({key: _text(value) for key, value in row.items()}).strip()
-        else:
-            question = " ".join(_text(_require(row, name, where)).strip() for name in config.question).strip()
-        if not question:
-            fields = template_fields or config.question
-            raise ValueError(f"{where}: field {fields[0]!r}: the question is empty")
-        raw_answer = _require(row, config.answer, where)
-        gold = _gold(raw_answer, config.answer_format, answer_type, f"{where}: field {config.answer!r}")
-        example_id = _text(_require(row, config.id, where)).strip() if config.id else f"line-{line}"
-        if not example_id:
-            raise ValueError(f"{where}: field {config.id!r}: the id is empty")
-        if example_id in seen:
-            raise ValueError(f"{where}: field {config.id!r}: id {example_id!r} repeats line {seen[example_id]}")
-        seen[example_id] = line
-        solution = None
-        if config.solution:
-            solution = _text(_require(row, config.solution, where))
-        elif config.answer_format == "gsm8k":
-            solution = _clean_solution(_text(raw_answer))
-        problems.append(Problem(id=example_id, question=question, gold=gold, solution=solution))
+    bad: list[tuple[int, str]] = []
+    for line, row in read_rows(path, skip_malformed=skip_malformed, skipped=bad):
+        try:
+            problem = _problem(row, line, path, config, answer_type, template_fields)
+        except _BadRow as err:
+            on_malformed(path, line, str(err), skip_malformed=skip_malformed, skipped=bad)
+            continue
+        if problem.id in seen:
+            raise ValueError(f"{path}:{line}: field {config.id!r}: id {problem.id!r} repeats line {seen[problem.id]}")
+        seen[problem.id] = line
+        problems.append(problem)
+    if skipped is not None:
+        skipped += [f"{path}:{line}: {reason}" for line, reason in sorted(bad)]
     if not problems:
-        raise ValueError(f"{path}: the file has no rows")
+        raise ValueError(f"{path}: the file has no rows" + (f" left after skipping {len(bad)} malformed lines"
+                                                            if bad else ""))
     return problems
+
+
+class _BadRow(ValueError):
+    """A row whose fields do not make a problem: a malformed line (the message is its reason)."""
+
+
+def _problem(row: dict[str, Any], line: int, path: Path, config: DatasetConfig, answer_type: AnswerType,
+             template_fields: list[str]) -> Problem:
+    try:
+        return _row_problem(row, line, path, config, answer_type, template_fields)
+    except ValueError as err:  # the row's own reason, without the place `on_malformed` names again
+        raise _BadRow(str(err).removeprefix(f"{path}:{line}: ")) from err
+
+
+def _row_problem(row: dict[str, Any], line: int, path: Path, config: DatasetConfig, answer_type: AnswerType,
+                 template_fields: list[str]) -> Problem:
+    where = f"{path}:{line}"
+    template = config.question_template
+    if template:
+        for name in template_fields:
+            _require(row, name, where)
+        question = template.format_map({key: _text(value) for key, value in row.items()}).strip()
+    else:
+        question = " ".join(_text(_require(row, name, where)).strip() for name in config.question).strip()
+    if not question:
+        fields = template_fields or config.question
+        raise ValueError(f"{where}: field {fields[0]!r}: the question is empty")
+    raw_answer = _require(row, config.answer, where)
+    gold = _gold(raw_answer, config.answer_format, answer_type, f"{where}: field {config.answer!r}")
+    example_id = _text(_require(row, config.id, where)).strip() if config.id else f"line-{line}"
+    if not example_id:
+        raise ValueError(f"{where}: field {config.id!r}: the id is empty")
+    solution = None
+    if config.solution:
+        solution = _text(_require(row, config.solution, where))
+    elif config.answer_format == "gsm8k":
+        solution = _clean_solution(_text(raw_answer))
+    return Problem(id=example_id, question=question, gold=gold, solution=solution)
 
 
 def _template_fields(template: str, path: Path) -> list[str]:

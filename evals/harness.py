@@ -73,6 +73,7 @@ class RunSummary:
     wall_s: float = 0.0
     report_files: list[str] = field(default_factory=list)
     estimates: dict[str, Estimate] = field(default_factory=dict)
+    skipped_lines: list[str] = field(default_factory=list)  # malformed input lines left out: "path:line: reason"
 
 
 def _all_models(config: EvalConfig) -> list[ModelConfig]:
@@ -125,6 +126,7 @@ class Harness:
         self._pricing: dict[str, Pricing] = {}
         self._lms: dict[str, dspy.BaseLM] = {}
         self._datasets: dict[str, Dataset] = {}
+        self._skipped: dict[str, None] = {}  # malformed lines of the input files, in the order met
 
     # ---------------------------------------------------------------- planning
     @property
@@ -148,16 +150,21 @@ class Harness:
             strategies.append(StrategyConfig(kind="student"))
         cells = []
         for dataset_config in config.datasets:
-            dataset = load_dataset(dataset_config, limit=config.limit, seed=config.seed)
+            dataset = load_dataset(dataset_config, limit=config.limit, seed=config.seed,
+                                   skip_malformed=config.skip_malformed)
             self._datasets[dataset.name] = dataset
+            self._skipped.update(dict.fromkeys(dataset.skipped))
             evaluated = {problem.id for problem in dataset.problems}
             for strategy in strategies:
                 program, prompts, demo_source = None, [], None
                 if strategy.kind != "student":
                     demos: list[Problem] = []
                     if isinstance(strategy.demos, int) and strategy.demos > 0:
+                        skipped: list[str] = []
                         pool, demo_source = load_demo_pool(dataset_config, socratic=strategy.kind == "decomposed",
-                                                           exclude=evaluated, answer_type=dataset.answer_type)
+                                                           exclude=evaluated, answer_type=dataset.answer_type,
+                                                           skip_malformed=config.skip_malformed, skipped=skipped)
+                        self._skipped.update(dict.fromkeys(skipped))
                         demos = choose_demos(pool, strategy.demos, seed=config.seed)
                     elif strategy.demos == "builtin":
                         demo_source = "dd_prompting.demos.WORKED_EXAMPLES"
@@ -332,6 +339,7 @@ class Harness:
                 self._cache.close()  # reopens by itself if this harness runs again
             summary.wall_s = time.perf_counter() - started
             summary.spent = budget.spent
+            summary.skipped_lines = list(self._skipped)
             self._write_run_file(summary, wall)
             summary.report_files = write_report(self.output_dir, plots=self.config.plots)
             self._log_summary(summary)
@@ -469,6 +477,7 @@ class Harness:
             "threads": self.config.threads,
             "max_cost": self.config.max_cost,
             "cache_dir": str(self.config.cache_path),
+            "skipped_lines": list(self._skipped),
             "models": models,
             "datasets": {
                 name: {"source": dataset.source, "sha256": dataset.sha256,

@@ -133,6 +133,11 @@ def _markdown(run: dict[str, Any], rows: list[dict[str, Any]], summaries: list[C
                          f"{_pct(t.accuracy_a)} | {_pct(t.accuracy_b)} | {t.only_a} | {t.only_b} | {t.p_value:.4g} |")
     else:
         lines.append("No two strategies ran on the same problems with the same model.")
+    skipped = run.get("skipped_lines") or []
+    if skipped:
+        lines += ["", "## Skipped lines", "",
+                  f"{len(skipped)} malformed line(s) of the input files were left out (skip_malformed):", ""]
+        lines += [f"- `{entry}`" for entry in skipped]
     errors = Counter(str(row["error"]).split(":", 1)[0] for row in rows if row.get("error"))
     if errors:
         lines += ["", "## Failures", "", "| error | examples |", "|---|---:|"]

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MalformedLineError", "on_malformed", "read_jsonl", "JsonlWriter", "repair_torn_tail", "write_jsonl"]
+__all__ = ["MalformedLineError", "CLI_REMEDY", "on_malformed", "read_jsonl", "JsonlWriter", "repair_torn_tail",
+           "write_jsonl"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ Parse = Callable[[dict[str, Any]], Any]
 """Checks or converts one parsed object; raises ValueError or TypeError to reject its line."""
 
 TORN_HINT = " (the line is cut short: was the run killed while writing it?)"
+CLI_REMEDY = ("run again with --skip-malformed (or skip_malformed = true in the config file) to skip such lines and "
+              "list them in the report")
+"""The way out a command gives (`dd-evals run`, `dd-distill`): both offer the one option under this name."""
 _TAIL_BLOCK = 1 << 16
 _BLANK = object()  # what a blank line parses to (a `parse` may return None for a real record)
 
@@ -43,11 +47,18 @@ class MalformedLineError(ValueError):
     what = "record"
     remedy = "read the file with skip_malformed=True to skip and count such lines"
 
-    def __init__(self, path: str | os.PathLike, line: int, reason: str):
+    def __init__(self, path: str | os.PathLike, line: int, reason: str, *, remedy: str | None = None):
         self.path, self.line, self.reason = Path(path), line, reason
+        if remedy is not None:
+            self.remedy = remedy
         super().__init__(
             f"{self.path}:{line}: not a valid {self.what}: {reason}. Fix or delete the line, or {self.remedy}."
         )
+
+    def with_remedy(self, remedy: str) -> MalformedLineError:
+        """The same error with its way out in the caller's words: a command names its flag (`CLI_REMEDY`),
+        where the library names its keyword argument."""
+        return type(self)(self.path, self.line, self.reason, remedy=remedy)
 
 
 def read_jsonl(

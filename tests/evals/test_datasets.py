@@ -45,16 +45,16 @@ def test_gsm8k_style_answers(tmp_path):
 
 
 @pytest.mark.parametrize("name, text, message", [
-    ("d.jsonl", '{"question": "a?", "answer": 1}\n{"question": "b?"}\n', r"d.jsonl:2: field 'answer' is missing"),
+    ("d.jsonl", '{"question": "a?", "answer": 1}\n{"question": "b?"}\n', r"d.jsonl:2: .*field 'answer' is missing"),
     ("d.jsonl", '{"question": "a?", "answer": 1}\n\n{"question": "b?", "answer": "ten"}\n',
-     r"d.jsonl:3: field 'answer': 'ten' is not a number"),
+     r"d.jsonl:3: .*field 'answer': 'ten' is not a number"),
     ("d.jsonl", '{"question": "a?", "answer": 1}\n{"question": "b?", "answer": 2\n', r"d.jsonl:2: .*invalid JSON"),
-    ("d.jsonl", '{"question": "", "answer": 1}\n', r"d.jsonl:1: field 'question' is empty"),
+    ("d.jsonl", '{"question": "", "answer": 1}\n', r"d.jsonl:1: .*field 'question' is empty"),
     ("d.jsonl", '["a?", 1]\n', r"d.jsonl:1: .*expected a JSON object"),
-    ("d.jsonl", '{"question": "a?", "answer": "3 or 4"}\n', r"d.jsonl:1: field 'answer': '3 or 4' is not a number"),
+    ("d.jsonl", '{"question": "a?", "answer": "3 or 4"}\n', r"d.jsonl:1: .*field 'answer': '3 or 4' is not a number"),
     ("d.csv", "question,answer\na?,1\nb?,2,3\n", r"d.csv:3: .*the row has 3 fields, the header has 2"),
     ("d.csv", "question,answer\na?,1\nb?\n", r"d.csv:3: .*the row has 1 fields, the header has 2"),
-    ("d.json", '[\n {"question": "a?", "answer": 1},\n {"question": "b?"}\n]', r"d.json:3: field 'answer' is missing"),
+    ("d.json", '[\n {"question": "a?", "answer": 1},\n {"question": "b?"}\n]', r"d.json:3: .*field 'answer' is missing"),
     ("d.json", '[\n {"question": "a?", "answer": 1}\n {"question": "b?", "answer": 2}\n]',
      r"d.json:3: expected ',' or '\]'"),
     ("d.json", '{"question": "a?", "answer": 1}', r"d.json:1: a .json dataset must be a list"),
@@ -70,14 +70,14 @@ def test_bad_rows_name_the_file_line_and_field(tmp_path, name, text, message):
 def test_repeated_ids_name_both_lines(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps({"id": i, "question": "q?", "answer": 1}) + "\n" for i in (1, 2, 1)))
-    with pytest.raises(ValueError, match=r"d.jsonl:3: field 'id': id '1' repeats line 1"):
+    with pytest.raises(ValueError, match=r"d.jsonl:3: .*field 'id': id '1' repeats line 1"):
         load_dataset(file_config(path, id="id"))
 
 
 def test_a_template_naming_a_missing_field(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"Body": "x", "answer": 1}) + "\n")
-    with pytest.raises(ValueError, match=r"d.jsonl:1: field 'Question' is missing"):
+    with pytest.raises(ValueError, match=r"d.jsonl:1: .*field 'Question' is missing"):
         load_dataset(file_config(path, question_template="{Body} {Question}"))
 
 

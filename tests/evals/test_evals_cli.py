@@ -102,3 +102,24 @@ def test_verbose_logs_retries_cache_hits_per_cell_and_progress(tmp_path, problem
     assert ends == ["apples | scripted | direct: 10 examples run (10 right), 10 calls: 0 cache hits, 10 new, 1 retries",
                     "apples | scripted | direct: 10 examples run (10 right), 10 calls: 10 cache hits, 0 new, 0 retries"]
     assert sum(message.startswith("apples | scripted | direct: example q3: right, 1 calls") for message in harness) == 2
+
+
+def test_skip_malformed_names_the_flag_in_the_way_out_and_lists_skipped_lines(tmp_path, problems_file, gold, capsys):
+    lines = problems_file.read_text().splitlines()
+    lines[2] = lines[2][:-1]  # cut short: invalid JSON
+    lines[4] = lines[4].replace('"answer"', '"answr"')  # a field missing
+    problems_file.write_text("\n".join(lines) + "\n")
+    with OpenAICompatibleServer(ScriptedModel(gold=gold, right=set(gold))) as server:
+        config = write_config(tmp_path / "c.toml", server.base_url, problems_file, tmp_path / "out")
+        assert main(["run", str(config), "--no-progress", "--no-plots"]) == 1
+        err = capsys.readouterr().err
+        assert f"{problems_file}:3: not a valid record: invalid JSON" in err and "Traceback" not in err
+        assert "or run again with --skip-malformed (or skip_malformed = true in the config file)" in err
+        assert "skip_malformed=True" not in err and server.call_count == 0
+        assert main(["run", str(config), "--no-progress", "--no-plots", "--skip-malformed"]) == 0
+        assert server.call_count == 8
+    out = capsys.readouterr().out
+    assert f"8 examples run (0 already done)" in out
+    assert f"2 malformed input lines skipped ({problems_file}:3, {problems_file}:5)" in out
+    report = (tmp_path / "out" / "summary.md").read_text()
+    assert f"- `{problems_file}:3: invalid JSON" in report and f"- `{problems_file}:5: field 'answer' is missing" in report
