@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from dd_prompting.data.jsonl import CLI_REMEDY, MalformedLineError
 from dd_prompting.distill.config import ConfigError, RunConfig, add_config_arguments, overrides_from_args, read_config_file
 from dd_prompting.distill.run_dir import STAGES, Run, saved_settings
 from dd_prompting.distill.stages import STAGE_FUNCTIONS, finish, run_stages, start_run
@@ -119,9 +120,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ndd-distill: interrupted. Run `dd-distill {args.command}`{where} again to resume where it stopped.",
               file=sys.stderr)
         return 130
+    except MalformedLineError as err:
+        print(f"dd-distill: error: {_way_out(err)}", file=sys.stderr)
+        return 2
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"dd-distill: error: {err}", file=sys.stderr)
         return 2
+
+
+def _way_out(err: MalformedLineError) -> MalformedLineError:
+    """The error with its way out in this command's words: the flag for the trace file it skips lines of."""
+    from dd_prompting.distill.traces import TraceFormatError
+
+    if isinstance(err, TraceFormatError):
+        return err.with_remedy(CLI_REMEDY)
+    # The stages read data files whole for now (the traces stage does not pass skip_malformed to them).
+    return err.with_remedy("give a file without it: --skip-malformed skips malformed lines of the trace file only")
 
 
 def _open_run(args: argparse.Namespace) -> Run:

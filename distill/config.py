@@ -109,9 +109,9 @@ class TeacherConfig(ModelConfig):
     retry_failed: bool = field(
         default=True, metadata={"help": "On resume, ask again for problems whose last record is an API error."}
     )
-    skip_malformed: bool = field(
-        default=False,
-        metadata={"help": "Skip (and count) malformed lines of the trace file instead of stopping with an error."},
+    skip_malformed: bool | None = field(
+        default=None,
+        metadata={"help": "Deprecated (goes in the next release): the run's skip_malformed (--skip-malformed)."},
     )
 
     @property
@@ -120,6 +120,10 @@ class TeacherConfig(ModelConfig):
 
     def __post_init__(self):
         self._upgrade_old_spellings()
+        if self.skip_malformed is not None:
+            warnings.warn("teacher.skip_malformed (--teacher.skip_malformed) is now the run's skip_malformed "
+                          "(--skip-malformed), the option dd-evals has too; the old name goes in the next release",
+                          FutureWarning, stacklevel=4)
         _check_choice("teacher.kind", self.kind, TEACHER_KINDS)
         _check_choice("teacher.mode", self.mode, ("joint", "iterative"))
         # Checked for every kind: a key pasted here would be written to config.json even by a generator run.
@@ -347,11 +351,20 @@ class RunConfig:
         default_factory=dict, metadata={"help": "Overrides of [student] for the CoT student.", "fields_of": TrainConfig}
     )
     eval: HeldOutConfig = field(default_factory=HeldOutConfig, metadata={"help": "Evaluation."})
+    skip_malformed: bool = field(
+        default=False,
+        metadata={"help": "Skip malformed lines of the trace file instead of stopping with an error; each is logged "
+                  "with its file:line and counted in the report. dd-evals has the same option."},
+    )
 
     def __post_init__(self):
         for name, cls in (("teacher", TeacherConfig), ("data", DataConfig), ("student", TrainConfig), ("eval", HeldOutConfig)):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, from_dict(cls, getattr(self, name), name))
+        # The old teacher.skip_malformed (warned about by TeacherConfig) still counts; the teacher's copy is what
+        # the build stage reads until it reads this one.
+        self.skip_malformed = bool(self.skip_malformed or self.teacher.skip_malformed)
+        self.teacher.skip_malformed = self.skip_malformed
         if self.teacher.kind == "generator" and self.data.source != "generator":
             raise ConfigError(
                 f"teacher.kind = 'generator' writes the generator's own problems; data.source must be 'generator', "
@@ -384,6 +397,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["teacher"]["skip_malformed"]  # the run's skip_malformed; not a setting of the teacher's stages
         if data["teacher"]["name"] == data["teacher"]["model"]:
             del data["teacher"]["name"]  # derived from the model; a saved one would go stale when the model changes
         return data

@@ -113,7 +113,10 @@ class Run:
         done = self.stages().get(stage)
         if not done:
             return []
-        return _diff(done["settings"], self.settings(stage))
+        settings = done["settings"]
+        # Recorded by an older dd-distill: skip_malformed was a teacher setting then; it is the run's now.
+        (settings.get("teacher") or {}).pop("skip_malformed", None)
+        return _diff(settings, self.settings(stage))
 
 
 def saved_settings(directory: Path) -> dict[str, Any] | None:
@@ -124,6 +127,9 @@ def saved_settings(directory: Path) -> dict[str, Any] | None:
     settings = json.loads(saved.read_text(encoding="utf-8"))
     # Written by an older dd-distill: retries are per call now, so its nested-retry setting means nothing.
     (settings.get("teacher") or {}).pop("lm_retries", None)
+    # Written by an older dd-distill: skip_malformed was the teacher's; it is the run's now (no warning: our file).
+    if (settings.get("teacher") or {}).pop("skip_malformed", None):
+        settings.setdefault("skip_malformed", True)
     return settings
 
 

@@ -356,3 +356,24 @@ def test_rows_follow_the_problems_not_the_order_the_teacher_finished_them(tmp_pa
         stage_build(run)
         rows[name] = (run.data / "decomposer.jsonl").read_text()
     assert rows["finished_otherwise"] == rows["in_order"]
+
+
+def test_skip_malformed_is_the_run_option_and_the_old_teacher_flag_still_works(tmp_path, capsys):
+    run_dir = str(tmp_path / "staged")
+    assert main(["traces", "--run-dir", run_dir, "--data.train_problems", "10", "--data.eval_problems", "5",
+                 "--quiet"]) == 0
+    traces = tmp_path / "staged" / "traces.jsonl"
+    with traces.open("a") as handle:
+        handle.write("not json\n")
+    capsys.readouterr()
+    assert main(["build", "--run-dir", run_dir, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{traces}:11: not a valid trace: invalid JSON" in err
+    assert "or run again with --skip-malformed (or skip_malformed = true in the config file)" in err
+    assert "skip_malformed=True" not in err
+    assert main(["build", "--run-dir", run_dir, "--quiet", "--skip-malformed"]) == 0
+    assert json.loads((tmp_path / "staged" / "trace_report.json").read_text())["skipped_lines"] == 1
+    with pytest.warns(FutureWarning, match=r"teacher.skip_malformed .* is now the run's skip_malformed \(--skip-malformed\)"):
+        assert main(["build", "--run-dir", run_dir, "--quiet", "--teacher.skip_malformed"]) == 0
+    saved = json.loads((tmp_path / "staged" / "config.json").read_text())
+    assert saved["skip_malformed"] is True and "skip_malformed" not in saved["teacher"]

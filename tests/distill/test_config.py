@@ -235,3 +235,13 @@ def test_held_out_problems_can_be_deeper_than_the_training_problems():
         RunConfig.load(overrides={"data": {"eval_max_steps": 9}})
     with pytest.raises(ConfigError, match="generated held-out"):
         RunConfig.load(overrides={"teacher": {"kind": "socratic"}, "data": {"source": "gsm8k", "eval_max_steps": 6}})
+
+
+def test_the_old_teacher_skip_malformed_key_still_loads_with_a_warning(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[teacher]\nskip_malformed = true\n")
+    with pytest.warns(FutureWarning, match=r"is now the run's skip_malformed \(--skip-malformed\)"):
+        config = RunConfig.load(path)
+    assert config.skip_malformed and config.teacher.skip_malformed  # the build stage reads the teacher's copy
+    assert RunConfig.load(overrides={"skip_malformed": True}).teacher.skip_malformed
+    assert not RunConfig().skip_malformed and not RunConfig().teacher.skip_malformed
