@@ -55,6 +55,7 @@ def write_report(output_dir: str | Path, *, plots: bool = True) -> list[str]:
                _write_csv(output_dir / "paired.csv", [asdict(t) for t in tests], PairedTest)]
     if plots and summaries:
         written += _plot(output_dir, summaries)
+        written += _plot_compute(output_dir, summaries, rows)
     markdown = _markdown(run, rows, summaries, tests, [Path(path).name for path in written])
     (output_dir / "summary.md").write_text(markdown, encoding="utf-8")
     return [str(output_dir / "summary.md"), *written]
@@ -143,6 +144,9 @@ def _markdown(run: dict[str, Any], rows: list[dict[str, Any]], summaries: list[C
         lines += ["", "## Failures", "", "| error | examples |", "|---|---:|"]
         lines += [f"| {name} | {count} |" for name, count in errors.most_common()]
     lines += _reproducibility(run)
+    if any(name.startswith("accuracy_vs_seconds") for name in files):
+        lines += ["", "## Compute", "", "`accuracy_vs_tokens.png` and `accuracy_vs_seconds.png` plot the models "
+                  "without a price (or at $0). " + COMPUTE_NOTE]
     lines += ["", "## Files", ""]
     lines += [f"- `{name}`" for name in ["results.jsonl", "run.json", *files]]
     return "\n".join(lines) + "\n"
@@ -179,6 +183,63 @@ def _reproducibility(run: dict[str, Any]) -> list[str]:
             instructions = " ".join(str(predictor["instructions"]).split())
             lines.append(f"- `{predictor['predictor']}` ({fields}), {len(predictor['demos'])} demos: {instructions}")
     return lines
+
+
+COMPUTE_NOTE = ("Seconds per problem: the mean time of one problem's program run (all its calls, retries included), "
+                "over the problems none of whose calls came from the cache; with several threads, problems overlap, "
+                "so a cell's wall time is shorter than their sum. Tokens per problem: prompt + completion tokens.")
+
+
+def _seconds_per_problem(rows: list[dict[str, Any]], summary: CellSummary) -> float | None:
+    times = [row["latency_s"] for row in rows if row["dataset"] == summary.dataset and row["model"] == summary.model
+             and row["strategy"] == summary.strategy and row.get("calls") and not row.get("cached_calls")
+             and row.get("latency_s") is not None]
+    return sum(times) / len(times) if times else None
+
+
+def _plot_compute(output_dir: Path, summaries: list[CellSummary], rows: list[dict[str, Any]]) -> list[str]:
+    """Accuracy against tokens and seconds per problem, for cells that cost nothing or have no price (local
+    models): their points on the cost plot all sit at $0."""
+    from matplotlib.figure import Figure
+
+    free = [s for s in summaries if not s.cost_per_problem]
+    if not free:
+        return []
+    written = []
+    strategies = sorted({s.strategy for s in summaries})
+    models = sorted({s.model for s in summaries})
+    colours = {name: f"C{index % 10}" for index, name in enumerate(strategies)}
+    markers = {name: "osD^vP*X"[index % 8] for index, name in enumerate(models)}
+    several = len({s.dataset for s in free}) > 1
+    for name, label, value in (
+        ("tokens", "tokens per problem (prompt + completion)",
+         lambda s: s.prompt_tokens_per_problem + s.completion_tokens_per_problem),
+        ("seconds", "seconds per problem (uncached problems)", lambda s: _seconds_per_problem(rows, s)),
+    ):
+        points = [(s, value(s)) for s in free]
+        points = [(s, x) for s, x in points if x is not None]
+        if not points:
+            continue
+        figure = Figure(figsize=(7.5, 5.2))
+        axis = figure.subplots()
+        for s, x in points:
+            axis.errorbar(x, 100 * s.accuracy,
+                          yerr=[[100 * (s.accuracy - s.accuracy_low)], [100 * (s.accuracy_high - s.accuracy)]],
+                          fmt=markers[s.model], color=colours[s.strategy], capsize=3,
+                          label=f"{s.model} / {s.strategy}" + (f" ({s.dataset})" if several else ""))
+        axis.set_xlabel(label)
+        axis.set_ylabel("accuracy (%), 95% interval")
+        axis.set_ylim(0, 100)
+        axis.set_title(f"Accuracy against {name} (models without a price)")
+        axis.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
+        if name == "seconds":
+            figure.text(0.01, 0.01, "Mean time of one problem's calls, over problems with no cache hit.",
+                        fontsize="small")
+        figure.tight_layout(rect=(0, 0.04, 1, 1))
+        path = output_dir / f"accuracy_vs_{name}.png"
+        figure.savefig(path, dpi=120)
+        written.append(str(path))
+    return written
 
 
 def _plot(output_dir: Path, summaries: list[CellSummary]) -> list[str]:

@@ -1,6 +1,7 @@
 """The harness end to end against a scripted OpenAI-compatible server on 127.0.0.1 (no network, no keys)."""
 
 import csv
+from pathlib import Path
 import json
 
 import pytest
@@ -355,3 +356,14 @@ def test_two_endpoints_of_one_model_string_are_two_rows_each_with_its_own_server
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
             assert b"pw-7781x" not in path.read_bytes(), path
+
+
+def test_models_without_a_price_get_accuracy_against_tokens_and_seconds(tmp_path, problems_file, gold):
+    with OpenAICompatibleServer(ScriptedModel(gold=gold, right=set(gold))) as server:
+        config = make_config(tmp_path, server, problems_file, [{"kind": "direct"}], plots=True)
+        config.models[0].input_cost_per_million = config.models[0].output_cost_per_million = 0.0
+        summary = Harness(config).run()
+    names = {Path(path).name for path in summary.report_files}
+    assert {"accuracy_vs_tokens.png", "accuracy_vs_seconds.png", "accuracy_vs_cost.png"} <= names
+    report = (tmp_path / "out" / "summary.md").read_text()
+    assert "## Compute" in report and "over the problems none of whose calls came from the cache" in report
