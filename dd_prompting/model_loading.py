@@ -99,6 +99,7 @@ def check_model_available(model_name_or_path: str | os.PathLike, *, gguf_file: s
     asked only when the model is not cached and `HF_HUB_OFFLINE` is not set, with a 10 s timeout.
     """
     import huggingface_hub
+    from huggingface_hub import constants
     from huggingface_hub.errors import GatedRepoError, HFValidationError, HTTPError, RepositoryNotFoundError
     from huggingface_hub.utils import validate_repo_id
 
@@ -121,7 +122,7 @@ def check_model_available(model_name_or_path: str | os.PathLike, *, gguf_file: s
     filename = gguf_file or "config.json"
     if isinstance(huggingface_hub.try_to_load_from_cache(name, filename), str):
         return
-    where = f"not a local directory and not in the Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE})"
+    where = f"not a local directory and not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
     fix = (f"download it on a connected machine (`hf download {name}{' ' + gguf_file if gguf_file else ''}`) and copy "
            "the Hugging Face cache here, or point at a local directory that holds the model")
     if huggingface_hub.is_offline_mode():

@@ -6,6 +6,7 @@ import time
 
 import huggingface_hub
 import pytest
+from huggingface_hub import constants
 
 from dd_prompting import model_loading
 from dd_prompting.config import ConfigError
@@ -145,7 +146,7 @@ def test_an_unwritable_cache_is_a_clear_error_naming_the_env_var(tmp_path, monke
 def empty_hf_cache(tmp_path, monkeypatch):
     hub = tmp_path / "hf" / "hub"
     hub.mkdir(parents=True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
     return hub
 
 
@@ -168,7 +169,7 @@ def test_a_local_directory_is_available_and_its_gguf_file_must_be_in_it(tmp_path
 
 
 def test_a_hub_id_in_the_hugging_face_cache_is_available_offline(empty_hf_cache, monkeypatch):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     _looks_cached(empty_hf_cache, "owner/cached-model")
     check_model_available("owner/cached-model")
     _looks_cached(empty_hf_cache, "owner/gguf-model", "m.gguf")
@@ -176,7 +177,7 @@ def test_a_hub_id_in_the_hugging_face_cache_is_available_offline(empty_hf_cache,
 
 
 def test_a_missing_hub_id_offline_is_one_sentence_with_the_id_the_reason_and_the_fix(empty_hf_cache, monkeypatch):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelNotAvailableError) as info:
         check_model_available("gpt2")
     message = str(info.value)
@@ -188,7 +189,7 @@ def test_a_missing_hub_id_offline_is_one_sentence_with_the_id_the_reason_and_the
 
 
 def test_a_missing_hub_id_when_the_hub_cant_be_reached_says_so(empty_hf_cache, monkeypatch):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     asked = []
 
     def unreachable(repo_id, **kwargs):
@@ -207,7 +208,7 @@ def test_a_path_that_does_not_exist_is_not_taken_for_a_hub_id(empty_hf_cache):
 
 
 def test_load_pretrained_checks_first_and_fails_in_one_sentence(empty_hf_cache, monkeypatch):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelNotAvailableError, match="^Model 'gpt2' is not available"):
         load_pretrained("gpt2")
     with pytest.raises(ModelNotAvailableError, match="^Model 'owner/tok' is not available"):
