@@ -3,8 +3,9 @@
 The `tiny` preset builds a GPT-2-architecture model from a config, sized by the `tiny_*` fields of
 `TrainConfig`, with its vocabulary fitted to a number tokenizer trained on the rows (see
 `distill.tokenization`) and, by default, Fourier features of each whole number's value in that
-number's embedding. A pretrained checkpoint is loaded with `from_pretrained`; a GGUF one is
-dequantised into a plain float32 model so that it can be trained and saved.
+number's embedding. A pretrained checkpoint is loaded with `dd_prompting.model_loading.load_pretrained`
+(a missing model is one sentence; a GGUF one is read from its dequantised float32 copy, made once),
+so that it can be trained and saved.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from dd_prompting.distill.tokenization import train_number_tokenizer
 from dd_prompting.distill.train_config import TrainConfig
+from dd_prompting.model_loading import check_model_available, load_pretrained
 
 __all__ = ["build_tiny_model", "load_model_and_tokenizer"]
 
@@ -102,10 +104,10 @@ def load_model_and_tokenizer(config: TrainConfig, *, texts: Sequence[str] = (), 
 
     For `tiny`, the tokenizer is loaded from `tokenizer_dir` when given (a resumed run must reuse
     its vocabulary), else trained on `texts`. A pretrained tokenizer without a pad token pads with EOS.
-    A GGUF checkpoint is dequantised into a plain float32 model, so it can be trained and saved.
+    A GGUF checkpoint is read from its dequantised float32 copy, so it can be trained and saved.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if config.is_tiny:
         if tokenizer_dir is not None:
@@ -116,18 +118,25 @@ def load_model_and_tokenizer(config: TrainConfig, *, texts: Sequence[str] = (), 
             tokenizer = train_number_tokenizer(texts, vocab_size=config.tiny_vocab_size, max_number=config.tiny_max_number)
         return build_tiny_model(tokenizer, config), tokenizer
 
-    gguf = {"gguf_file": config.gguf_file} if config.gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model, **gguf)
+    if config.load_in_4bit:
+        check_model_available(config.model)
+        tokenizer = _with_pad_token(AutoTokenizer.from_pretrained(config.tokenizer or config.model), config)
+        return _load_in_4bit(config), tokenizer
+    # One loader for every pretrained model: a missing one fails in one sentence, a GGUF one is read from its
+    # dequantised copy (made once, in dd_prompting's cache).
+    model, tokenizer = load_pretrained(config.model, gguf_file=config.gguf_file, tokenizer_name_or_path=config.tokenizer,
+                                       torch_dtype=torch.float32)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model = _dequantized_copy(model)
+    return model, _with_pad_token(tokenizer, config)
+
+
+def _with_pad_token(tokenizer, config: TrainConfig):
     if tokenizer.eos_token_id is None:
         raise ValueError(f"The tokenizer of {config.model!r} has no EOS token; students need one to end completions.")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if config.load_in_4bit:
-        return _load_in_4bit(config), tokenizer
-    model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32, **gguf)
-    if getattr(model, "hf_quantizer", None) is not None:
-        model = _dequantized_copy(model)
-    return model, tokenizer
+    return tokenizer
 
 
 def _load_in_4bit(config: TrainConfig):

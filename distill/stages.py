@@ -16,7 +16,7 @@ from dd_prompting.distill.config import ConfigError, RunConfig
 from dd_prompting.distill.run_dir import EXPENSIVE_STAGES, STAGES, Run, is_main_process, write_json
 
 __all__ = ["STAGE_FUNCTIONS", "StageFailed", "start_run", "run_stages", "stage_traces", "stage_build", "stage_train", "stage_evaluate",
-           "make_teacher", "write_run_report", "finish"]
+           "make_teacher", "check_models", "write_run_report", "finish"]
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +246,10 @@ def finish(run: Run) -> None:
 
 
 def start_run(run: Run, stages: tuple[str, ...]) -> None:
-    """Refuse settings that contradict finished expensive stages, then record the config in the run directory."""
+    """Refuse settings that contradict finished expensive stages, or models that can't be loaded; then record the config.
+
+    Both checks come before anything is written, a trace built or a teacher called.
+    """
     for stage in stages:
         changed = run.changed_settings(stage)
         if changed and stage in EXPENSIVE_STAGES:
@@ -254,6 +257,7 @@ def start_run(run: Run, stages: tuple[str, ...]) -> None:
                 f"{run.dir}: the {stage} stage finished with other settings (changed: {', '.join(changed)}). "
                 "Use a new run directory (--name or --run-dir), or `dd-distill run --force` to redo every stage here."
             )
+    check_models(run, _pending(run, stages))
     try:
         run.dir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as err:
@@ -261,6 +265,41 @@ def start_run(run: Run, stages: tuple[str, ...]) -> None:
                           "must name directories, not files") from err
     if is_main_process():
         run.config.save(run.dir / "config.json")
+
+
+def check_models(run: Run, stages: tuple[str, ...]) -> None:
+    """Raise `ModelNotAvailableError` (one sentence) if a model that `stages` will load can't be loaded now.
+
+    That is a local teacher (`teacher.kind = 'local'`) for `traces`, and for `evaluate` when
+    `eval.teacher` is set; and each student's base model and tokenizer for `train`. The bundled
+    'smollm2' teacher and the 'tiny' students need nothing. An API teacher is not checked here.
+    """
+    from dd_prompting.model_loading import check_model_available
+
+    config = run.config
+    teacher = config.teacher
+    needed: list[tuple[str, str | None]] = []
+    if teacher.kind == "local" and teacher.model != "smollm2" and (
+        "traces" in stages or ("evaluate" in stages and config.eval.teacher)
+    ):
+        needed.append((teacher.model, teacher.gguf_file))
+    if "train" in stages:
+        for role in run.roles:
+            student = config.train_config(role)
+            if not student.is_tiny:
+                needed.append((student.model, student.gguf_file))
+                if student.tokenizer and student.tokenizer != student.model:
+                    needed.append((student.tokenizer, None))
+    for model, gguf_file in dict.fromkeys(needed):  # each model once, in order
+        check_model_available(model, gguf_file=gguf_file)
+
+
+def _pending(run: Run, stages: tuple[str, ...]) -> tuple[str, ...]:
+    """`stages` from the first one not finished with the same settings on (a redone stage makes later ones stale)."""
+    for index, stage in enumerate(stages):
+        if not run.stages().get(stage) or run.changed_settings(stage):
+            return stages[index:]
+    return ()
 
 
 def run_stages(run: Run, stages: tuple[str, ...] = STAGES, **inputs: Any) -> None:

@@ -10,6 +10,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 if "DSPY_CACHEDIR" not in os.environ:
     os.environ["DSPY_CACHEDIR"] = tempfile.mkdtemp(prefix="dd-prompting-dspy-cache-")
     atexit.register(shutil.rmtree, os.environ["DSPY_CACHEDIR"], ignore_errors=True)
+if "DD_PROMPTING_CACHE_DIR" not in os.environ:  # dequantised GGUF copies (about 0.5 GB for SmolLM2)
+    os.environ["DD_PROMPTING_CACHE_DIR"] = tempfile.mkdtemp(prefix="dd-prompting-cache-")
+    atexit.register(shutil.rmtree, os.environ["DD_PROMPTING_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
