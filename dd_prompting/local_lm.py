@@ -5,9 +5,10 @@
     lm = smollm2_lm()                           # SmolLM2-135M-Instruct, shipped as GGUF on PyPI
     dspy.configure(lm=lm)
 
-This builds on DSPy 3.4's engine interface (`dspy.LM(model, engine=...)`, an object with
-`complete(request) -> Response`), which replaces overriding `BaseLM.forward` (deprecated, to be
-removed in 3.5). torch and transformers are imported only when a model is loaded.
+This builds on DSPy's engine contract (`dspy.LM(model, engine=..., async_engine=...)`, objects with
+`complete(request) -> Response`), the one custom backends have from DSPy 3.5 on. The async twin
+runs the model in a worker thread, so `acall` never blocks the event loop. torch and transformers
+are imported only when a model is loaded.
 
 Chat models get their chat template; base models (GPT-2 has no template) get the messages joined
 as plain text. Generation is greedy unless a temperature is set, stops at the request's stop
@@ -17,10 +18,13 @@ send no cap of their own.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import importlib.util
+import json
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TransformersEngine",
+    "AsyncTransformersEngine",
     "LocalLM",
     "PrefixCache",
     "local_lm",
@@ -90,6 +95,7 @@ class TransformersEngine:
         self.use_chat_template = has_template if use_chat_template is None else use_chat_template
         self._lock = threading.Lock()
         self._prefixes = PrefixCache(size=prefix_cache_size)
+        self.async_twin = AsyncTransformersEngine(self)
 
     @classmethod
     def from_pretrained(
@@ -127,8 +133,15 @@ class TransformersEngine:
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> TransformersEngine:
-        state = dict(state)
-        return cls.from_pretrained(state.pop("model_name_or_path"), **state)
+        # A saved program stores the engine and its async twin apart: both load one model.
+        key = json.dumps(state, sort_keys=True)
+        with MODEL_LOCK:
+            engine = _LOADED.get(key)
+            if engine is None:
+                state = dict(state)
+                engine = cls.from_pretrained(state.pop("model_name_or_path"), **state)
+                _LOADED[key] = engine
+        return engine
 
     def render_prompt(self, system: str | None, messages: list[tuple[str, str]]) -> str:
         """The text the model continues: its chat template, or plain turns for a base model."""
@@ -197,6 +210,41 @@ class TransformersEngine:
 
     def close(self) -> None:
         pass
+
+
+class AsyncTransformersEngine:
+    """The async twin of a `TransformersEngine` (`engine.async_twin`): the same model, run in a worker thread.
+
+    Generation holds the engine's lock, so concurrent calls take turns on the model; the event loop
+    stays free meanwhile.
+    """
+
+    def __init__(self, engine: TransformersEngine):
+        self.engine = engine
+
+    @property
+    def prefers_plain_text(self) -> bool:
+        return self.engine.prefers_plain_text
+
+    async def complete(self, request) -> Response:
+        return await asyncio.to_thread(self.engine.complete, request)
+
+    async def stream(self, request):
+        for event in response_to_events(await self.complete(request)):
+            yield event
+
+    async def aclose(self) -> None:
+        pass
+
+    def dump_state(self) -> dict[str, Any]:
+        return self.engine.dump_state()
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> AsyncTransformersEngine:
+        return TransformersEngine.load_state(state).async_twin
+
+
+_LOADED: weakref.WeakValueDictionary[str, TransformersEngine] = weakref.WeakValueDictionary()
 
 
 class PrefixCache:
@@ -325,9 +373,11 @@ class LocalLM(dspy.LM):
             path = model.removeprefix("local/")
             if not Path(path).is_dir():
                 raise ValueError(f"{model!r}: a local model is named local/<directory>, and {path} is not one.")
-            engine = self._engine_spec
+            engine = self.engine
             max_new_tokens = engine.max_new_tokens if isinstance(engine, TransformersEngine) else 256
             kwargs["engine"] = TransformersEngine.from_pretrained(path, max_new_tokens=max_new_tokens)
+        if isinstance(kwargs.get("engine"), TransformersEngine) and "async_engine" not in kwargs:
+            kwargs["async_engine"] = kwargs["engine"].async_twin  # DSPy drops the old twin with a new engine
         return super().copy(**kwargs)
 
 
@@ -373,8 +423,8 @@ def local_lm(
     # A directory is named by its whole path: DSPy's response cache is keyed on the name, and two students
     # saved as runs/a/solver and runs/b/solver must not answer from each other's cache.
     name = Path(weights).resolve() if isinstance(model, (str, Path)) and Path(model).is_dir() else engine.name
-    return LocalLM(f"local/{name}", engine=engine, cache=cache, provider=TransformersProvider(),
-                   finetuning_model=finetuning_model)
+    return LocalLM(f"local/{name}", engine=engine, async_engine=engine.async_twin, cache=cache,
+                   provider=TransformersProvider(), finetuning_model=finetuning_model)
 
 
 def smollm2_gguf_path() -> Path:

@@ -13,6 +13,12 @@ Each demo is a user turn (the inputs, then the header of the first output field)
 turn (the outputs). Generation stops before the model starts a new example, and parsing is lenient:
 numbered, bulleted or one-per-line lists, numbers with units or currency, missing header on the
 first field.
+
+The adapter speaks DSPy's request/response LM contract: it builds a `dspy.lm15.Request` itself
+(`build_request`), calls `lm(request)` and parses `response.text`, so it depends on no message
+dictionaries (DSPy 3.5 removes `lm(messages=...)`). `render_plain_text` is the one renderer of a
+signature, demos and inputs into what a plain model sees; the token estimate and the fine-tuning
+rows of `TransformersProvider` use it too, so their prompts are the ones sent at inference.
 """
 
 from __future__ import annotations
@@ -22,18 +28,57 @@ import re
 import typing
 from typing import Any
 
+from dataclasses import dataclass
+
 import dspy
 from dspy.adapters.utils import parse_value
+from dspy.lm15 import Config, Message, Request
 from dspy.signatures.signature import Signature
 from dspy.utils.exceptions import AdapterParseError
 
 from dd_prompting.answers import INVALID, extract_answer
+from dd_prompting.models.sampling import current_call, sample_scope
 
-__all__ = ["PlainTextAdapter", "prefers_plain_text"]
+__all__ = ["PlainTextAdapter", "PlainTextPrompt", "render_plain_text", "prefers_plain_text"]
 
 _LIST_MARKER = re.compile(r"^\s*(?:\d+\s*[.):]|[-*•]|Q\d+\s*[:.)]|Step\s*\d+\s*[:.)])\s*", re.IGNORECASE)
 # OpenAI-compatible APIs accept at most four stop sequences.
 _MAX_STOPS = 4
+# The generation settings a plain-text call passes on, by their OpenAI names (the names in `lm.kwargs`).
+_SETTINGS = ("temperature", "top_p", "top_k", "seed", "frequency_penalty", "presence_penalty")
+
+
+@dataclass(frozen=True)
+class PlainTextPrompt:
+    """A plain-text prompt: the instructions, then (role, text) turns, the last one the user's."""
+
+    system: str
+    turns: tuple[tuple[str, str], ...]
+
+    def text(self, tokenizer: Any = None, *, use_chat_template: bool | None = None) -> str:
+        """The text a local model continues: its chat template, or the turns joined for a base model."""
+        from dd_prompting.local_lm import render_prompt
+
+        return render_prompt(tokenizer, self.system, list(self.turns), use_chat_template=use_chat_template)
+
+    def messages(self) -> list[dict[str, str]]:
+        """As OpenAI-style chat dictionaries."""
+        return [{"role": "system", "content": self.system}] + [
+            {"role": role, "content": content} for role, content in self.turns
+        ]
+
+
+def render_plain_text(signature: type[Signature], demos: list[dict[str, Any]], inputs: dict[str, Any]) -> PlainTextPrompt:
+    """The prompt a plain model sees for `signature`: its instructions, each complete demo as a user turn
+    (inputs, then the first output's header) and an assistant turn (the outputs), then the inputs."""
+    adapter = PlainTextAdapter()
+    turns: list[tuple[str, str]] = []
+    for demo in demos:
+        if all(_get(demo, name) is not None for name in signature.fields):
+            turns.append(("user", adapter.format_inputs(signature, demo)))
+            turns.append(("assistant", adapter.format_outputs(signature, demo)))
+    turns.append(("user", adapter.format_inputs(signature, inputs)))
+    return PlainTextPrompt(signature.instructions, tuple(turns))
 
 
 def prefers_plain_text(lm: Any) -> bool:
@@ -42,8 +87,7 @@ def prefers_plain_text(lm: Any) -> bool:
         return False
     if getattr(lm, "prefers_plain_text", False):
         return True
-    engine = getattr(lm, "_engine_spec", None)
-    return bool(getattr(engine, "prefers_plain_text", False))
+    return bool(getattr(getattr(lm, "engine", None), "prefers_plain_text", False))
 
 
 class PlainTextAdapter(dspy.Adapter):
@@ -54,12 +98,57 @@ class PlainTextAdapter(dspy.Adapter):
     """
 
     def __call__(self, lm, lm_kwargs, signature, demos, inputs):
-        lm_kwargs = {"stop": self.stop_sequences(signature, demos), **lm_kwargs}
-        return super().__call__(lm, lm_kwargs, signature, demos, inputs)
+        request, samples = self.build_request(lm, lm_kwargs, signature, demos, inputs)
+        with self._samples(samples):
+            return [self._values(signature, lm(request, **kwargs)) for kwargs in samples.calls]
 
     async def acall(self, lm, lm_kwargs, signature, demos, inputs):
-        lm_kwargs = {"stop": self.stop_sequences(signature, demos), **lm_kwargs}
-        return await super().acall(lm, lm_kwargs, signature, demos, inputs)
+        request, samples = self.build_request(lm, lm_kwargs, signature, demos, inputs)
+        with self._samples(samples):
+            return [self._values(signature, await lm.acall(request, **kwargs)) for kwargs in samples.calls]
+
+    def build_request(self, lm, lm_kwargs: dict[str, Any], signature: type[Signature], demos: list[dict[str, Any]],
+                      inputs: dict[str, Any]) -> tuple[Request, _Samples]:
+        """The request for one call, and its samples.
+
+        Settings are the LM's own (`lm.kwargs`) overridden by the call's (`lm_kwargs`), as an LM merges
+        them: `max_tokens`, `temperature`, `top_p`, `seed`, ...; `stop` defaults to `stop_sequences`.
+        `n` asks for that many samples: the request is sent `n` times, each but the first with its own
+        `rollout_id`, so no response cache hands every sample the first one.
+        """
+        settings = {**(getattr(lm, "kwargs", None) or {}), **lm_kwargs}
+        prompt = render_plain_text(signature, demos, inputs)
+        config = Config(
+            max_tokens=settings.get("max_tokens") or settings.get("max_completion_tokens"),
+            stop=tuple(lm_kwargs.get("stop") or self.stop_sequences(signature, demos)),
+            **{name: settings[name] for name in _SETTINGS if settings.get(name) is not None},
+        )
+        request = Request(
+            model=lm.model,
+            system=prompt.system,
+            messages=tuple(Message.user(text) if role == "user" else Message.assistant(text)
+                           for role, text in prompt.turns),
+            config=config,
+        )
+        n = settings.get("n") or settings.get("num_generations") or 1
+        return request, _Samples(n=int(n), rollout_id=settings.get("rollout_id"),
+                                 temperature=settings.get("temperature"))
+
+    @staticmethod
+    def _samples(samples: _Samples):
+        # One call's samples share one scope, so a caching engine numbers them 0, 1, ... as it would for n.
+        if samples.n <= 1 or current_call() is not None:
+            import contextlib
+
+            return contextlib.nullcontext()
+        return sample_scope(rollout_id=samples.rollout_id, n=samples.n)
+
+    def _values(self, signature: type[Signature], response) -> dict[str, Any]:
+        text = response.text
+        if not text:
+            raise AdapterParseError(adapter_name=type(self).__name__, signature=signature, lm_response=str(text),
+                                    message="The LM returned an empty response.")
+        return self.parse(signature, text)
 
     def stop_sequences(self, signature: type[Signature], demos: list[dict[str, Any]] = ()) -> list[str]:
         """Where the model has started a new example: a line that opens with an input field's header.
@@ -75,13 +164,12 @@ class PlainTextAdapter(dspy.Adapter):
         return stops[:_MAX_STOPS]
 
     def format(self, signature: type[Signature], demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict]:
-        messages = [{"role": "system", "content": signature.instructions}]
-        for demo in demos:
-            if all(_get(demo, name) is not None for name in signature.fields):
-                messages.append({"role": "user", "content": self.format_inputs(signature, demo)})
-                messages.append({"role": "assistant", "content": self.format_outputs(signature, demo)})
-        messages.append({"role": "user", "content": self.format_inputs(signature, inputs)})
-        return messages
+        # Only DSPy 3.4's fine-tuning data (`format_finetune_data`) reads this; calls use `build_request`.
+        return render_plain_text(signature, demos, inputs).messages()
+
+    def format_assistant_message_content(self, signature: type[Signature], outputs: dict[str, Any],
+                                         missing_field_message: str | None = None) -> str:
+        return self.format_outputs(signature, outputs)
 
     def format_inputs(self, signature: type[Signature], values: Any) -> str:
         lines = [_render(name, _get(values, name)) for name in signature.input_fields]
@@ -121,6 +209,21 @@ class PlainTextAdapter(dspy.Adapter):
                     parsed_result=parsed,
                 ) from err
         return parsed
+
+
+@dataclass(frozen=True)
+class _Samples:
+    n: int = 1
+    rollout_id: Any = None
+    temperature: float | None = None
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        """Each sample's call arguments: a distinct `rollout_id` for all but the first (none at temperature 0)."""
+        if self.n <= 1:
+            return [{}]
+        base = self.rollout_id if isinstance(self.rollout_id, int) else 0
+        return [{}] + [{} if self.temperature == 0 else {"rollout_id": base + index} for index in range(1, self.n)]
 
 
 def _header(name: str) -> str:

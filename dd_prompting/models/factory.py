@@ -1,19 +1,22 @@
-"""The one place a model is built: `build_lm(config)` -> a `CachedLM` that every caller uses the same way."""
+"""The one place a model is built: `build_lm(config)` -> a `CachingLM` that every caller uses the same way."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 from dd_prompting.config import ConfigError
 from dd_prompting.models.cache import CallCache
-from dd_prompting.models.cached_lm import CachedLM, CallIdentity
 from dd_prompting.models.config import ModelConfig
+from dd_prompting.models.engine import AsyncCachingEngine, AsyncLMRoute, CachingEngine, LMRoute
+from dd_prompting.models.identity import CallIdentity
+from dd_prompting.models.lm import CachingLM
 from dd_prompting.models.pricing import lookup_pricing
 from dd_prompting.models.secrets import PLACEHOLDER_KEY, safe_url, url_secrets
 
-__all__ = ["build_lm", "identity_for", "api_key_for", "secrets_for", "DEFAULT_RETRIES", "DEFAULT_RETRY_BACKOFF",
+__all__ = ["build_lm", "engine_from_state", "identity_for", "api_key_for", "secrets_for", "DEFAULT_RETRIES", "DEFAULT_RETRY_BACKOFF",
            "DEFAULT_TIMEOUT"]
 
 DEFAULT_RETRIES = 3
@@ -59,38 +62,24 @@ def secrets_for(config: ModelConfig) -> tuple[str, ...]:
 
 
 def build_lm(config: ModelConfig, *, cache: CallCache | None, retries: int | None = None,
-             retry_backoff: float | None = None, timeout: float | None = None) -> CachedLM:
-    """The model of `config` behind the call cache; `retries`, `retry_backoff` and `timeout` are the run's
-    defaults, which the config's own values override.
+             retry_backoff: float | None = None, timeout: float | None = None) -> CachingLM:
+    """The model of `config` as a `dspy.LM` on a `CachingEngine`; `retries`, `retry_backoff` and `timeout`
+    are the run's defaults, which the config's own values override.
 
     A key reaches only its provider: with `api_key_env` the key is read from that variable; with a custom
     `api_base` and no `api_key_env`, the server gets a placeholder (vLLM and Ollama accept any key), never
     the provider key litellm would otherwise take from the environment.
     """
+    defaults = {"retries": retries, "retry_backoff": retry_backoff, "timeout": timeout}
     retries = _first(config.retries, retries, DEFAULT_RETRIES)
     retry_backoff = _first(config.retry_backoff, retry_backoff, DEFAULT_RETRY_BACKOFF)
     timeout = _first(config.timeout, timeout, DEFAULT_TIMEOUT)
+    settings: dict[str, Any] = {}
     if config.kind == "api":
-        # DSPy's own response cache and retries are off: calls are cached and retried by CachedLM, once.
-        options: dict[str, Any] = {"cache": False, "num_retries": 0, "timeout": timeout,
-                                   "temperature": config.temperature, "max_tokens": config.max_tokens}
-        options = {name: value for name, value in options.items() if value is not None}
-        if config.api_base:
-            options["api_base"] = config.api_base
-        key = api_key_for(config)
-        if key:
-            options["api_key"] = key
-        elif config.api_base:
-            options["api_key"] = PLACEHOLDER_KEY
-        if config.engine != "auto":
-            options["engine"] = config.engine
-        elif url_secrets(config.api_base):
-            # DSPy's own HTTP engine cannot connect to a user:password@host URL (it resolves "user:password@host"
-            # as a host name); litellm's client sends the credentials as HTTP basic auth, as such proxies expect.
-            options["engine"] = "litellm"
-        import dspy
-
-        lm = dspy.LM(config.model, **options)
+        route = LMRoute(_api_lm(config, timeout))
+        async_route = AsyncLMRoute(route)
+        settings = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+        model = config.model
     elif config.kind == "local":
         from dd_prompting.local_lm import local_lm, smollm2_lm
 
@@ -98,13 +87,55 @@ def build_lm(config: ModelConfig, *, cache: CallCache | None, retries: int | Non
             lm = smollm2_lm(max_new_tokens=config.max_new_tokens, cache=False)
         else:
             lm = local_lm(config.model, gguf_file=config.gguf_file, max_new_tokens=config.max_new_tokens, cache=False)
-        if config.temperature:
-            lm = lm.copy(temperature=config.temperature)
+        route, async_route, model = lm.engine, lm.async_engine, lm.model
+        settings = {"temperature": config.temperature or None}
     else:
         raise ConfigError(f"{config.section}: kind='student' is a program, not an LM; load it with "
                           "dd_prompting.evals.strategies.load_student_program")
-    return CachedLM(lm, cache=cache, pricing=lookup_pricing(config), identity=identity_for(config),
-                    retries=retries, backoff=retry_backoff, secrets=secrets_for(config))
+    engine = CachingEngine(route, async_route=async_route, cache=cache, pricing=lookup_pricing(config),
+                           identity=identity_for(config), retries=retries, backoff=retry_backoff,
+                           secrets=secrets_for(config), source=_source(config, cache, defaults))
+    settings = {name: value for name, value in settings.items() if value is not None}
+    return CachingLM(model, engine=engine, async_engine=AsyncCachingEngine(engine), **settings)
+
+
+def _api_lm(config: ModelConfig, timeout: float):
+    """The inner `dspy.LM` that holds the connection: DSPy's own client or LiteLLM, no cache, no retries."""
+    options: dict[str, Any] = {"cache": False, "num_retries": 0, "timeout": timeout}
+    if config.api_base:
+        options["api_base"] = config.api_base
+    key = api_key_for(config)
+    if key:
+        options["api_key"] = key
+    elif config.api_base:
+        options["api_key"] = PLACEHOLDER_KEY
+    if config.engine != "auto":
+        options["engine"] = config.engine
+    elif url_secrets(config.api_base):
+        # DSPy's own HTTP engine cannot connect to a user:password@host URL (it resolves "user:password@host"
+        # as a host name); litellm's client sends the credentials as HTTP basic auth, as such proxies expect.
+        options["engine"] = "litellm"
+    import dspy
+
+    return dspy.LM(config.model, **options)
+
+
+def _source(config: ModelConfig, cache: CallCache | None, defaults: dict[str, Any]) -> dict[str, Any]:
+    """What a saved program stores to build the engine again: no key, and an api_base without credentials."""
+    fields = {name: value for name, value in dataclasses.asdict(config).items() if value is not None}
+    if fields.get("api_base"):
+        fields["api_base"] = safe_url(fields["api_base"])
+    return {"config": fields, "cache_dir": str(cache.directory) if cache is not None else None,
+            **{name: value for name, value in defaults.items() if value is not None}}
+
+
+def engine_from_state(state: dict[str, Any]) -> CachingEngine:
+    """The engine a saved program describes (`CachingEngine.dump_state`), built again by `build_lm`."""
+    state = dict(state)
+    config = ModelConfig(**state.pop("config"))
+    cache_dir = state.pop("cache_dir", None)
+    lm = build_lm(config, cache=CallCache(cache_dir) if cache_dir else None, **state)
+    return lm.engine
 
 
 def _first(*values):

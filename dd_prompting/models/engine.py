@@ -1,0 +1,417 @@
+"""The caching engine: every model call goes through one on-disk cache, one retry loop and one call log.
+
+`CachingEngine` is a DSPy engine (`complete(request) -> Response`, DSPy's custom-engine contract)
+that wraps another engine, the *route* that really answers: `LMRoute` (DSPy's own client or
+LiteLLM, through a `dspy.LM` that holds the connection settings) for API models, or
+`TransformersEngine` for local ones. `AsyncCachingEngine` is its async twin, sharing its state.
+
+For each request:
+- the cache is looked up first, by `CallIdentity.request_key`; a hit returns the stored reply with
+  zero usage (nothing was spent), and is logged as cached with the tokens and cost it once took;
+- a miss is sent to the route, retried here and only here on transient errors (rate limits, server
+  errors, time-outs, dropped connections), after the server's `Retry-After` or an exponential
+  back-off with jitter; the LM around this engine runs with `num_retries=0`, so a failed call is
+  never retried by two loops, and no caller reruns a whole program;
+- the reply is stored as JSON (never pickled) and reported to the `CallLog` of the task being
+  recorded (`recording()`).
+
+What makes a sample distinct reaches the engine through `CachingLM`'s call scope (`sample_scope`),
+since DSPy hands an engine neither `rollout_id` nor the index of a repeated request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import dspy
+from dspy.lm15 import Response, ThinkingPart, response_from_openai_chat, response_to_events
+from dspy.utils.exceptions import is_retryable_lm_error
+
+from dd_prompting.models.cache import CallCache
+from dd_prompting.models.calls import CallRecord, current_log
+from dd_prompting.models.identity import CallIdentity
+from dd_prompting.models.pricing import Pricing
+from dd_prompting.models.sampling import current_call
+
+__all__ = ["CachingEngine", "AsyncCachingEngine", "LMRoute", "AsyncLMRoute", "MAX_RETRY_WAIT"]
+
+logger = logging.getLogger(__name__)
+
+MAX_RETRY_WAIT = 60.0
+_CAPABILITIES = ("supports_function_calling", "supports_reasoning", "supports_response_schema")
+
+
+class LMRoute:
+    """The API route: a `dspy.LM` (DSPy's own client or LiteLLM) that holds the connection settings.
+
+    The inner LM is built with its cache off and no retries. Its call runs with DSPy's usage tracker,
+    history, callbacks and stream turned off, so the outer LM alone records the call, once.
+    """
+
+    def __init__(self, lm: dspy.LM):
+        self.lm = lm
+
+    def complete(self, request) -> Response:
+        with dspy.context(**_QUIET):
+            return self.lm(request)
+
+    def close(self) -> None:
+        self.lm.close()
+
+    @property
+    def supports_function_calling(self) -> bool:
+        return self.lm.supports_function_calling
+
+    @property
+    def supports_reasoning(self) -> bool:
+        return self.lm.supports_reasoning
+
+    @property
+    def supports_response_schema(self) -> bool:
+        return self.lm.supports_response_schema
+
+    @property
+    def supported_params(self) -> set[str]:
+        return self.lm.supported_params
+
+
+class AsyncLMRoute:
+    """The async twin of `LMRoute`, on the same inner LM."""
+
+    def __init__(self, route: LMRoute):
+        self.route = route
+
+    async def complete(self, request) -> Response:
+        with dspy.context(**_QUIET):
+            return await self.route.lm.acall(request)
+
+    async def aclose(self) -> None:
+        await self.route.lm.aclose()
+
+
+# An inner call records nothing of its own: the outer LM keeps the one history entry and usage count.
+_QUIET = {"usage_tracker": None, "disable_history": True, "send_stream": None, "callbacks": []}
+
+
+class CachingEngine:
+    """A DSPy engine that answers from the call cache, or from `route` with retries, and logs every call.
+
+    Args:
+        route: The engine that really answers (`LMRoute`, `TransformersEngine`, ...).
+        async_route: Its async twin; None runs `route` in a worker thread.
+        cache: Where calls are stored; None disables caching.
+        pricing: Turns token counts into USD.
+        identity: The model's identity in cache keys.
+        retries: Retries after a transient error; the error is raised after the last one.
+        backoff: First wait in seconds, doubled each retry (with jitter), unless the server says how
+            long to wait (Retry-After); capped at `MAX_RETRY_WAIT`.
+        secrets: Texts that must never be written (the key, URL credentials): callers pass error
+            messages through `dd_prompting.models.redact(text, engine.secrets)`.
+        source: What `dump_state` saves to rebuild this engine (a `ModelConfig` as a dict, the cache
+            directory and the run's retry defaults); None: the engine cannot be saved.
+    """
+
+    def __init__(self, route: Any, *, async_route: Any = None, cache: CallCache | None, pricing: Pricing,
+                 identity: CallIdentity, retries: int = 3, backoff: float = 1.0, secrets: tuple[str, ...] = (),
+                 source: dict[str, Any] | None = None):
+        self.route = route
+        self.async_route = async_route
+        self.cache = cache
+        self.pricing = pricing
+        self.identity = identity
+        self.retries = retries
+        self.backoff = backoff
+        self.secrets = tuple(secrets)
+        self.source = source
+        self.calls_made = 0
+        self._count_lock = threading.Lock()
+
+    # --- what adapters read to plan a call -------------------------------------------------------------
+    @property
+    def supports_function_calling(self) -> bool:
+        return bool(getattr(self.route, "supports_function_calling", False))
+
+    @property
+    def supports_reasoning(self) -> bool:
+        return bool(getattr(self.route, "supports_reasoning", False))
+
+    @property
+    def supports_response_schema(self) -> bool:
+        return bool(getattr(self.route, "supports_response_schema", False))
+
+    @property
+    def supported_params(self) -> set[str]:
+        return set(getattr(self.route, "supported_params", ()) or ())
+
+    @property
+    def prefers_plain_text(self) -> bool:
+        return bool(getattr(self.route, "prefers_plain_text", False))
+
+    # --- the engine contract ---------------------------------------------------------------------------
+    def complete(self, request) -> Response:
+        keys = self._keys(request)
+        if (hit := self._lookup(keys)) is not None:
+            return hit
+        response, latency, attempts = self._send(lambda: self.route.complete(request))
+        return self._store(keys, response, latency, attempts)
+
+    def stream(self, request) -> Iterator:
+        # A reply streams as one piece: a cached reply has no timing to replay, and one path for both
+        # keeps `streamify` and stream listeners seeing the same events.
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        close = getattr(self.route, "close", None)
+        if callable(close):
+            close()
+
+    # --- saving ----------------------------------------------------------------------------------------
+    def dump_state(self) -> dict[str, Any]:
+        """How to build this engine again: its model config (no key: only the variable's name), cache, retries."""
+        if self.source is None:
+            raise TypeError("This engine was built around an LM object, so a saved program could not build it again: "
+                            "build the model with dd_prompting.models.build_lm(ModelConfig(...)).")
+        return dict(self.source)
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> CachingEngine:
+        return _shared_engine(state)
+
+    # --- the steps -------------------------------------------------------------------------------------
+    def _keys(self, request) -> _Keys | None:
+        if self.cache is None:
+            return None
+        call = current_call()
+        sample = call.next_sample(self.identity.request_key(request, rollout_id=call.rollout_id)) if call else 0
+        rollout_id = call.rollout_id if call else None
+        key = self.identity.request_key(request, rollout_id=rollout_id, sample=sample)
+        # dd-prompting 0.1.0 stored the n samples of one call as one entry.
+        legacy = (self.identity.request_key(request, rollout_id=rollout_id, n=call.n)
+                  if call is not None and call.n > 1 else None)
+        return _Keys(key, legacy, sample)
+
+    def _lookup(self, keys: _Keys | None) -> Response | None:
+        if keys is None:
+            return None
+        record = self.cache.get(keys.key)
+        output = _first_output(record)
+        if record is None and keys.legacy is not None:
+            record = self.cache.get(keys.legacy)
+            outputs = (record or {}).get("outputs") or []
+            output = outputs[keys.sample] if keys.sample < len(outputs) else None
+            record = record if output is not None else None
+        if record is None:
+            return None
+        prompt_tokens = int(record.get("prompt_tokens") or 0)
+        completion_tokens = int(record.get("completion_tokens") or 0)
+        if keys.legacy is not None and record is not None and len(record.get("outputs") or []) > 1:
+            # One entry paid for n samples; each sample answered from it carries its share.
+            share = len(record["outputs"])
+            prompt_tokens, completion_tokens = prompt_tokens // share, completion_tokens // share
+        cost = record.get("cost")
+        if isinstance(cost, (int, float)) and len(record.get("outputs") or []) > 1:
+            cost = cost / len(record["outputs"])
+        _log(CallRecord(output=_output_text(output), prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens, cost=cost, latency_s=0.0, cached=True))
+        return _response_from_output(output, model=record.get("model") or self.identity.model,
+                                     finish_reason=record.get("finish_reason", "stop"))
+
+    def _send(self, send: Callable[[], Response]) -> tuple[Response, float, int]:
+        attempt = 0
+        while True:
+            attempt += 1
+            start = time.perf_counter()
+            try:
+                response = send()
+            except Exception as err:
+                wait = self._wait_before_retry(err, attempt)
+                if wait is None:
+                    _log_error(err, attempt)
+                    raise
+                time.sleep(wait)
+                continue
+            return response, time.perf_counter() - start, attempt
+
+    async def _asend(self, send) -> tuple[Response, float, int]:
+        attempt = 0
+        while True:
+            attempt += 1
+            start = time.perf_counter()
+            try:
+                response = await send()
+            except Exception as err:
+                wait = self._wait_before_retry(err, attempt)
+                if wait is None:
+                    _log_error(err, attempt)
+                    raise
+                await asyncio.sleep(wait)
+                continue
+            return response, time.perf_counter() - start, attempt
+
+    def _wait_before_retry(self, err: Exception, attempt: int) -> float | None:
+        """Seconds to wait before retrying after `err`, or None when it is final."""
+        if attempt > self.retries or not is_retryable_lm_error(err):
+            return None
+        wait = _retry_after(err)
+        if wait is None:
+            wait = self.backoff * 2 ** (attempt - 1) * (0.5 + random.random())
+        wait = min(max(wait, 0.0), MAX_RETRY_WAIT)
+        logger.info("%s: %s; retry %d of %d in %.2fs", self.identity.model, type(err).__name__, attempt,
+                    self.retries, wait)
+        return wait
+
+    def _store(self, keys: _Keys | None, response: Response, latency: float, attempts: int) -> Response:
+        with self._count_lock:
+            self.calls_made += 1
+        usage = response.usage
+        prompt_tokens = int(getattr(usage, "input_tokens", 0) or 0)
+        completion_tokens = int(getattr(usage, "output_tokens", 0) or 0)
+        cost = self.pricing.cost(prompt_tokens, completion_tokens)
+        output = _output_of(response)
+        if keys is not None:
+            self.cache.put(keys.key, {
+                "outputs": [output], "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "cost": cost, "latency_s": latency, "model": response.model or self.identity.model,
+                "finish_reason": response.finish_reason,
+            })
+        _log(CallRecord(output=_output_text(output), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                        cost=cost, latency_s=latency, cached=False, attempts=attempts))
+        return response
+
+
+class AsyncCachingEngine:
+    """The async twin of a `CachingEngine`: the same cache, retries and log, awaited without blocking the loop."""
+
+    def __init__(self, engine: CachingEngine):
+        self.engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        if name in (*_CAPABILITIES, "supported_params", "prefers_plain_text", "secrets", "cache", "identity",
+                    "calls_made"):
+            return getattr(self.engine, name)
+        raise AttributeError(name)
+
+    async def complete(self, request) -> Response:
+        engine = self.engine
+        # The cache is SQLite on disk: a few milliseconds, but never on the event loop.
+        keys = engine._keys(request)
+        hit = await asyncio.to_thread(engine._lookup, keys) if keys is not None else None
+        if hit is not None:
+            return hit
+        if engine.async_route is not None:
+            response, latency, attempts = await engine._asend(lambda: engine.async_route.complete(request))
+        else:
+            response, latency, attempts = await engine._asend(
+                lambda: asyncio.to_thread(engine.route.complete, request))
+        return await asyncio.to_thread(engine._store, keys, response, latency, attempts)
+
+    async def stream(self, request) -> AsyncIterator:
+        for event in response_to_events(await self.complete(request)):
+            yield event
+
+    async def aclose(self) -> None:
+        aclose = getattr(self.engine.async_route, "aclose", None)
+        if callable(aclose):
+            await aclose()
+
+    def dump_state(self) -> dict[str, Any]:
+        return self.engine.dump_state()
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> AsyncCachingEngine:
+        return cls(_shared_engine(state))
+
+
+class _Keys:
+    __slots__ = ("key", "legacy", "sample")
+
+    def __init__(self, key: str, legacy: str | None, sample: int):
+        self.key, self.legacy, self.sample = key, legacy, sample
+
+
+# A saved program stores the engine and its async twin apart; loading both must not load the model twice.
+_LOADED: weakref.WeakValueDictionary[str, CachingEngine] = weakref.WeakValueDictionary()
+_LOADED_LOCK = threading.Lock()
+
+
+def _shared_engine(state: dict[str, Any]) -> CachingEngine:
+    from dd_prompting.models.factory import engine_from_state
+
+    key = json.dumps(state, sort_keys=True, default=str)
+    with _LOADED_LOCK:
+        engine = _LOADED.get(key)
+        if engine is None:
+            engine = engine_from_state(state)
+            _LOADED[key] = engine
+        return engine
+
+
+def _log(record: CallRecord) -> None:
+    log = current_log()
+    if log is not None:
+        log.add(record)
+
+
+def _log_error(err: Exception, attempts: int) -> None:
+    log = current_log()
+    if log is not None:
+        log.add_error(f"{type(err).__name__}: {err}", attempts)
+
+
+def _retry_after(err: Exception) -> float | None:
+    value = getattr(err, "retry_after", None)
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _first_output(record: dict[str, Any] | None) -> Any:
+    outputs = (record or {}).get("outputs") or []
+    return outputs[0] if outputs else ""
+
+
+def _output_text(output: Any) -> str:
+    if isinstance(output, dict):
+        return str(output.get("text") or "")
+    return "" if output is None else str(output)
+
+
+def _output_of(response: Response) -> Any:
+    """A reply as the cache stores it: its text, or DSPy's output dictionary when it holds more (tool calls, thinking)."""
+    output: dict[str, Any] = {"text": response.text or ""}
+    thinking = [part.text for part in response.message.parts if isinstance(part, ThinkingPart)]
+    if thinking:
+        output["reasoning_content"] = "".join(thinking)
+    if response.tool_calls:
+        output["tool_calls"] = [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": json.dumps(call.input, ensure_ascii=False)}}
+            for call in response.tool_calls
+        ]
+    return output if len(output) > 1 else output["text"]
+
+
+def _response_from_output(output: Any, *, model: str, finish_reason: str) -> Response:
+    """A cached reply as a `Response` (zero usage: nothing was spent), read as a Chat Completions body."""
+    message: dict[str, Any] = {"role": "assistant", "content": _output_text(output)}
+    if isinstance(output, dict):
+        if output.get("reasoning_content"):
+            message["reasoning_content"] = output["reasoning_content"]
+        if output.get("tool_calls"):
+            message["tool_calls"] = output["tool_calls"]
+    if finish_reason not in ("stop", "length", "tool_calls", "content_filter"):
+        finish_reason = "tool_calls" if message.get("tool_calls") else "stop"
+    body = {"id": "cached", "model": model, "object": "chat.completion",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+    return response_from_openai_chat(body, model=model)
+
