@@ -279,3 +279,15 @@ def test_smollm2_is_dequantised_once_and_reloaded_from_its_copy_with_identical_l
         outputs = [model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id)
                    for model in (dequantised[0], again)]
     assert torch.equal(outputs[0], outputs[1])
+
+
+def test_the_tokenizer_alone_loads_from_the_same_place(tmp_path):
+    from dd_prompting.model_loading import load_pretrained_tokenizer
+    from tiny_models import train_tokenizer
+
+    tokenizer = train_tokenizer(["one two three four five six seven eight nine ten"] * 20, vocab_size=300)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    loaded = load_pretrained_tokenizer(tmp_path / "model-not-needed", tokenizer_name_or_path=tmp_path / "tok")
+    assert loaded("one two").input_ids == tokenizer("one two").input_ids
+    with pytest.raises(ModelNotAvailableError, match="no such local directory"):
+        load_pretrained_tokenizer(tmp_path / "missing" / "dir" / "x")
