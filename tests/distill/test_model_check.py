@@ -98,3 +98,11 @@ def test_the_bundled_and_built_models_need_no_check(empty_hf_cache, tmp_path):
     config = RunConfig.from_dict({"teacher": {"kind": "local", "model": "smollm2"}, "data": {"source": "gsm8k"},
                                   "student": {"model": "tiny"}, "eval": {"teacher": True}})
     check_models(Run(tmp_path / "run", config), ("traces", "build", "train", "evaluate"))
+
+
+def test_a_students_base_model_loads_through_the_same_check(empty_hf_cache):
+    from dd_prompting.distill.modeling import load_model_and_tokenizer
+    from dd_prompting.distill.train_config import TrainConfig
+
+    with pytest.raises(ModelNotAvailableError, match="^Model 'gpt2' is not available: .*HF_HUB_OFFLINE is set"):
+        load_model_and_tokenizer(TrainConfig(model="gpt2"))
