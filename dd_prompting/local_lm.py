@@ -108,14 +108,12 @@ class TransformersEngine:
         trust_remote_code: bool = False,
         torch_dtype: str = "float32",
     ) -> TransformersEngine:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from dd_prompting.model_loading import load_pretrained
 
-        options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-        if gguf_file is not None:
-            options["gguf_file"] = gguf_file
+        # A missing model fails here in one sentence; a GGUF file is dequantised once and cached.
         with MODEL_LOCK:
-            tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **options)
-            model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=torch_dtype, **options)
+            model, tokenizer = load_pretrained(model_name_or_path, gguf_file=gguf_file, torch_dtype=torch_dtype,
+                                               trust_remote_code=trust_remote_code)
         name = Path(str(model_name_or_path)).name or str(model_name_or_path)
         source = {"model_name_or_path": str(model_name_or_path), "gguf_file": gguf_file,
                   "max_new_tokens": max_new_tokens, "use_chat_template": use_chat_template, "torch_dtype": torch_dtype}

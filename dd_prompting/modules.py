@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Generator, Iterable
 from typing import Any, Literal, NamedTuple
@@ -23,6 +24,11 @@ _TEMPLATE_INPUT = "problem"
 _TEMPLATE_OUTPUT = "answer"
 _RESERVED = ("subquestions", "subanswers", "solved", "subquestion", "subanswer", "fallback", "parse_failures",
              "reasoning")
+
+
+# ChainOfThought's own default for `reasoning`, read from its public signature so ours follows DSPy's.
+_CHAIN_OF_THOUGHT_RATIONALE_TYPE = inspect.signature(dspy.ChainOfThought.__init__).parameters[
+    "rationale_field_type"].default
 
 
 class _Call(NamedTuple):
@@ -74,7 +80,8 @@ class DecomposedSolver(dspy.Module):
         rationale_field: Accepted as by ChainOfThought (a `dspy.OutputField`); its type, when it has
             one, is the type of `reasoning`. Its description is not used: the reasoning is written
             from the sub-questions and their answers, not asked of the LM.
-        rationale_field_type: The type of `reasoning`: `str`, or `dspy.Reasoning`, as for ChainOfThought.
+        rationale_field_type: The type of `reasoning`: `str` or `dspy.Reasoning`; by default the installed
+            ChainOfThought's default (`str` on DSPy 3.4, `dspy.Reasoning` on 3.5).
         **config: Passed to every inner `dspy.Predict`, as by ChainOfThought: `temperature=0.7`, `n=3`, ...
             `n` goes only to the calls that give the final answer (the solver's last step, the direct
             answer): the decomposition and earlier steps are drawn once, as one sample is all they give.
@@ -90,7 +97,7 @@ class DecomposedSolver(dspy.Module):
         adapter: dspy.Adapter | None = None,
         strict: bool = False,
         rationale_field: Any = None,
-        rationale_field_type: type = str,
+        rationale_field_type: type | None = None,
         **config: Any,
     ):
         super().__init__()
@@ -101,6 +108,8 @@ class DecomposedSolver(dspy.Module):
         if demos not in ("builtin", *BUILTIN_DEMOS, None):
             raise ValueError(f"demos must be 'builtin', {', '.join(map(repr, BUILTIN_DEMOS))} or None, got {demos!r}")
         task = ensure_signature(signature)
+        if rationale_field_type is None:
+            rationale_field_type = _CHAIN_OF_THOUGHT_RATIONALE_TYPE
         if rationale_field is not None and getattr(rationale_field, "annotation", None) is not None:
             rationale_field_type = rationale_field.annotation  # ChainOfThought's rule: the field's type wins
         if rationale_field_type not in (str, dspy.Reasoning):

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["Reply", "OpenAICompatibleServer", "last_user_text", "output_fields", "input_field", "chat_reply"]
+__all__ = ["Reply", "OpenAICompatibleServer", "last_user_text", "output_fields", "input_field", "chat_reply",
+           "request_format", "formatted_reply"]
 
 
 @dataclass
@@ -60,7 +61,7 @@ _FIELD = re.compile(r"`(\w+)`")
 
 
 def output_fields(request: dict[str, Any]) -> list[str]:
-    """The output fields a DSPy ChatAdapter request asks for, read from its system message."""
+    """The output fields a DSPy adapter's request asks for (ChatAdapter, JSONAdapter, XMLAdapter), from its system message."""
     system = request["messages"][0]["content"]
     match = _OUTPUTS.search(system + "\n\n")
     return _FIELD.findall(match.group(1)) if match else []
@@ -71,6 +72,37 @@ def input_field(request: dict[str, Any], name: str = "question") -> str:
     pattern = rf"\[\[ ## {re.escape(name)} ## \]\]\n(.*?)\n\n(?:\[\[ ## |Respond with)"
     match = re.search(pattern, last_user_text(request), re.DOTALL)
     return match.group(1).strip() if match else ""
+
+
+def request_format(request: dict[str, Any]) -> str:
+    """Which format a DSPy adapter's request asks the reply in: "json", "xml" or "chat"."""
+    user = last_user_text(request)
+    if "response_format" in request or "JSON object" in user:
+        return "json"
+    if "wrapped in XML tags" in user:
+        return "xml"
+    return "chat"
+
+
+def formatted_reply(request: dict[str, Any], values: dict[str, Any]) -> str:
+    """`values` written in the format the request asks for, so a scripted model serves any of DSPy's adapters.
+
+    >>> formatted_reply({"messages": [{"role": "user", "content": "Respond ... wrapped in XML tags `<a>`."}]},
+    ...                 {"a": 1, "b": ["x"]})
+    '<a>\\n1\\n</a>\\n<b><item>x</item></b>'
+    """
+    kind = request_format(request)
+    if kind == "json":
+        return json.dumps(values)
+    if kind == "xml":
+        parts = []
+        for name, value in values.items():
+            if isinstance(value, list):
+                parts.append(f"<{name}>" + "".join(f"<item>{item}</item>" for item in value) + f"</{name}>")
+            else:
+                parts.append(f"<{name}>\n{value}\n</{name}>")
+        return "\n".join(parts)
+    return chat_reply(values)
 
 
 def chat_reply(values: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from dspy.clients.provider import Provider, TrainingJob
+from dspy import Provider, TrainingJob
 from dspy.clients.utils_finetune import TrainDataFormat
 
 __all__ = ["TransformersProvider", "LocalTrainingJob", "chat_rows"]
@@ -85,7 +85,7 @@ class TransformersProvider(Provider):
 
     def _finetune(self, model: str, train_data: list[dict[str, Any]], train_data_format: Any,
                   train_kwargs: dict[str, Any]) -> str:
-        from transformers import AutoTokenizer
+        from dd_prompting.model_loading import load_pretrained_tokenizer
 
         from dd_prompting.distill.train import train_student
 
@@ -96,8 +96,8 @@ class TransformersProvider(Provider):
                            "keeping it as it is.", model)
             return model
         config, output_dir = self._job_settings(model, train_kwargs)
-        gguf = {"gguf_file": config.gguf_file} if config.gguf_file and not config.tokenizer else {}
-        tokenizer = None if config.is_tiny else AutoTokenizer.from_pretrained(config.tokenizer or config.model, **gguf)
+        tokenizer = None if config.is_tiny else load_pretrained_tokenizer(
+            config.model, gguf_file=config.gguf_file, tokenizer_name_or_path=config.tokenizer)
         rows = chat_rows(train_data, tokenizer)
         output_dir = output_dir or self.output_dir / f"{Path(config.model).name}-{_digest(rows, config)}"
         from dd_prompting.local_lm import DSPY_CHAT_FORMAT
@@ -134,14 +134,24 @@ def chat_rows(train_data: list[dict[str, Any]], tokenizer=None) -> list[dict[str
 
     rows = []
     for index, item in enumerate(train_data):
-        messages = item.get("messages") if isinstance(item, dict) else None
-        if not messages or messages[-1].get("role") != "assistant":
+        messages = [_role_and_text(m) for m in item.get("messages") or ()] if isinstance(item, dict) else None
+        if not messages or messages[-1][0] != "assistant":
             raise ValueError(f"train_data[{index}]: expected {{'messages': [...]}} ending in an assistant turn")
-        system = messages[0]["content"] if messages[0].get("role") == "system" else None
-        turns = [(m["role"], m["content"]) for m in messages[1 if system is not None else 0 : -1]]
+        system = messages[0][1] if messages[0][0] == "system" else None
+        turns = messages[1 if system is not None else 0 : -1]
         prompt = render_prompt(tokenizer if tokenizer is not None else _Plain(), system, turns)
-        rows.append({"prompt": prompt, "completion": messages[-1]["content"]})
+        rows.append({"prompt": prompt, "completion": messages[-1][1]})
     return rows
+
+
+def _role_and_text(message: Any) -> tuple[str, str]:
+    """A chat message's role and text: an OpenAI-style dict (DSPy 3.4's data) or a `dspy.lm15.Message`."""
+    if isinstance(message, dict):
+        content = message.get("content")
+        text = content if isinstance(content, str) else "".join(
+            part.get("text", "") for part in content or () if isinstance(part, dict))
+        return str(message.get("role")), text
+    return str(message.role), message.text or ""
 
 
 def _digest(rows: list[dict[str, str]], config) -> str:

@@ -114,7 +114,7 @@ class DSPyTeacher(Teacher):
     """Any DSPy LM running `DecomposedSolver` over the problems.
 
     Problems run concurrently (`threads`), each in its own copy of the program. Every LM call goes
-    through one `dd_prompting.models.CachedLM`: it is looked up in the on-disk call cache first
+    through one `dd_prompting.models.CachingLM` (`wrap_lm`): it is looked up in the on-disk call cache first
     (`cache_dir`; keyed on the model, its endpoint, the prompt and the sampling settings, never a
     credential), retried on its own with back-off after a rate limit, server error or time-out
     (`retries`, `retry_backoff`), and stored as soon as it returns. So a killed run, resumed, repeats no
@@ -151,7 +151,7 @@ class DSPyTeacher(Teacher):
         import dspy
 
         from dd_prompting import DecomposedSolver
-        from dd_prompting.models import CachedLM, CallCache, lookup_model_pricing
+        from dd_prompting.models import CachingLM, CallCache, lookup_model_pricing, wrap_lm
 
         if not isinstance(lm, dspy.BaseLM):
             raise TypeError(f"DSPyTeacher: lm must be a dspy.LM (or another dspy.BaseLM), got {type(lm).__name__}")
@@ -166,11 +166,11 @@ class DSPyTeacher(Teacher):
             raise ValueError(f"DSPyTeacher: threads must be at least 1, got {threads}")
         if retries < 0 or retry_backoff < 0:
             raise ValueError(f"DSPyTeacher: retries and retry_backoff must be >= 0, got {retries} and {retry_backoff}")
-        if not isinstance(lm, CachedLM):
-            # A bare dspy.LM: give it the one cache and retry policy (its own retries should be off).
+        if not isinstance(lm, CachingLM):
+            # A bare dspy.LM: give it the one cache and retry policy (its own are turned off).
             cache = CallCache(cache_dir) if cache_dir is not None else None
-            lm = CachedLM(lm, cache=cache, pricing=lookup_model_pricing(lm.model), retries=retries,
-                          backoff=retry_backoff)
+            lm = wrap_lm(lm, cache=cache, pricing=lookup_model_pricing(lm.model), retries=retries,
+                         backoff=retry_backoff)
         self.lm = lm
         self.program = program if program is not None else DecomposedSolver(
             signature, mode=mode, max_subquestions=max_subquestions, demos="math"

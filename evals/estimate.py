@@ -1,8 +1,9 @@
 """Estimate calls, tokens and cost before anything is spent.
 
-The program itself runs, with an adapter that formats each prompt exactly as the real adapter would
-and counts its tokens, but calls no model: a call already in the cache is answered from it (and is
-free), any other gets a stand-in reply of typical length. So the estimate follows the program's real
+The program itself runs, with the real adapter, on a model whose engine calls nothing: the same
+`CachingEngine` every model runs on, over the run's cache (read only), with a stand-in route. A call
+already in the cache is answered from it (and is free), any other gets a stand-in reply of typical
+length, and its prompt (the request exactly as the adapter built it) and reply are counted. So the estimate follows the program's real
 structure (one call for a direct answer, 1 + one per sub-question for iterative decomposition),
 its real prompts (instructions, demos, earlier steps), and what is already paid for.
 """
@@ -12,12 +13,15 @@ from __future__ import annotations
 import logging
 import re
 import typing
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import dspy
+from dspy.lm15 import Message, Response, TextPart, Usage
 
-from dd_prompting.models import CallCache, CallIdentity, Pricing
+from dd_prompting.models import (AsyncCachingEngine, CachingEngine, CachingLM, CallCache, CallIdentity, Pricing,
+                                 chat_messages, recording)
 
 __all__ = ["Estimate", "estimate_example", "count_tokens", "TYPICAL_OUTPUT_TOKENS"]
 
@@ -76,63 +80,74 @@ def count_tokens(model: str, text_or_messages: Any) -> int:
         return max(1, len(text) // 4)
 
 
-class _NoCallLM(dspy.BaseLM):
-    """Stands in for the model during an estimate; the estimating adapter never calls it."""
+class _StandInRoute:
+    """Answers every call the estimate makes with a stand-in reply of typical length, and counts its tokens.
 
-    def __init__(self, model: str):
-        super().__init__(model=model, cache=False, num_retries=0)
+    It stands where the model's route would, behind a `CachingEngine` on the run's cache (read only):
+    so a call already paid for is found by the very key the real run would look it up by, and only
+    the others are counted. The reply is written in the step's own format (`_STEP` says which), so the
+    adapter parses it as it would a real one.
+    """
 
-    def __call__(self, *args, **kwargs):
-        raise RuntimeError("An estimate must not call a model")
+    def __init__(self, token_model: str):
+        self.token_model = token_model
+
+    def complete(self, request) -> Response:
+        adapter, signature = _STEP.get()
+        text = adapter.format_assistant_message_content(signature, _stand_in(signature))
+        usage = Usage(input_tokens=count_tokens(self.token_model, chat_messages(request)),
+                      output_tokens=count_tokens(self.token_model, text))
+        return Response(id="estimate", model=request.model, message=Message.assistant([TextPart(text)]),
+                        finish_reason="stop", usage=usage)
+
+
+class _ReadOnlyCache:
+    """The run's cache as an estimate sees it: looked up, never written."""
+
+    def __init__(self, cache: CallCache | None):
+        self.cache = cache
+
+    def get(self, key: str):
+        return self.cache.get(key) if self.cache is not None else None
+
+    def put(self, key: str, record) -> None:
+        pass
+
+
+# The step being estimated (its adapter and signature), for the stand-in route to answer in its format.
+_STEP: ContextVar[tuple[dspy.Adapter, type[dspy.Signature]]] = ContextVar("dd_prompting_estimated_step")
+
+
+def _estimating_lm(identity: CallIdentity, pricing: Pricing, token_model: str, cache: CallCache | None) -> CachingLM:
+    engine = CachingEngine(_StandInRoute(token_model), cache=_ReadOnlyCache(cache), pricing=pricing,
+                           identity=identity, retries=0)
+    return CachingLM(identity.model, engine=engine, async_engine=AsyncCachingEngine(engine),
+                     **{name: value for name, value in dict(identity.settings).items()
+                        if name in ("temperature", "max_tokens") and value is not None})
 
 
 class _EstimatingAdapter(dspy.Adapter):
-    def __init__(self, base: dspy.Adapter, *, token_model: str, identity: CallIdentity,
-                 cache: CallCache | None, pricing: Pricing, priced_as: dict | None = None):
+    """Runs each step with the real adapter, on a model whose engine answers from the cache or a stand-in."""
+
+    def __init__(self, base: dspy.Adapter, lms: dict[Any, CachingLM]):
         super().__init__()
-        self.priced_as = priced_as or {}
         self.base = base
-        self.token_model = token_model
-        self.identity = identity
-        self.cache = cache
-        self.pricing = pricing
-        self.estimate = Estimate(cost=0.0)
+        self.lms = lms
 
     def __call__(self, lm, lm_kwargs, signature, demos, inputs):
         # A step run by another model (a hybrid pair's decomposer) is looked up and priced as that model.
-        identity, pricing, token_model = self.priced_as.get(signature, (self.identity, self.pricing, self.token_model))
-        kwargs = dict(lm_kwargs)
-        if hasattr(self.base, "stop_sequences"):  # PlainTextAdapter adds its stops to the call
-            kwargs.setdefault("stop", self.base.stop_sequences(signature))
-        messages = self.base.format(signature, demos, inputs)
-        self.estimate.calls += 1
-        record = self.cache.get(identity.key(None, messages, kwargs)) if self.cache is not None else None
-        if record is not None:
-            self.estimate.cached_calls += 1
-            text = record["outputs"][0] if record["outputs"] else ""
-            text = text.get("text", "") if isinstance(text, dict) else str(text)
-            try:
-                return [self.base.parse(signature, text)]
-            except Exception:  # the real run would fall back or fail here; the estimate goes on
-                return [_stand_in(signature)]
-        outputs = _stand_in(signature)
-        prompt_tokens = count_tokens(token_model, messages)
-        completion_tokens = count_tokens(token_model, "\n".join(_render(v) for v in outputs.values()))
-        completion_tokens += 8 * len(outputs)  # field headers
-        self.estimate.prompt_tokens += prompt_tokens
-        self.estimate.completion_tokens += completion_tokens
-        cost = pricing.cost(prompt_tokens, completion_tokens)
-        self.estimate.cost = None if cost is None or self.estimate.cost is None else self.estimate.cost + cost
-        return [outputs]
+        step_lm = self.lms.get(signature, self.lms[None])
+        token = _STEP.set((self.base, signature))
+        try:
+            return self.base(step_lm, lm_kwargs, signature, demos, inputs)
+        except Exception as err:  # a cached reply the real run would fail on; the estimate goes on
+            logger.debug("estimate: %s on a cached reply; counting a stand-in instead", type(err).__name__)
+            return [_stand_in(signature)]
+        finally:
+            _STEP.reset(token)
 
     async def acall(self, lm, lm_kwargs, signature, demos, inputs):
         return self(lm, lm_kwargs, signature, demos, inputs)
-
-
-def _render(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "\n".join(str(item) for item in value)
-    return str(value)
 
 
 def _filler(tokens: int) -> str:
@@ -164,9 +179,18 @@ def estimate_example(program: dspy.Module, inputs: dict[str, Any], *, adapter: d
     `priced_as` maps a predictor's signature to the (identity, pricing, token model) of another
     model that runs that step.
     """
-    estimating = _EstimatingAdapter(adapter, token_model=token_model, identity=identity, cache=cache,
-                                    pricing=pricing, priced_as=priced_as)
-    with dspy.context(lm=_NoCallLM(identity.model), adapter=estimating):
+    lms: dict[Any, CachingLM] = {None: _estimating_lm(identity, pricing, token_model, cache)}
+    for signature, (other, other_pricing, other_tokens) in (priced_as or {}).items():
+        lms[signature] = _estimating_lm(other, other_pricing, other_tokens, cache)
+    with recording() as log, dspy.context(lm=lms[None], adapter=_EstimatingAdapter(adapter, lms)):
         program(**inputs)
-    estimating.estimate.examples = 1
-    return estimating.estimate
+    new = [call for call in log.calls if not call.cached]
+    costs = [call.cost for call in new]
+    return Estimate(
+        examples=1,
+        calls=len(log.calls),
+        cached_calls=len(log.calls) - len(new),
+        prompt_tokens=sum(call.prompt_tokens for call in new),
+        completion_tokens=sum(call.completion_tokens for call in new),
+        cost=None if any(cost is None for cost in costs) else float(sum(costs)),
+    )

@@ -10,7 +10,7 @@ from dd_prompting.models.cache import CallCache, call_key
 from dd_prompting.models.calls import CallLog, CallRecord, recording
 from dd_prompting.models.config import MODEL_KINDS, ModelConfig
 from dd_prompting.models.engine import AsyncCachingEngine, AsyncLMRoute, CachingEngine, LMRoute
-from dd_prompting.models.factory import api_key_for, build_lm, identity_for, secrets_for
+from dd_prompting.models.factory import api_key_for, build_lm, identity_for, secrets_for, wrap_lm
 from dd_prompting.models.identity import CallIdentity, chat_messages
 from dd_prompting.models.lm import CachingLM
 from dd_prompting.models.pricing import Pricing, lookup_model_pricing, lookup_pricing
@@ -21,6 +21,7 @@ __all__ = [
     "ModelConfig",
     "MODEL_KINDS",
     "build_lm",
+    "wrap_lm",
     "identity_for",
     "api_key_for",
     "secrets_for",

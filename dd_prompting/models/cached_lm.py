@@ -7,13 +7,12 @@ returns a `CachingLM` whose engine answers through `lm`. Build models with `buil
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import dspy
 
 from dd_prompting.models.cache import CallCache
 from dd_prompting.models.calls import CallLog, CallRecord, recording
-from dd_prompting.models.engine import AsyncCachingEngine, AsyncLMRoute, CachingEngine, LMRoute
+from dd_prompting.models.factory import wrap_lm
 from dd_prompting.models.identity import CallIdentity
 from dd_prompting.models.lm import CachingLM
 from dd_prompting.models.pricing import Pricing
@@ -28,18 +27,5 @@ def CachedLM(lm: dspy.LM, *, cache: CallCache | None, pricing: Pricing, identity
                   "model with dd_prompting.models.build_lm(ModelConfig(...)), which returns a CachingLM on a "
                   "CachingEngine (or wrap an engine in dd_prompting.models.CachingEngine yourself).",
                   DeprecationWarning, stacklevel=2)
-    if isinstance(lm, CachingLM):
-        return lm
-    identity = identity or CallIdentity(
-        model=lm.model, settings=tuple(sorted((k, v) for k, v in lm.kwargs.items() if isinstance(k, str)))
-    )
-    inner = lm.copy(cache=False, num_retries=0)
-    route, async_route = LMRoute(inner), None
-    engine_spec = getattr(inner, "engine", "auto")
-    if isinstance(engine_spec, str):
-        async_route = AsyncLMRoute(route)
-    engine = CachingEngine(route, async_route=async_route, cache=cache, pricing=pricing, identity=identity,
-                           retries=retries, backoff=backoff, secrets=secrets)
-    settings: dict[str, Any] = {key: value for key, value in lm.kwargs.items()
-                                if key in ("temperature", "max_tokens") and value is not None}
-    return CachingLM(lm.model, engine=engine, async_engine=AsyncCachingEngine(engine), **settings)
+    return wrap_lm(lm, cache=cache, pricing=pricing, identity=identity, retries=retries, backoff=backoff,
+                   secrets=secrets)

@@ -97,7 +97,9 @@ class AsyncLMRoute:
         await self.route.lm.aclose()
 
 
-# An inner call records nothing of its own: the outer LM keeps the one history entry and usage count.
+# An inner call records nothing of its own: the outer LM keeps the one history entry and usage count. These
+# are the settings DSPy's LM reads for that (public `dspy.settings` keys, not a documented switch);
+# test_usage_and_history_are_counted_once fails if DSPy stops honouring them.
 _QUIET = {"usage_tracker": None, "disable_history": True, "send_stream": None, "callbacks": []}
 
 

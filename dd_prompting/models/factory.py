@@ -13,10 +13,10 @@ from dd_prompting.models.config import ModelConfig
 from dd_prompting.models.engine import AsyncCachingEngine, AsyncLMRoute, CachingEngine, LMRoute
 from dd_prompting.models.identity import CallIdentity
 from dd_prompting.models.lm import CachingLM
-from dd_prompting.models.pricing import lookup_pricing
+from dd_prompting.models.pricing import Pricing, lookup_pricing
 from dd_prompting.models.secrets import PLACEHOLDER_KEY, safe_url, url_secrets
 
-__all__ = ["build_lm", "engine_from_state", "identity_for", "api_key_for", "secrets_for", "DEFAULT_RETRIES", "DEFAULT_RETRY_BACKOFF",
+__all__ = ["build_lm", "wrap_lm", "engine_from_state", "identity_for", "api_key_for", "secrets_for", "DEFAULT_RETRIES", "DEFAULT_RETRY_BACKOFF",
            "DEFAULT_TIMEOUT"]
 
 DEFAULT_RETRIES = 3
@@ -87,7 +87,8 @@ def build_lm(config: ModelConfig, *, cache: CallCache | None, retries: int | Non
             lm = smollm2_lm(max_new_tokens=config.max_new_tokens, cache=False)
         else:
             lm = local_lm(config.model, gguf_file=config.gguf_file, max_new_tokens=config.max_new_tokens, cache=False)
-        route, async_route, model = lm.engine, lm.async_engine, lm.model
+        route, model = lm.engine, lm.model
+        async_route = route.async_twin
         settings = {"temperature": config.temperature or None}
     else:
         raise ConfigError(f"{config.section}: kind='student' is a program, not an LM; load it with "
@@ -97,6 +98,28 @@ def build_lm(config: ModelConfig, *, cache: CallCache | None, retries: int | Non
                            secrets=secrets_for(config), source=_source(config, cache, defaults))
     settings = {name: value for name, value in settings.items() if value is not None}
     return CachingLM(model, engine=engine, async_engine=AsyncCachingEngine(engine), **settings)
+
+
+def wrap_lm(lm, *, cache: CallCache | None, pricing: Pricing, identity: CallIdentity | None = None,
+            retries: int = DEFAULT_RETRIES, backoff: float = DEFAULT_RETRY_BACKOFF,
+            secrets: tuple[str, ...] = ()) -> CachingLM:
+    """A `dspy.LM` built elsewhere (a DSPy program's teacher) behind the call cache, as a `CachingLM`.
+
+    Its engine answers through a copy of `lm` with DSPy's cache and retries off. Its identity in cache
+    keys is its model string and settings unless `identity` says otherwise. A program holding the
+    result cannot be saved (nothing records how `lm` was built): use `build_lm` for that.
+    """
+    if isinstance(lm, CachingLM):
+        return lm
+    identity = identity or CallIdentity(
+        model=lm.model, settings=tuple(sorted((k, v) for k, v in lm.kwargs.items() if isinstance(k, str)))
+    )
+    route = LMRoute(lm.copy(cache=False, num_retries=0))
+    engine = CachingEngine(route, async_route=AsyncLMRoute(route), cache=cache, pricing=pricing, identity=identity,
+                           retries=retries, backoff=backoff, secrets=secrets)
+    settings = {key: value for key, value in lm.kwargs.items() if key in ("temperature", "max_tokens")
+                and value is not None}
+    return CachingLM(lm.model, engine=engine, async_engine=AsyncCachingEngine(engine), **settings)
 
 
 def _api_lm(config: ModelConfig, timeout: float):

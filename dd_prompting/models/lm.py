@@ -52,15 +52,16 @@ class CachingLM(dspy.LM):
     def prefers_plain_text(self) -> bool:
         return self.engine.prefers_plain_text
 
-    def __call__(self, prompt=None, *, messages=None, **kwargs):
+    # Arguments pass through as given (a Request, a prompt, or in DSPy 3.4 an adapter's messages).
+    def __call__(self, *args, **kwargs):
         kwargs.pop("cache", None)
         with self._scope(kwargs):
-            return super().__call__(prompt, messages=messages, **kwargs)
+            return super().__call__(*args, **kwargs)
 
-    async def acall(self, prompt=None, *, messages=None, **kwargs):
+    async def acall(self, *args, **kwargs):
         kwargs.pop("cache", None)
         with self._scope(kwargs):
-            return await super().acall(prompt, messages=messages, **kwargs)
+            return await super().acall(*args, **kwargs)
 
     def _scope(self, kwargs: dict[str, Any]):
         if current_call() is not None:

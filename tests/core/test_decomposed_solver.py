@@ -443,3 +443,10 @@ def test_a_plain_answer_listener_is_ambiguous_and_the_helper_names_every_writer(
         ["answer_step", "answer_last_step"]
     with pytest.raises(ValueError, match="writes 'rationale'"):
         program.stream_listeners("rationale")
+
+
+def test_the_default_reasoning_type_is_chain_of_thoughts():
+    import inspect
+
+    default = inspect.signature(dspy.ChainOfThought.__init__).parameters["rationale_field_type"].default
+    assert DecomposedSolver("question -> answer").rationale_field_type is default
