@@ -19,17 +19,21 @@ send no cap of their own.
 from __future__ import annotations
 
 import asyncio
-import copy
 import importlib.util
 import json
 import threading
 import time
 import weakref
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dspy
 from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
+
+from dd_prompting.local.decoding import context_limit
+from dd_prompting.local.prefix_cache import PrefixCache
+from dd_prompting.local.scheduler import BatchScheduler
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -60,10 +64,13 @@ MODEL_LOCK = threading.RLock()
 class TransformersEngine:
     """A DSPy engine that generates with an in-process transformers model.
 
-    Calls are serialised with a lock: two threads generating at once on one CPU model only slow
-    each other down. `prefers_plain_text` tells `DecomposedSolver` to prompt the model in plain
+    Calls from any number of threads (`dspy.Evaluate(num_threads=8)`) or asyncio tasks (the async
+    twin) are decoded together by one `BatchScheduler` (`dd_prompting.local.scheduler`): up to
+    `max_batch_size` rows and `max_batch_tokens` tokens at once (what bounds memory), the prompt
+    prefix they share encoded once, each request stopped and sampled on its own. Greedy text is the
+    text each request gives alone. `prefers_plain_text` tells `DecomposedSolver` to prompt the model in plain
     text, as small models cannot follow DSPy's chat format; a model fine-tuned on DSPy's chat format
-    (by `dd_prompting.distill.provider`) does, and is loaded with it off.
+    (by `dd_prompting.finetune_provider`) does, and is loaded with it off.
 
     An engine loaded by `from_pretrained` remembers where from, so a program that uses it can be
     saved and loaded (`dump_state` / `load_state`, DSPy's engine interface).
@@ -80,6 +87,8 @@ class TransformersEngine:
         prefix_cache_size: int = 8,
         prefers_plain_text: bool = True,
         source: dict[str, Any] | None = None,
+        max_batch_size: int = 16,
+        max_batch_tokens: int = 16384,
     ):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -93,8 +102,10 @@ class TransformersEngine:
         if use_chat_template and not has_template:
             raise ValueError(f"use_chat_template=True, but the tokenizer of {name!r} has no chat template.")
         self.use_chat_template = has_template if use_chat_template is None else use_chat_template
-        self._lock = threading.Lock()
-        self._prefixes = PrefixCache(size=prefix_cache_size)
+        self.prefixes = PrefixCache(size=prefix_cache_size)
+        self.scheduler = BatchScheduler(self.model, tokenizer, max_batch_size=max_batch_size,
+                                        max_batch_tokens=max_batch_tokens, prefix_cache=self.prefixes,
+                                        lock=MODEL_LOCK)
         self.async_twin = AsyncTransformersEngine(self)
 
     @classmethod
@@ -146,75 +157,69 @@ class TransformersEngine:
         return render_prompt(self.tokenizer, system, messages, use_chat_template=self.use_chat_template)
 
     def generate(self, prompt: str, *, max_new_tokens: int, stop: tuple[str, ...] = (),
-                 temperature: float | None = None, top_p: float | None = None) -> tuple[str, int, int, str]:
+                 temperature: float | None = None, top_p: float | None = None,
+                 seed: int | None = None) -> tuple[str, int, int, str]:
         """Generate a continuation of `prompt`: (text, prompt tokens, new tokens, finish reason)."""
-        import torch
+        future = self.submit(prompt, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature, top_p=top_p,
+                             seed=seed)
+        result = future.result()
+        return result.text, result.prompt_tokens, result.new_tokens, result.finish_reason
 
-        encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        prompt_length = encoded["input_ids"].shape[1]
+    def submit(self, prompt: str, *, max_new_tokens: int, stop: tuple[str, ...] = (), temperature: float | None = None,
+               top_p: float | None = None, seed: int | None = None) -> Future:
+        """Queue `prompt` for the scheduler; the future resolves to a `Generation`. A prompt too long fails here."""
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         limit = context_limit(self.model)
-        if prompt_length >= limit:
+        if len(ids) >= limit:
             # Past its position table the model fails deep inside torch ("index out of range in self").
             raise ValueError(
-                f"{self.name}: the prompt is {prompt_length} tokens, but this model attends over at most {limit} "
+                f"{self.name}: the prompt is {len(ids)} tokens, but this model attends over at most {limit} "
                 "positions. Shorten the prompt (fewer or no demos, e.g. DecomposedSolver(..., demos=None), shorter "
                 "inputs), or use a model with a longer context (a dd-distill student: a larger student.max_length)."
             )
-        max_new_tokens = min(max_new_tokens, limit - prompt_length)  # the rest of the context, at most
-        options: dict[str, Any] = {"max_new_tokens": max_new_tokens}
-        if temperature:
-            options.update(do_sample=True, temperature=temperature, top_p=top_p or 1.0)
-        else:
-            options.update(do_sample=False)
-        if stop:
-            options.update(stop_strings=list(stop), tokenizer=self.tokenizer)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        with self._lock, torch.inference_mode():
-            cache = self._prefixes.cache_for(self.model, encoded["input_ids"][0].tolist())
-            if cache is not None:
-                options[_cache_kwarg()] = cache
-            output = self.model.generate(**encoded, pad_token_id=pad_id, **options)
-        new_tokens = output[0, prompt_length:]
-        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
-        finish_reason = "length" if len(new_tokens) >= max_new_tokens else "stop"
-        cut = min((text.find(s) for s in stop if s in text), default=-1)
-        if cut >= 0:
-            text, finish_reason = text[:cut], "stop"
-        return text, prompt_length, len(new_tokens), finish_reason
+        return self.scheduler.submit(ids, max_new_tokens=max_new_tokens, stop=tuple(stop), temperature=temperature,
+                                     top_p=top_p, seed=seed)
 
     def complete(self, request) -> Response:
+        return self._response(self._submit_request(request).result())
+
+    def _submit_request(self, request) -> Future:
         system = request.system if isinstance(request.system, str) or request.system is None else "".join(
             part.text for part in request.system
         )
         messages = [(message.role, message.text or "") for message in request.messages]
         config = request.config
-        text, prompt_tokens, new_tokens, finish_reason = self.generate(
+        return self.submit(
             self.render_prompt(system, messages),
             max_new_tokens=min(config.max_tokens or self.max_new_tokens, self.max_new_tokens),
             stop=tuple(config.stop or ()),
             temperature=config.temperature,
             top_p=config.top_p,
+            seed=config.seed,
         )
+
+    def _response(self, result) -> Response:
         return Response(
             id=f"local-{time.time_ns()}",
             model=self.name,
-            message=Message.assistant([TextPart(text)]),
-            finish_reason=finish_reason,
-            usage=Usage(input_tokens=prompt_tokens, output_tokens=new_tokens),
+            message=Message.assistant([TextPart(result.text)]),
+            finish_reason=result.finish_reason,
+            usage=Usage(input_tokens=result.prompt_tokens, output_tokens=result.new_tokens),
         )
 
     def stream(self, request):
         return response_to_events(self.complete(request))
 
     def close(self) -> None:
-        pass
+        """Stop the scheduler's worker thread (it also ends with the process, or when the engine is collected)."""
+        self.scheduler.close()
 
 
 class AsyncTransformersEngine:
-    """The async twin of a `TransformersEngine` (`engine.async_twin`): the same model, run in a worker thread.
+    """The async twin of a `TransformersEngine` (`engine.async_twin`): the same model and scheduler.
 
-    Generation holds the engine's lock, so concurrent calls take turns on the model; the event loop
-    stays free meanwhile.
+    A call queues its request and awaits the scheduler's future, so the event loop stays free and an
+    `asyncio.gather` of many calls is decoded together, with no thread pool capping the batch.
     """
 
     def __init__(self, engine: TransformersEngine):
@@ -225,7 +230,7 @@ class AsyncTransformersEngine:
         return self.engine.prefers_plain_text
 
     async def complete(self, request) -> Response:
-        return await asyncio.to_thread(self.engine.complete, request)
+        return self.engine._response(await asyncio.wrap_future(self.engine._submit_request(request)))
 
     async def stream(self, request):
         for event in response_to_events(await self.complete(request)):
@@ -245,75 +250,12 @@ class AsyncTransformersEngine:
 _LOADED: weakref.WeakValueDictionary[str, TransformersEngine] = weakref.WeakValueDictionary()
 
 
-class PrefixCache:
-    """Key/value caches of prompt prefixes that recent prompts shared, reused by later prompts.
-
-    Calls of one DSPy predictor share their instructions and demos, most of a few-shot prompt: on
-    SmolLM2-135M a 680-token prompt takes 1.3 s to encode before the first new token. A prefix that
-    two recent prompts share is encoded once and kept; a prompt that starts with a kept prefix
-    encodes only the rest. Greedy outputs are unchanged.
-    """
-
-    def __init__(self, *, size: int = 8, min_tokens: int = 32):
-        self.size = size
-        self.min_tokens = min_tokens
-        self.hits = 0
-        self._entries: list[tuple[list[int], Any]] = []  # most recently used first
-        self._recent: list[list[int]] = []
-
-    def cache_for(self, model, ids: list[int]):
-        """A fresh copy of the longest kept cache whose prefix `ids` starts with, or None."""
-        if self.size <= 0:
-            return None
-        entry = self._longest_entry(ids) or self._new_entry(model, ids)
-        self._recent = [ids, *self._recent][: self.size]
-        if entry is None:
-            return None
-        self._entries.remove(entry)
-        self._entries.insert(0, entry)
-        self.hits += 1
-        return copy.deepcopy(entry[1])  # generate() appends to the cache it is given
-
-    def _longest_entry(self, ids: list[int]):
-        # At least one prompt token must be left for the model to encode.
-        fitting = [e for e in self._entries if len(e[0]) < len(ids) and ids[: len(e[0])] == e[0]]
-        return max(fitting, key=lambda e: len(e[0]), default=None)
-
-    def _new_entry(self, model, ids: list[int]):
-        shared = max((_common_prefix_length(ids, other) for other in self._recent), default=0)
-        shared = min(shared, len(ids) - 1)
-        if shared < self.min_tokens:
-            return None
-        import torch
-
-        out = model(input_ids=torch.tensor([ids[:shared]]), use_cache=True)
-        entry = (ids[:shared], getattr(out, "cache", None) or out.past_key_values)
-        self._entries = [entry, *self._entries][: self.size]
-        return entry
-
-
-def _common_prefix_length(a: list[int], b: list[int]) -> int:
-    length = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        length += 1
-    return length
-
-
-def _cache_kwarg() -> str:
-    # transformers 5.x renamed `past_key_values` to `cache` (the old name is deprecated, then removed).
-    from transformers.generation import utils
-
-    return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
-
-
 def render_prompt(tokenizer, system: str | None, messages: list[tuple[str, str]], *,
                   use_chat_template: bool | None = None) -> str:
     """The text a model continues after `messages`: its chat template, or plain turns for a base model.
 
     One function for inference (`TransformersEngine`) and for fine-tuning on DSPy's calls
-    (`dd_prompting.distill.provider`), so a model is trained on exactly the prompts it will be sent.
+    (`dd_prompting.finetune_provider`), so a model is trained on exactly the prompts it will be sent.
 
     >>> class NoTemplate: chat_template = None
     >>> render_prompt(NoTemplate(), "Be brief.", [("user", "Hi?"), ("assistant", "Hello."), ("user", "Bye?")])
@@ -338,7 +280,7 @@ def render_prompt(tokenizer, system: str | None, messages: list[tuple[str, str]]
     return "\n\n".join(parts)
 
 
-# What `student.json` says when a model was fine-tuned on DSPy's chat format (dd_prompting.distill.provider).
+# What `student.json` says when a model was fine-tuned on DSPy's chat format (dd_prompting.finetune_provider).
 DSPY_CHAT_FORMAT = "dspy_chat"
 
 
@@ -379,12 +321,6 @@ class LocalLM(dspy.LM):
         return super().copy(**kwargs)
 
 
-def context_limit(model) -> int:
-    """The number of positions the model can attend over (2048 when its config does not say)."""
-    config = model.config
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
-
-
 def local_lm(
     model: str | Path | PreTrainedModel = "gpt2",
     *,
@@ -413,7 +349,7 @@ def local_lm(
         name = Path(getattr(model, "name_or_path", "") or "model").name or "model"
         engine = TransformersEngine(model, tokenizer, name=name, max_new_tokens=max_new_tokens,
                                     use_chat_template=use_chat_template)
-    from dd_prompting.distill.provider import TransformersProvider
+    from dd_prompting.finetune_provider import TransformersProvider
 
     # The provider needs the weights' directory (or GGUF file) to fine-tune them; a model object has none.
     weights = Path(model) / gguf_file if isinstance(model, (str, Path)) and gguf_file else model

@@ -119,9 +119,10 @@ def test_prefix_cache_reuses_shared_prompts_without_changing_greedy_output(tiny)
     plain = TransformersEngine(model, tokenizer, max_new_tokens=12, prefix_cache_size=0)
     for prompt in prompts:
         assert cached.generate(prompt, max_new_tokens=12) == plain.generate(prompt, max_new_tokens=12)
-    # The first prompt has nothing to share with; each later one starts with the shared demos.
-    assert cached._prefixes.hits == len(prompts) - 1
-    assert plain._prefixes.hits == 0
+    # The first prompt has nothing to share with; the second encodes the shared demos once and keeps
+    # them; each later one starts from the kept prefix.
+    assert cached.prefixes.hits == len(prompts) - 2
+    assert plain.prefixes.hits == 0
 
 
 def test_a_prompt_longer_than_the_context_is_a_clear_error_and_generation_stops_at_the_end(tmp_path):
@@ -139,3 +140,20 @@ def test_a_prompt_longer_than_the_context_is_a_clear_error_and_generation_stops_
     lm = local_lm(tiny_gpt2(tokenizer, n_positions=24), tokenizer=tokenizer, cache=False)
     with pytest.raises(Exception, match="attends over at most 24 positions. Shorten the prompt"):
         dspy.Predict("question -> answer")(question=long_prompt, lm=lm)
+
+
+def test_a_local_lm_is_built_and_used_without_importing_distill_or_evals():
+    code = (
+        "import sys; sys.path.insert(0, 'tests')\n"
+        "import dspy\n"
+        "from tiny_models import tiny_gpt2, train_tokenizer\n"
+        "from dd_prompting import DecomposedSolver, local_lm\n"
+        "tokenizer = train_tokenizer(['Question: Tom has 3 apples. Answer: 3'] * 10)\n"
+        "lm = local_lm(tiny_gpt2(tokenizer), tokenizer=tokenizer, max_new_tokens=3)\n"
+        "with dspy.context(lm=lm):\n"
+        "    DecomposedSolver('question -> answer: float', demos=None)(question='Tom has 3 apples?')\n"
+        "print(lm.provider.finetunable, sorted(m for m in sys.modules if m.startswith(('dd_prompting.distill', "
+        "'dd_prompting.evals'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split(None, 1) == ["True", "[]\n"]
