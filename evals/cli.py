@@ -1,6 +1,7 @@
 """`python -m dd_prompting.evals` / `dd-evals`: compare prompting strategies across models and datasets.
 
     python -m dd_prompting.evals run examples/evals_gsm8k.toml --limit 50 --dry-run    # what would it cost?
+    python -m dd_prompting.evals run examples/evals_gsm8k.toml --dry-run --pilot 8      # ... measured on 8 problems
     python -m dd_prompting.evals run examples/evals_gsm8k.toml --limit 50 --max-cost 1  # run, within $1
     python -m dd_prompting.evals report evals_output                                    # rebuild the report
 
@@ -61,22 +62,42 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
-def _print_estimate(estimates: dict, *, max_cost: float | None) -> None:
-    from dd_prompting.evals.estimate import Estimate
+def _print_estimate(estimates: dict, *, max_cost: float | None, pilot_rows: int, spent: float,
+                    output_dir: str) -> None:
+    from dd_prompting.evals.budget import PRIOR_RANGE
 
-    total = Estimate(cost=0.0)
-    print(f"{'dataset | model | strategy':<60} {'examples':>8} {'calls':>7} {'cached':>7} {'tokens in':>10} "
-          f"{'tokens out':>10} {'est. cost':>11}")
+    if pilot_rows:
+        print(f"Pilot: {pilot_rows} examples run for real, ${spent:.4f} spent; their rows are in results.jsonl and "
+              "the run resumes past them.")
+    print(f"{'dataset | model | strategy':<44} {'problems':>8} {'calls':>7} {'tokens in':>10} {'tokens out':>10} "
+          f"{'est. cost':>10} {'80% range':>21} {'seconds':>8}  basis")
+    totals = {"problems": 0, "calls": 0.0, "prompt": 0.0, "completion": 0.0, "cost": 0.0, "seconds": 0.0}
     for label, estimate in estimates.items():
-        total.add(estimate)
-        print(f"{label:<60} {estimate.examples:>8} {estimate.calls:>7} {estimate.cached_calls:>7} "
-              f"{estimate.prompt_tokens:>10} {estimate.completion_tokens:>10} {_money(estimate.cost):>11}")
-    print(f"{'total':<60} {total.examples:>8} {total.calls:>7} {total.cached_calls:>7} {total.prompt_tokens:>10} "
-          f"{total.completion_tokens:>10} {_money(total.cost):>11}")
-    print("Estimates use each model's real prompts and typical reply lengths; cached calls cost nothing. "
-          "No model was called.")
-    if max_cost is not None and total.cost is not None and total.cost > max_cost:
+        totals["problems"] += estimate.problems
+        totals["calls"] += estimate.calls
+        totals["prompt"] += estimate.prompt_tokens
+        totals["completion"] += estimate.completion_tokens
+        totals["seconds"] += estimate.seconds
+        totals["cost"] = None if totals["cost"] is None or estimate.cost is None else totals["cost"] + estimate.cost
+        print(f"{label:<44} {estimate.problems:>8} {estimate.calls:>7.0f} {estimate.prompt_tokens:>10.0f} "
+              f"{estimate.completion_tokens:>10.0f} {_money(estimate.cost):>10} {_range(estimate):>21} "
+              f"{estimate.seconds:>8.0f}  {estimate.basis_text}")
+    print(f"{'total':<44} {totals['problems']:>8} {totals['calls']:>7.0f} {totals['prompt']:>10.0f} "
+          f"{totals['completion']:>10.0f} {_money(totals['cost']):>10} {'':>21} {totals['seconds']:>8.0f}")
+    print(f"For the problems still to run; cached calls cost nothing. The range is an 80% interval from the observed "
+          f"problems' spread (a pilot's or earlier runs'); for 'prior', the prior's measured error (x{PRIOR_RANGE[0]}"
+          f" to x{PRIOR_RANGE[1]}). Seconds: the calls one after another. "
+          + ("" if pilot_rows else "No model was called. ") + f"Written to {output_dir}/estimate.json.")
+    if max_cost is not None and totals["cost"] is not None and totals["cost"] + spent > max_cost:
         print(f"The estimate passes --max-cost ${max_cost:.4f}: the run would stop before finishing.")
+
+
+def _range(estimate) -> str:
+    if estimate.low is None:
+        return "unknown"
+    if estimate.range_of == "cost":
+        return f"${estimate.low:.4f}-${estimate.high:.4f}"
+    return f"{estimate.low / 1000:.1f}k-{estimate.high / 1000:.1f}k tok"
 
 
 def _money(value: float | None) -> str:
@@ -105,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(config_path, overrides=overrides_from_args(args, EvalConfig))
         harness = Harness(config)
-        if config.dry_run:
-            _print_estimate(harness.estimate(), max_cost=config.max_cost)
-            return EXIT_OK
         summary = harness.run()
+        if config.dry_run:
+            _print_estimate(summary.estimates, max_cost=config.max_cost, pilot_rows=summary.pilot_rows,
+                            spent=summary.spent, output_dir=config.output_dir)
+            return EXIT_STOPPED if summary.stopped else EXIT_OK
     except MalformedLineError as err:  # its way out names this command's option, not the Python keyword
         print(f"error: {err.with_remedy(CLI_REMEDY)}", file=sys.stderr)
         return 1

@@ -186,8 +186,13 @@ class EvalConfig:
     threads: int = field(default=8, metadata={"help": "Concurrent examples."})
     max_cost: float | None = field(default=None, metadata={"help": "Budget in USD for new (uncached) calls; the run "
                                                                    "stops before it would pass it."})
-    dry_run: bool = field(default=False, metadata={"help": "Estimate calls, tokens and cost, then stop without "
-                                                           "calling any model."})
+    dry_run: bool = field(default=False, metadata={"help": "Estimate calls, tokens, cost and seconds per cell (to "
+                                                           "OUTPUT_DIR/estimate.json), then stop without calling any "
+                                                           "model (unless `pilot` is set)."})
+    pilot: int | None = field(
+        default=None, metadata={"help": "With dry_run: first run this many problems of each cell for real (drawn with "
+                                        "`seed`; their rows go to results.jsonl, count against max_cost, and the run "
+                                        "resumes past them), then estimate the rest from what they took."})
     retries: int = field(default=3, metadata={"help": "Retries of a failed call (rate limits, server errors, "
                                                       "time-outs), with exponential back-off."})
     retry_backoff: float = field(default=1.0, metadata={"help": "First back-off in seconds; doubled each retry."})
@@ -221,6 +226,11 @@ class EvalConfig:
             raise ConfigError(f"limit must be at least 1, got {self.limit}")
         if self.max_cost is not None and self.max_cost < 0:
             raise ConfigError(f"max_cost must be >= 0, got {self.max_cost}")
+        if self.pilot is not None and self.pilot < 1:
+            raise ConfigError(f"pilot must be at least 1 problem per cell, got {self.pilot}")
+        if self.pilot is not None and not self.dry_run:
+            raise ConfigError(f"pilot ({self.pilot}) runs only with dry_run (--dry-run --pilot {self.pilot}); a run "
+                              "without it runs every problem, and its budget guard learns from the first ones")
         if self.retries < 0:
             raise ConfigError(f"retries must be >= 0, got {self.retries}")
         if self.timeout <= 0:

@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
@@ -22,11 +23,11 @@ from typing import Any
 import dspy
 
 from dd_prompting.data import Problem
-from dd_prompting.evals.budget import Budget, Calibration
+from dd_prompting.evals.budget import Budget, CellEstimate, CostModel
 from dd_prompting.evals.cell import Cell, evaluate_example
 from dd_prompting.evals.config import EvalConfig, ModelConfig, StrategyConfig
 from dd_prompting.evals.datasets import Dataset, load_dataset, load_demo_pool
-from dd_prompting.evals.estimate import Estimate, estimate_example
+from dd_prompting.evals.estimate import PRIOR_PROFILE, Estimate, ReplyProfile, estimate_example, prior_seconds
 from dd_prompting.models import (
     CallCache,
     Pricing,
@@ -56,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
+ESTIMATE_FILE = "estimate.json"
 
 
 @dataclass
@@ -72,7 +74,8 @@ class RunSummary:
     stopped: str | None = None
     wall_s: float = 0.0
     report_files: list[str] = field(default_factory=list)
-    estimates: dict[str, Estimate] = field(default_factory=dict)
+    estimates: dict[str, CellEstimate] = field(default_factory=dict)
+    pilot_rows: int = 0  # examples a dry run's pilot ran for real
     skipped_lines: list[str] = field(default_factory=list)  # malformed input lines left out: "path:line: reason"
 
 
@@ -252,42 +255,60 @@ class Harness:
             cell.adapter = None
 
     # ---------------------------------------------------------------- estimating
-    def estimate(self, *, skip_done: bool = True) -> dict[str, Estimate]:
-        """Calls, tokens and cost per cell for the examples still to run; no model is called.
+    def estimate(self, *, skip_done: bool = True) -> dict[str, CellEstimate]:
+        """Calls, tokens, cost and seconds per cell for the examples still to run; no model is called.
 
-        A cell that has run examples already is estimated from what they really cost: the structural
-        estimate (the program's real prompts, typical reply lengths) is scaled by how far it was off on
-        the finished examples (`Calibration`).
+        Each cell's `CostModel` learns from what is in the cache for it: its finished rows (a pilot's
+        first), and problems whose calls are all cached though they have no row; with none, the prior.
         """
         done = ResultStore(self.output_dir / RESULTS_FILE).completed() if skip_done else {}
-        estimates = {}
-        for cell in self.cells():
-            calibration = self._calibration(cell, done)
-            total = Estimate(cost=0.0)
-            for problem in cell.dataset.problems:
-                if (cell.fingerprint, problem.id) in done:
-                    continue
-                total.add(calibration.scale(self._estimate_one(cell, problem)))
-            estimates[cell.label] = total
-        return estimates
+        return {cell.label: self._estimate_cell(cell, done) for cell in self.cells()}
 
-    def _calibration(self, cell: Cell, done: dict, *, sample: int = 20) -> Calibration:
-        """How the structural estimate compares with what finished examples of this cell really cost."""
-        calibration = Calibration()
-        if cell.model.kind == "student":
-            return calibration
+    def _estimate_cell(self, cell: Cell, done: dict) -> CellEstimate:
+        model = self._cost_model(cell, done)
+        todo = [problem for problem in cell.dataset.problems if (cell.fingerprint, problem.id) not in done]
+        predictions = {problem.id: model.predict(problem) for problem in todo}
+
+        def replayed(problem: Problem) -> bool:
+            replay = predictions[problem.id].replay
+            return replay is not None and replay.complete
+
+        # Problems paid for by another run (a shared cache) are free here, and teach the model what they took.
+        before = len(model.observations)
+        for problem in filter(replayed, todo):
+            model.observe_replay(problem, predictions[problem.id].replay, refit=False)
+        if len(model.observations) > before:
+            model.fit()
+            predictions.update({problem.id: model.predict(problem) for problem in todo if not replayed(problem)})
+        return model.summarize(list(predictions.values()), dataset=cell.dataset.name, model=cell.model.name,
+                               strategy=cell.strategy.name, done=len(cell.dataset.problems) - len(todo))
+
+    def _cost_model(self, cell: Cell, done: dict) -> CostModel:
+        """The cell's cost model, fitted on its finished rows (the pilot's first, at most MAX_OBSERVATIONS)."""
+        pilot = self._pilot_ids(cell)
+        model = CostModel(lambda problem, profile, cached: self._estimate_one(
+            cell, problem, profile=profile, cache="run" if cached else None), pilot=pilot)
         problems = {problem.id: problem for problem in cell.dataset.problems}
-        paid = [row for (fingerprint, example_id), row in done.items()
-                if fingerprint == cell.fingerprint and example_id in problems and row.get("calls", 0) > row.get(
-                    "cached_calls", 0)]
-        for row in paid[:sample]:
-            fresh = self._estimate_one(cell, problems[row["example_id"]], cache=None)
-            calibration.observe(fresh, row)
-        return calibration
+        rows = [row for (fingerprint, example_id), row in done.items()
+                if fingerprint == cell.fingerprint and example_id in problems]
+        rows.sort(key=lambda row: row["example_id"] not in pilot)  # stable: then in the order they ran
+        for row in rows[:CostModel.MAX_OBSERVATIONS]:
+            model.observe_row(problems[row["example_id"]], row, refit=False)
+        model.fit()
+        return model
 
-    def _estimate_one(self, cell: Cell, problem: Problem, *, cache: Any = "run") -> Estimate:
+    def _pilot_ids(self, cell: Cell) -> set[str]:
+        """The problems a pilot runs in this cell: `pilot` of them, drawn with the run's seed (the same in every
+        cell of a dataset)."""
+        if not self.config.pilot:
+            return set()
+        ids = [problem.id for problem in cell.dataset.problems]
+        return set(random.Random(f"pilot-{self.config.seed}").sample(ids, min(self.config.pilot, len(ids))))
+
+    def _estimate_one(self, cell: Cell, problem: Problem, *, profile: ReplyProfile = PRIOR_PROFILE,
+                      cache: Any = "run") -> Estimate:
         if cell.model.kind == "student":
-            return Estimate(examples=1, calls=1, cost=0.0)  # one local pipeline run, free
+            return Estimate(examples=1, calls=1, cost=0.0, seconds=prior_seconds(1, 0))  # one local pipeline run
         priced_as = None
         decompose = getattr(cell.program, "decompose", None)
         if cell.strategy.decomposer is not None and isinstance(decompose, dspy.Predict):
@@ -298,16 +319,45 @@ class Harness:
             cell.program, {"question": problem.question}, adapter=make_adapter(cell.adapter_name),
             token_model=cell.model.model, identity=identity_for(cell.model),
             cache=self.cache if cache == "run" else cache, pricing=self.pricing(cell.model), priced_as=priced_as,
+            profile=profile,
         )
+
+    def _write_estimate(self, estimates: dict[str, CellEstimate], summary: RunSummary) -> None:
+        from dd_prompting.evals.budget import PRIOR_RANGE
+
+        record = {
+            "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cells": [estimate.to_dict() for estimate in estimates.values()],
+            "pilot": {"problems_per_cell": self.config.pilot, "examples_run": summary.pilot_rows,
+                      "spent": round(summary.spent, 6)},
+            "notes": {
+                "problems": "problems still to run; done: finished already (their rows are in results.jsonl)",
+                "cost": "USD for new calls; cached calls are free",
+                "seconds": "the new calls one after another (a run with T threads takes about this / T)",
+                "low, high": "80% interval of `range_of` (cost in USD, or prompt + completion tokens for free or "
+                             "unpriced models): from the observed problems' spread around the model; with "
+                             f"basis 'prior', the prior's measured error, x{PRIOR_RANGE[0]} to x{PRIOR_RANGE[1]}",
+                "basis": "prior: typical reply lengths; pilot: problems a --pilot ran for real; cache: finished rows "
+                         "or cached calls of this model and strategy",
+            },
+        }
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        text = redact(json.dumps(record, indent=2, ensure_ascii=False, default=str), self.secrets)
+        (self.output_dir / ESTIMATE_FILE).write_text(text + "\n", encoding="utf-8")
 
     # ---------------------------------------------------------------- running
     def run(self) -> RunSummary:
-        """Run (or with `dry_run`, only estimate) every cell; write results, then the report."""
+        """Run every cell; write results, then the report.
+
+        With `dry_run`, only estimate (writing estimate.json); with `pilot` too, first run that many
+        problems of each cell for real, as a run would (rows, cache, budget), and estimate the rest.
+        """
         from dd_prompting.evals.report import write_report
 
         summary = RunSummary()
-        if self.config.dry_run:
+        if self.config.dry_run and not self.config.pilot:
             summary.estimates = self.estimate()
+            self._write_estimate(summary.estimates, summary)
             return summary
         cells = self.cells()
         store = ResultStore(self.output_dir / RESULTS_FILE)
@@ -320,6 +370,9 @@ class Harness:
             for cell in cells:
                 todo = [p for p in cell.dataset.problems if (cell.fingerprint, p.id) not in done]
                 summary.examples_skipped += len(cell.dataset.problems) - len(todo)
+                if self.config.dry_run:  # a pilot
+                    pilot = self._pilot_ids(cell)
+                    todo = [problem for problem in todo if problem.id in pilot]
                 if not todo:
                     logger.info("%s: all %d examples done already", cell.label, len(cell.dataset.problems))
                     continue
@@ -343,6 +396,10 @@ class Harness:
             self._write_run_file(summary, wall)
             summary.report_files = write_report(self.output_dir, plots=self.config.plots)
             self._log_summary(summary)
+        if self.config.dry_run:
+            summary.pilot_rows = summary.rows_written
+            summary.estimates = self.estimate()
+            self._write_estimate(summary.estimates, summary)
         return summary
 
     def _check_budget_prices(self, cells: list[Cell], done: dict) -> None:
@@ -366,7 +423,8 @@ class Harness:
         previous = [row for key, row in done.items() if key[0] == cell.fingerprint]
         correct = sum(bool(row.get("correct")) for row in previous)
         finished = len(previous)
-        calibration = self._calibration(cell, done) if budget.limit is not None else Calibration()
+        # The guard reserves by the same model the dry run estimates with, and it goes on learning as rows come.
+        model = self._cost_model(cell, done) if budget.limit is not None else None
         progress = tqdm(total=total, initial=total - len(todo), desc=cell.label, unit="ex",
                         disable=not self.config.progress, dynamic_ncols=True)
         logger.info("%s: %d examples to run (%d done already), %d at a time", cell.label, len(todo),
@@ -382,8 +440,8 @@ class Harness:
             row = future.result()
             store.append(row)
             budget.settle(reserve, row["new_cost"])
-            if estimate is not None:
-                calibration.observe(estimate, row)
+            if model is not None:
+                model.observe_row(problem, row)
             tally.add(row)
             logger.debug("%s: example %s: %s%s, %d calls (%d from the cache), %d retries", cell.label,
                          row["example_id"], "right" if row["correct"] else "wrong",
@@ -408,17 +466,17 @@ class Harness:
         depth = workers if budget.limit is not None else 2 * workers
         try:
             while True:
-                # Until the estimate is calibrated, a budgeted run feels its way one example at a time.
-                room = depth if budget.limit is None or calibration.calibrated else 1
+                # Until the model has seen a few problems, a budgeted run feels its way one example at a time.
+                room = depth if model is None or model.calibrated else 1
                 while not exhausted and not summary.stopped and len(pending) < room:
                     problem = next(queue, None)
                     if problem is None:
                         exhausted = True
                         break
                     reserve, estimate = 0.0, None
-                    if budget.limit is not None:
-                        estimate = self._estimate_one(cell, problem)
-                        reserve = calibration.reserve(estimate)
+                    if model is not None:
+                        estimate = model.predict(problem)
+                        reserve = model.reserve(estimate)
                     if not budget.try_reserve(reserve):
                         summary.stopped = (f"budget: ${budget.spent:.4f} spent and ${budget.reserved:.4f} in flight; "
                                            f"the next example (about ${reserve:.4f}) would pass max_cost "

@@ -60,3 +60,50 @@ class ScriptedModel:
             else:  # reasoning, subanswer
                 values[name] = "Let me think step by step."
         return Reply(text=chat_reply(values), delay=self.delay)
+
+
+@dataclass
+class SolutionModel:
+    """A scripted model whose replies are real solutions: realistic in length, for measuring cost estimates.
+
+    `solutions` maps a question to its (sub-questions, answer steps, answer), e.g. GSM8K's Socratic
+    solutions or the generator's decompositions. Chain of thought writes the steps as its reasoning;
+    decomposition writes the sub-questions, then answers them (all at once, or the one asked). A
+    question in `unformatted` gets its first reply to a ChatAdapter request without field headers,
+    so DSPy's ChatAdapter falls back to JSON: one call more, as real models cost sometimes.
+    """
+
+    solutions: dict[str, tuple[list[str], list[str], str]]
+    unformatted: set[str] = field(default_factory=set)
+    _fallen_back: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, request: dict[str, Any]):
+        from dd_prompting.testing import formatted_reply, request_format
+
+        question = question_of(request)
+        subquestions, steps, answer = self.solutions[question]
+        outputs = tuple(output_fields(request))
+        if question in self.unformatted and request_format(request) == "chat":
+            key = f"{question}|{outputs}"
+            with self._lock:
+                first = key not in self._fallen_back
+                self._fallen_back.add(key)
+            if first:
+                return Reply(text=f"The answer is {answer}.")
+        values: dict[str, Any] = {}
+        for name in outputs:
+            if name == "answer":
+                values[name] = answer
+            elif name == "reasoning":
+                values[name] = " ".join(steps)
+            elif name == "subquestions":
+                values[name] = subquestions
+            elif name == "subanswers":
+                values[name] = steps
+            elif name == "subanswer":
+                asked = input_field(request, "subquestion")
+                values[name] = steps[subquestions.index(asked)] if asked in subquestions else steps[-1]
+            else:
+                values[name] = "Let me think step by step."
+        return Reply(text=formatted_reply(request, values))
