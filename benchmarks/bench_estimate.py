@@ -1,7 +1,7 @@
 """How close the dry-run estimate comes to what a run really costs, from the prior and from an 8-problem pilot.
 
     .venv/bin/python benchmarks/bench_estimate.py            # 200 problems per strategy and dataset
-    .venv/bin/python benchmarks/bench_estimate.py --problems 40 --pilot 8
+    .venv/bin/python benchmarks/bench_estimate.py --problems 40 --pilot 8 --show   # and the dry runs' tables
 
 Against the in-repo test server, which bills in o200k tokens as OpenAI counts them, with a scripted
 gpt-4o-mini (priced by litellm's map) whose replies are real solutions: GSM8K's Socratic sub-questions
@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "evals"))
 from scripted import SolutionModel  # noqa: E402
 
 from dd_prompting.data.gsm8k_loader import gsm8k_path, parse_socratic  # noqa: E402
+from dd_prompting.evals.cli import print_estimate  # noqa: E402
 from dd_prompting.evals.config import EvalConfig  # noqa: E402
 from dd_prompting.evals.harness import Harness  # noqa: E402
 from dd_prompting.evals.results import ResultStore, latest_rows  # noqa: E402
@@ -68,7 +69,8 @@ def cost_by_strategy(output_dir: Path) -> dict[str, float]:
     return totals
 
 
-def measure(name: str, dataset: dict, solutions: dict, directory: Path, *, problems: int, pilot: int) -> list[tuple]:
+def measure(name: str, dataset: dict, solutions: dict, directory: Path, *, problems: int, pilot: int,
+            show: bool) -> list[tuple]:
     unformatted = {question for index, question in enumerate(sorted(solutions)) if index % 20 == 7}
     with OpenAICompatibleServer(SolutionModel(solutions=solutions, unformatted=unformatted)) as server:
         def config(out: str, **options) -> EvalConfig:
@@ -85,6 +87,11 @@ def measure(name: str, dataset: dict, solutions: dict, directory: Path, *, probl
         piloted = Harness(config("pilot", dry_run=True, pilot=pilot)).run()
         pilot_spent = cost_by_strategy(directory / f"{name}-pilot")
         seconds = time.perf_counter() - started
+    if show:
+        print(f"$ dd-evals run <{name} config> --dry-run --pilot {pilot}")
+        print_estimate(piloted.estimates, max_cost=None, pilot_rows=piloted.pilot_rows, spent=piloted.spent,
+                       output_dir=str(directory / f"{name}-pilot"))
+        print()
     lines = []
     for strategy, real in actual.items():
         after = piloted.estimates[f"{dataset['name']} | gpt-4o-mini | {strategy}"]
@@ -100,13 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problems", type=int, default=200, help="Problems per dataset (default 200).")
     parser.add_argument("--pilot", type=int, default=8, help="Pilot problems per cell (default 8).")
+    parser.add_argument("--show", action="store_true", help="Print each pilot dry run as dd-evals prints it.")
     args = parser.parse_args(argv)
     directory = Path(tempfile.mkdtemp(prefix="bench_estimate_"))
     generated, generated_solutions = generator_dataset(directory, args.problems)
     rows = measure("gsm8k", {"kind": "gsm8k", "name": "gsm8k"}, gsm8k_solutions(), directory,
-                   problems=args.problems, pilot=args.pilot)
+                   problems=args.problems, pilot=args.pilot, show=args.show)
     rows += measure("generator", {"kind": "file", "name": "generator", "path": str(generated), "id": "id"},
-                    generated_solutions, directory, problems=args.problems, pilot=args.pilot)
+                    generated_solutions, directory, problems=args.problems, pilot=args.pilot, show=args.show)
     print(f"Estimated / actual cost, {args.problems} problems per strategy, scripted gpt-4o-mini billed in "
           f"{tokenizer_name()} tokens; pilot: {args.pilot} problems per cell (its cost + its estimate of the rest)")
     print(f"{'dataset':<10} {'strategy':<22} {'actual':>9} {'prior':>9} {'ratio':>6} {'pilot':>9} {'ratio':>6}  "
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, strategy, real, prior, with_pilot, low, high in rows:
         print(f"{name:<10} {strategy:<22} ${real:>8.4f} ${prior:>8.4f} {prior / real:>5.2f}x ${with_pilot:>8.4f} "
               f"{with_pilot / real:>5.2f}x  {low / real:.2f}-{high / real:.2f}")
-    worst = max(max(w / r, r / w) for *_, r, _, w, _, _ in [(n, s, r, p, w, lo, hi) for n, s, r, p, w, lo, hi in rows])
+    worst = max(max(estimate / real, real / estimate) for _, _, real, _, estimate, _, _ in rows)
     print(f"Worst pilot estimate: {worst:.2f}x off (goal: within 1.5x).")
     return 0
 

@@ -31,8 +31,10 @@ from dd_prompting.evals.estimate import PRIOR_PROFILE, Estimate, Replay, ReplyPr
 
 __all__ = ["Budget", "CostModel", "CellEstimate", "Observation", "PRIOR_RANGE"]
 
-# The prior's error as bench_estimate.py measured it (estimated / actual cost over four strategies, GSM8K and
-# generated problems): an estimate from the prior alone is given this range, as factors of its value.
+# The range given to an estimate from the prior alone, as factors of its value. bench_estimate.py measured the
+# prior at 0.96-1.65x the actual cost (four strategies, GSM8K and generated problems, replies as long as the
+# reference solutions); the issue measured up to 3.3x with shorter replies, and a verbose model's chain of thought
+# can run twice the prior's 120 tokens: so actual / estimate from 0.5 to 2.5.
 PRIOR_RANGE = (0.5, 2.5)
 _COMPONENTS = ("calls", "prompt_tokens", "completion_tokens", "cost", "seconds")
 # Student's t, 90th percentile, by degrees of freedom: the two-sided 80% interval.
@@ -67,7 +69,7 @@ class Budget:
 
 @dataclass
 class Observation:
-    """What one observed problem really took; `seconds` only when none of its calls came from the cache."""
+    """What one observed problem really took (cached calls at what they once cost); `seconds` None if unknown."""
 
     problem: Any
     calls: int
@@ -162,7 +164,9 @@ class CostModel:
         if self.full or row.get("error") or self._id(problem) in self._seen:
             return
         replay = self._estimate(problem, PRIOR_PROFILE, True).replay
-        seconds = row.get("latency_s") if not row.get("cached_calls") else None
+        # A cache hit takes no time: the example's seconds are spread over its new calls, as if all were new.
+        calls, cached = int(row.get("calls") or 0), int(row.get("cached_calls") or 0)
+        seconds = row["latency_s"] * calls / (calls - cached) if row.get("latency_s") and calls > cached else None
         self._add(Observation(problem, int(row.get("calls") or 0), int(row.get("prompt_tokens") or 0),
                               int(row.get("completion_tokens") or 0), row.get("cost"), seconds, replay, "row"),
                   refit)

@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 
-__all__ = ["main", "make_parser"]
+__all__ = ["main", "make_parser", "print_estimate"]
 
 EXIT_OK, EXIT_STOPPED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
 _ALIASES = {"only_models": "--models", "only_strategies": "--strategies", "only_datasets": "--datasets"}
@@ -62,14 +62,15 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
-def _print_estimate(estimates: dict, *, max_cost: float | None, pilot_rows: int, spent: float,
+def print_estimate(estimates: dict, *, max_cost: float | None, pilot_rows: int, spent: float,
                     output_dir: str) -> None:
     from dd_prompting.evals.budget import PRIOR_RANGE
 
     if pilot_rows:
         print(f"Pilot: {pilot_rows} examples run for real, ${spent:.4f} spent; their rows are in results.jsonl and "
               "the run resumes past them.")
-    print(f"{'dataset | model | strategy':<44} {'problems':>8} {'calls':>7} {'tokens in':>10} {'tokens out':>10} "
+    width = max([len("dataset | model | strategy"), *map(len, estimates)])
+    print(f"{'dataset | model | strategy':<{width}} {'problems':>8} {'calls':>7} {'tokens in':>10} {'tokens out':>10} "
           f"{'est. cost':>10} {'80% range':>21} {'seconds':>8}  basis")
     totals = {"problems": 0, "calls": 0.0, "prompt": 0.0, "completion": 0.0, "cost": 0.0, "seconds": 0.0}
     for label, estimate in estimates.items():
@@ -79,10 +80,10 @@ def _print_estimate(estimates: dict, *, max_cost: float | None, pilot_rows: int,
         totals["completion"] += estimate.completion_tokens
         totals["seconds"] += estimate.seconds
         totals["cost"] = None if totals["cost"] is None or estimate.cost is None else totals["cost"] + estimate.cost
-        print(f"{label:<44} {estimate.problems:>8} {estimate.calls:>7.0f} {estimate.prompt_tokens:>10.0f} "
+        print(f"{label:<{width}} {estimate.problems:>8} {estimate.calls:>7.0f} {estimate.prompt_tokens:>10.0f} "
               f"{estimate.completion_tokens:>10.0f} {_money(estimate.cost):>10} {_range(estimate):>21} "
               f"{estimate.seconds:>8.0f}  {estimate.basis_text}")
-    print(f"{'total':<44} {totals['problems']:>8} {totals['calls']:>7.0f} {totals['prompt']:>10.0f} "
+    print(f"{'total':<{width}} {totals['problems']:>8} {totals['calls']:>7.0f} {totals['prompt']:>10.0f} "
           f"{totals['completion']:>10.0f} {_money(totals['cost']):>10} {'':>21} {totals['seconds']:>8.0f}")
     print(f"For the problems still to run; cached calls cost nothing. The range is an 80% interval from the observed "
           f"problems' spread (a pilot's or earlier runs'); for 'prior', the prior's measured error (x{PRIOR_RANGE[0]}"
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         harness = Harness(config)
         summary = harness.run()
         if config.dry_run:
-            _print_estimate(summary.estimates, max_cost=config.max_cost, pilot_rows=summary.pilot_rows,
+            print_estimate(summary.estimates, max_cost=config.max_cost, pilot_rows=summary.pilot_rows,
                             spent=summary.spent, output_dir=config.output_dir)
             return EXIT_STOPPED if summary.stopped else EXIT_OK
     except MalformedLineError as err:  # its way out names this command's option, not the Python keyword
