@@ -118,16 +118,21 @@ class TransformersEngine:
         use_chat_template: bool | None = None,
         trust_remote_code: bool = False,
         torch_dtype: str = "float32",
+        device: str | None = None,
     ) -> TransformersEngine:
+        """Load a model (a hub id, a directory, or a directory's GGUF file) on `device` (default: a GPU if
+        there is one, else the CPU)."""
         from dd_prompting.model_loading import load_pretrained
 
         # A missing model fails here in one sentence; a GGUF file is dequantised once and cached.
         with MODEL_LOCK:
             model, tokenizer = load_pretrained(model_name_or_path, gguf_file=gguf_file, torch_dtype=torch_dtype,
                                                trust_remote_code=trust_remote_code)
+            model = model.to(default_device() if device is None else device)
         name = Path(str(model_name_or_path)).name or str(model_name_or_path)
         source = {"model_name_or_path": str(model_name_or_path), "gguf_file": gguf_file,
-                  "max_new_tokens": max_new_tokens, "use_chat_template": use_chat_template, "torch_dtype": torch_dtype}
+                  "max_new_tokens": max_new_tokens, "use_chat_template": use_chat_template, "torch_dtype": torch_dtype,
+                  "device": device}
         return cls(model, tokenizer, name=name, max_new_tokens=max_new_tokens, use_chat_template=use_chat_template,
                    prefers_plain_text=not trained_on_dspy_chat(model_name_or_path), source=source)
 
@@ -250,6 +255,13 @@ class AsyncTransformersEngine:
 _LOADED: weakref.WeakValueDictionary[str, TransformersEngine] = weakref.WeakValueDictionary()
 
 
+def default_device() -> str:
+    """"cuda" when a GPU is there, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def render_prompt(tokenizer, system: str | None, messages: list[tuple[str, str]], *,
                   use_chat_template: bool | None = None) -> str:
     """The text a model continues after `messages`: its chat template, or plain turns for a base model.
@@ -330,6 +342,7 @@ def local_lm(
     use_chat_template: bool | None = None,
     trust_remote_code: bool = False,
     cache: bool = True,
+    device: str | None = None,
 ) -> dspy.LM:
     """A `dspy.LM` backed by a transformers causal LM running in this process.
 
@@ -341,7 +354,7 @@ def local_lm(
             raise ValueError("Pass `tokenizer` only with a loaded model; a name or path loads its own tokenizer.")
         engine = TransformersEngine.from_pretrained(
             model, gguf_file=gguf_file, max_new_tokens=max_new_tokens,
-            use_chat_template=use_chat_template, trust_remote_code=trust_remote_code,
+            use_chat_template=use_chat_template, trust_remote_code=trust_remote_code, device=device,
         )
     else:
         if tokenizer is None:

@@ -345,6 +345,16 @@ class Harness:
         text = redact(json.dumps(record, indent=2, ensure_ascii=False, default=str), self.secrets)
         (self.output_dir / ESTIMATE_FILE).write_text(text + "\n", encoding="utf-8")
 
+    def _check_local_models(self, cells: list[Cell]) -> None:
+        """A local model that is neither on disk nor in the Hugging Face cache fails now, in one sentence, before any work."""
+        from dd_prompting.model_loading import check_model_available
+
+        models = {cell.model.name: cell.model for cell in cells}
+        models.update({model.name: model for model in self.config.decomposers.values()})
+        for model in models.values():
+            if model.kind == "local" and model.model != "smollm2":
+                check_model_available(model.model, gguf_file=model.gguf_file)
+
     # ---------------------------------------------------------------- running
     def run(self) -> RunSummary:
         """Run every cell; write results, then the report.
@@ -360,6 +370,7 @@ class Harness:
             self._write_estimate(summary.estimates, summary)
             return summary
         cells = self.cells()
+        self._check_local_models(cells)
         store = ResultStore(self.output_dir / RESULTS_FILE)
         done = store.completed()
         self._check_budget_prices(cells, done)

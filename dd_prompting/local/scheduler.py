@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Iterator
@@ -71,16 +72,20 @@ class BatchScheduler:
             the key/value cache. 16,384 tokens of SmolLM2-135M's cache is about 0.75 GB in float32.
         prefix_cache: Keeps prompt prefixes' caches across batches (None: only within a batch).
         lock: Held while the model runs (loading or training elsewhere in the process must wait).
+        gather_seconds: How long a batch that is not full waits for more requests before it starts. Callers
+            that finish one batch together (the threads of `dspy.Evaluate`) send their next calls a few
+            milliseconds apart; without the wait the first of them would start a batch alone.
     """
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_batch_tokens: int = 16384,
-                 prefix_cache=None, lock: threading.RLock | None = None):
+                 prefix_cache=None, lock: threading.RLock | None = None, gather_seconds: float = 0.02):
         if max_batch_size < 1 or max_batch_tokens < 1:
             raise ValueError(f"max_batch_size and max_batch_tokens must be at least 1, got {max_batch_size} "
                              f"and {max_batch_tokens}")
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.max_batch_tokens = max_batch_size, max_batch_tokens
         self.prefix_cache = prefix_cache
+        self.gather_seconds = gather_seconds
         self.limit = context_limit(model)
         self.batch_sizes: list[int] = []  # every batch's size, for benchmarks and tests
         self._lock = lock or threading.RLock()
@@ -156,6 +161,16 @@ class BatchScheduler:
                 return None
             if self._holds:
                 return []
+            # A lone caller (the last batch and the queue hold one request) never waits.
+            concurrent = len(self._queue) > 1 or (self.batch_sizes and self.batch_sizes[-1] > 1)
+            deadline = time.monotonic() + (self.gather_seconds if concurrent else 0.0)
+            while self._queue and len(self._queue) < self.max_batch_size and not self._closed and not self._holds:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._wake.wait(left)
+            if self._closed:
+                return None
             batch: list[_Request] = []
             while self._queue and len(batch) < self.max_batch_size:
                 request = self._queue[0]

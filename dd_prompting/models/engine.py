@@ -203,26 +203,24 @@ class CachingEngine:
     def _lookup(self, keys: _Keys | None) -> Response | None:
         if keys is None:
             return None
-        record = self.cache.get(keys.key)
-        output = _first_output(record)
-        if record is None and keys.legacy is not None:
+        record, output = self.cache.get(keys.key), None
+        if record is not None:
+            output = _first_output(record)
+        elif keys.legacy is not None:
+            # dd-prompting 0.1.0 stored a call's n samples in one entry: sample i is its i-th output.
             record = self.cache.get(keys.legacy)
             outputs = (record or {}).get("outputs") or []
-            output = outputs[keys.sample] if keys.sample < len(outputs) else None
-            record = record if output is not None else None
+            if keys.sample >= len(outputs):
+                return None
+            output = outputs[keys.sample]
         if record is None:
             return None
-        prompt_tokens = int(record.get("prompt_tokens") or 0)
-        completion_tokens = int(record.get("completion_tokens") or 0)
-        if keys.legacy is not None and record is not None and len(record.get("outputs") or []) > 1:
-            # One entry paid for n samples; each sample answered from it carries its share.
-            share = len(record["outputs"])
-            prompt_tokens, completion_tokens = prompt_tokens // share, completion_tokens // share
+        # An entry that paid for several samples charges each its share.
+        share = max(1, len(record.get("outputs") or []))
         cost = record.get("cost")
-        if isinstance(cost, (int, float)) and len(record.get("outputs") or []) > 1:
-            cost = cost / len(record["outputs"])
-        _log(CallRecord(output=_output_text(output), prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens, cost=cost, latency_s=0.0, cached=True))
+        _log(CallRecord(output=_output_text(output), prompt_tokens=int(record.get("prompt_tokens") or 0) // share,
+                        completion_tokens=int(record.get("completion_tokens") or 0) // share,
+                        cost=cost / share if isinstance(cost, (int, float)) else cost, latency_s=0.0, cached=True))
         return _response_from_output(output, model=record.get("model") or self.identity.model,
                                      finish_reason=record.get("finish_reason", "stop"))
 

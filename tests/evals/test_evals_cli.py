@@ -123,3 +123,25 @@ def test_skip_malformed_names_the_flag_in_the_way_out_and_lists_skipped_lines(tm
     assert f"2 malformed input lines skipped ({problems_file}:3, {problems_file}:5)" in out
     report = (tmp_path / "out" / "summary.md").read_text()
     assert f"- `{problems_file}:3: invalid JSON" in report and f"- `{problems_file}:5: field 'answer' is missing" in report
+
+
+def test_a_local_model_that_is_not_there_stops_the_run_in_one_sentence_before_any_call(
+        tmp_path, problems_file, gold, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))  # nothing in the Hugging Face cache
+    with OpenAICompatibleServer(ScriptedModel(gold=gold, right=set(gold))) as server:
+        config = write_config(tmp_path / "c.toml", server.base_url, problems_file, tmp_path / "out")
+        # An API model runs first; the missing local model comes second.
+        config.write_text(config.read_text().replace('[[strategies]]', '''[[models]]
+name = "missing"
+kind = "local"
+model = "someone/not-downloaded-model"
+
+[[strategies]]''', 1))
+        code = main(["run", str(config), "--no-progress"])
+        assert server.call_count == 0
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "someone/not-downloaded-model" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1
+    assert not (tmp_path / "out" / "results.jsonl").exists()
