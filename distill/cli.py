@@ -129,13 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _way_out(err: MalformedLineError) -> MalformedLineError:
-    """The error with its way out in this command's words: the flag for the trace file it skips lines of."""
-    from dd_prompting.distill.traces import TraceFormatError
-
-    if isinstance(err, TraceFormatError):
-        return err.with_remedy(CLI_REMEDY)
-    # The stages read data files whole for now (the traces stage does not pass skip_malformed to them).
-    return err.with_remedy("give a file without it: --skip-malformed skips malformed lines of the trace file only")
+    """The error with its way out in this command's words: the flag that skips such lines (data and trace files)."""
+    return err.with_remedy(CLI_REMEDY)
 
 
 def _open_run(args: argparse.Namespace) -> Run:

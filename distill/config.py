@@ -353,8 +353,8 @@ class RunConfig:
     eval: HeldOutConfig = field(default_factory=HeldOutConfig, metadata={"help": "Evaluation."})
     skip_malformed: bool = field(
         default=False,
-        metadata={"help": "Skip malformed lines of the trace file instead of stopping with an error; each is logged "
-                  "with its file:line and counted in the report. dd-evals has the same option."},
+        metadata={"help": "Skip malformed lines of the data and trace files instead of stopping with an error; each "
+                  "is logged and listed with its file:line in the report. dd-evals has the same option."},
     )
 
     def __post_init__(self):

@@ -36,7 +36,8 @@ def stage_traces(run: Run, *, teacher=None, problems=None) -> None:
 
     config = run.config
     teacher = make_teacher(config) if teacher is None else teacher
-    train, held_out = make_problems(config) if problems is None else problems
+    skipped: list[str] = []
+    train, held_out = make_problems(config, skipped=skipped) if problems is None else problems
     write_problems(run.problems, train)
     write_problems(run.heldout, held_out)
     logger.info("%d training problems, %d held-out problems", len(train), len(held_out))
@@ -44,7 +45,7 @@ def stage_traces(run: Run, *, teacher=None, problems=None) -> None:
         traces = collect_traces(teacher, train, run.traces, retry_failed=config.teacher.retry_failed)
     finally:
         getattr(teacher, "close", lambda: None)()
-    _, report = _filter(run, traces)
+    _, report = _filter(run, traces, skipped=skipped)
     if not report.kept:
         # Nothing usable (every call failed, say with a 401): the stage is not finished, so a rerun asks again.
         errors = sorted({t.error.split(":", 1)[0] for t in traces if t.error})
@@ -64,8 +65,10 @@ def stage_build(run: Run) -> None:
 
     config = run.config
     _require(run.traces, "traces")
-    result = read_trace_file(run.traces, skip_malformed=config.teacher.skip_malformed)
-    kept, report = _filter(run, result.traces, skipped_lines=len(result.skipped))
+    result = read_trace_file(run.traces, skip_malformed=config.skip_malformed)
+    skipped = [entry for entry in _earlier_skipped(run) if not entry.startswith(f"{run.traces}:")]
+    skipped += [f"{run.traces}:{line}: {reason}" for line, reason in result.skipped]
+    kept, report = _filter(run, result.traces, skipped=skipped)
     if not kept:
         raise RuntimeError(f"No usable traces in {run.traces}: {report.summary()}")
     # Concurrent teachers append traces in the order they finish; rows in the problems' order make
@@ -147,8 +150,18 @@ def make_teacher(config: RunConfig):
     )
 
 
-def make_problems(config: RunConfig):
-    """The training and held-out problems of a run, checked to be disjoint."""
+def _earlier_skipped(run: Run) -> list[str]:
+    """The malformed lines an earlier stage skipped (the data files'), as its trace report lists them."""
+    path = run.dir / "trace_report.json"
+    try:
+        return list(json.loads(path.read_text(encoding="utf-8")).get("skipped") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def make_problems(config: RunConfig, *, skipped: list[str] | None = None):
+    """The training and held-out problems of a run, checked to be disjoint. With the run's `skip_malformed`,
+    a data file's malformed lines are skipped and listed in `skipped` as "file:line: reason"."""
     from dd_prompting.distill.problems import generated_problems, gsm8k_problems, read_problems
 
     data = config.data
@@ -156,7 +169,12 @@ def make_problems(config: RunConfig):
     def load(source: str, split: str, offset: int, limit: int | None):
         if source == "gsm8k":
             return gsm8k_problems(split, offset=offset, limit=limit)
-        return read_problems(source, offset=offset, limit=limit, answer_type=data.answers)
+        lines: list[tuple[int, str]] = []
+        problems = read_problems(source, offset=offset, limit=limit, answer_type=data.answers,
+                                 skip_malformed=config.skip_malformed, skipped=lines)
+        if skipped is not None:
+            skipped.extend(f"{source}:{line}: {reason}" for line, reason in lines)
+        return problems
 
     if data.source == "generator":
         train = generated_problems(data.train_problems, seed=data.seed, config=data.generator, id_prefix="train")
@@ -184,7 +202,7 @@ def make_problems(config: RunConfig):
     return train, held_out
 
 
-def _filter(run: Run, traces, *, skipped_lines: int = 0):
+def _filter(run: Run, traces, *, skipped: list[str] = ()):
     from dd_prompting.distill.traces import filter_traces
 
     teacher = run.config.teacher
@@ -192,7 +210,7 @@ def _filter(run: Run, traces, *, skipped_lines: int = 0):
         traces,
         require_correct=teacher.require_correct,
         keep_duplicate_samples=teacher.keep_duplicate_samples,
-        skipped_lines=skipped_lines,
+        skipped=skipped,
     )
     write_json(run.dir / "trace_report.json", report.to_dict())
     return kept, report

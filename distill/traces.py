@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -206,6 +206,7 @@ class TraceReport:
     problems: int = 0
     problems_kept: int = 0
     skipped_lines: int = 0
+    skipped: list[str] = field(default_factory=list)
     replaced_records: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -231,6 +232,7 @@ class TraceReport:
         ]
         if self.skipped_lines:
             rows.append(("malformed lines skipped", self.skipped_lines))
+            rows += [("skipped", f"`{entry[:200]}`") for entry in self.skipped[:20]]
         if self.replaced_records:
             rows.append(("older records replaced by a retry", self.replaced_records))
         if self.total_tokens or self.prompt_tokens or self.completion_tokens:
@@ -270,6 +272,7 @@ def filter_traces(
     require_correct: bool = True,
     keep_duplicate_samples: bool = False,
     skipped_lines: int = 0,
+    skipped: Sequence[str] = (),
 ) -> tuple[list[Trace], TraceReport]:
     """Keep the traces fit for training, and report why the others were dropped.
 
@@ -281,7 +284,8 @@ def filter_traces(
     """
     traces = list(traces)
     latest = latest_traces(traces)
-    report = TraceReport(total=len(latest), skipped_lines=skipped_lines, replaced_records=len(traces) - len(latest))
+    report = TraceReport(total=len(latest), skipped_lines=max(skipped_lines, len(skipped)), skipped=list(skipped),
+                         replaced_records=len(traces) - len(latest))
     dropped: Counter[str] = Counter()
     kept: list[Trace] = []
     seen_steps: set[tuple[str, tuple[str, ...], tuple[str, ...]]] = set()

@@ -101,14 +101,15 @@ def _one_line(text: str) -> str:
 
 def read_problems(
     path: str | os.PathLike, *, offset: int = 0, limit: int | None = None, skip_malformed: bool = False,
-    answer_type: AnswerType | None = None,
+    answer_type: AnswerType | None = None, skipped: list | None = None,
 ) -> list[Problem]:
     """Problems from a JSONL file in GSM8K's format: `question`, `answer` (a solution ending "#### N").
 
     An optional `id` names a problem (else "<file stem>-<line>"). A Socratic solution
     ("sub-question ** step" lines) gives a reference decomposition. With a yes/no or choice
     `answer_type`, the text after "####" is the option ("#### yes"). A malformed line is a
-    `MalformedLineError` naming the file and line (or, with `skip_malformed`, is logged and skipped).
+    `MalformedLineError` naming the file and line (or, with `skip_malformed`, is logged, skipped and
+    appended to `skipped` as a `(line, reason)` pair).
     """
     path = Path(path)
     if not path.is_file():
@@ -116,7 +117,7 @@ def read_problems(
     parse = partial(_problem_from_row, answer_type=answer_type or AnswerType())
     problems = [
         _with_default_id(problem, f"{path.stem}-{line}")
-        for line, problem in read_jsonl(path, parse=parse, skip_malformed=skip_malformed)
+        for line, problem in read_jsonl(path, parse=parse, skip_malformed=skip_malformed, skipped=skipped)
     ]
     end = None if limit is None else offset + limit
     return problems[offset:end]

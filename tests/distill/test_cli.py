@@ -372,8 +372,29 @@ def test_skip_malformed_is_the_run_option_and_the_old_teacher_flag_still_works(t
     assert "or run again with --skip-malformed (or skip_malformed = true in the config file)" in err
     assert "skip_malformed=True" not in err
     assert main(["build", "--run-dir", run_dir, "--quiet", "--skip-malformed"]) == 0
-    assert json.loads((tmp_path / "staged" / "trace_report.json").read_text())["skipped_lines"] == 1
+    report = json.loads((tmp_path / "staged" / "trace_report.json").read_text())
+    assert report["skipped_lines"] == 1 and report["skipped"][0].startswith(f"{traces}:11: invalid JSON")
     with pytest.warns(FutureWarning, match=r"teacher.skip_malformed .* is now the run's skip_malformed \(--skip-malformed\)"):
         assert main(["build", "--run-dir", run_dir, "--quiet", "--teacher.skip_malformed"]) == 0
     saved = json.loads((tmp_path / "staged" / "config.json").read_text())
     assert saved["skip_malformed"] is True and "skip_malformed" not in saved["teacher"]
+
+
+def test_a_malformed_data_line_is_skipped_with_the_flag_and_listed_in_the_report(tmp_path, capsys):
+    from dd_prompting.distill.generator import generate_problems
+
+    data = tmp_path / "problems.jsonl"
+    rows = [json.dumps({"question": p.question, "answer": "\n".join(
+        f"{q} ** {a}" for q, a in zip(p.subquestions, p.subanswers)) + f"\n#### {p.answer}"})
+        for p in generate_problems(12, seed=3)]
+    rows.insert(4, '{"question": "no answer here"}')
+    data.write_text("\n".join(rows) + "\n")
+    run_dir = str(tmp_path / "run")
+    args = ["traces", "--run-dir", run_dir, "--data.source", str(data), "--data.train_problems", "8",
+            "--data.eval_source", "generator", "--data.eval_problems", "4", "--teacher.kind", "socratic", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:5:" in err and "--skip-malformed" in err
+    assert main([*args, "--skip-malformed"]) == 0
+    report = json.loads((tmp_path / "run" / "trace_report.json").read_text())
+    assert report["skipped_lines"] == 1 and report["skipped"][0].startswith(f"{data}:5: ")
