@@ -13,9 +13,12 @@ problems, threads and server:
     python benchmarks/bench_evals.py                       # 160 problems, 0.1 s per call, 8 threads
     python benchmarks/bench_evals.py --examples 320 --threads 16 --delay 0.2
 
-The rows-deleted rerun still runs every DSPy program (adapter formatting and parsing, about 1.5 ms an
-example here), so its ratio grows with the server's delay: measured on this 2-core machine, 9.3x at
-0.1 s a call and 80x at 1 s, a typical API latency; the plain rerun (rows done) was 161x and 1162x.
+The rows-deleted rerun still runs every DSPy program (adapter formatting and parsing, and DSPy's LM
+layer on every cached call: about 0.8 ms a call here), so its ratio grows with the server's delay:
+measured on this 2-core machine (2026-12-06), 15-19x at 0.1 s a call and 157x at 1 s, a typical API
+latency; the plain rerun (rows done) 330-540x and 4025x. Side by side with dd-prompting 0.1.0 at
+0.1 s a call: throughput 94-95% vs 96% of ideal; rows-deleted rerun 15-19x vs 31x, as a cached call
+now passes through `dspy.LM` (request canonicalisation, history) where 0.1.0's CachedLM bypassed it.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import dspy
-from dspy.lm15 import Response, ThinkingPart, response_from_openai_chat, response_to_events
+from dspy.lm15 import Message, Response, TextPart, ThinkingPart, ToolCallPart, Usage, response_to_events
 from dspy.utils.exceptions import is_retryable_lm_error
 
 from dd_prompting.models.cache import CallCache
@@ -192,9 +192,11 @@ class CachingEngine:
         if self.cache is None:
             return None
         call = current_call()
-        sample = call.next_sample(self.identity.request_key(request, rollout_id=call.rollout_id)) if call else 0
         rollout_id = call.rollout_id if call else None
-        key = self.identity.request_key(request, rollout_id=rollout_id, sample=sample)
+        key = self.identity.request_key(request, rollout_id=rollout_id)
+        sample = call.next_sample(key) if call else 0
+        if sample:
+            key = self.identity.request_key(request, rollout_id=rollout_id, sample=sample)
         # dd-prompting 0.1.0 stored the n samples of one call as one entry.
         legacy = (self.identity.request_key(request, rollout_id=rollout_id, n=call.n)
                   if call is not None and call.n > 1 else None)
@@ -387,7 +389,9 @@ def _output_text(output: Any) -> str:
 
 def _output_of(response: Response) -> Any:
     """A reply as the cache stores it: its text, or DSPy's output dictionary when it holds more (tool calls, thinking)."""
-    output: dict[str, Any] = {"text": response.text or ""}
+    # `response.text` is None beside tool calls; the text parts are what the model wrote.
+    output: dict[str, Any] = {"text": "".join(part.text for part in response.message.parts
+                                              if isinstance(part, TextPart))}
     thinking = [part.text for part in response.message.parts if isinstance(part, ThinkingPart)]
     if thinking:
         output["reasoning_content"] = "".join(thinking)
@@ -401,17 +405,20 @@ def _output_of(response: Response) -> Any:
 
 
 def _response_from_output(output: Any, *, model: str, finish_reason: str) -> Response:
-    """A cached reply as a `Response` (zero usage: nothing was spent), read as a Chat Completions body."""
-    message: dict[str, Any] = {"role": "assistant", "content": _output_text(output)}
+    """A cached reply as a `Response`, with zero usage: nothing was spent."""
+    parts: list[Any] = []
     if isinstance(output, dict):
         if output.get("reasoning_content"):
-            message["reasoning_content"] = output["reasoning_content"]
-        if output.get("tool_calls"):
-            message["tool_calls"] = output["tool_calls"]
-    if finish_reason not in ("stop", "length", "tool_calls", "content_filter"):
-        finish_reason = "tool_calls" if message.get("tool_calls") else "stop"
-    body = {"id": "cached", "model": model, "object": "chat.completion",
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
-    return response_from_openai_chat(body, model=model)
-
+            parts.append(ThinkingPart(output["reasoning_content"]))
+        parts.append(TextPart(_output_text(output)))
+        for call in output.get("tool_calls") or ():
+            function = call.get("function") or {}
+            arguments = function.get("arguments") or "{}"
+            parts.append(ToolCallPart(id=call.get("id") or "", name=function.get("name") or "",
+                                      input=json.loads(arguments) if isinstance(arguments, str) else arguments))
+    else:
+        parts.append(TextPart(_output_text(output)))
+    if finish_reason not in ("stop", "length", "tool_call", "content_filter", "error"):
+        finish_reason = "tool_call" if any(isinstance(part, ToolCallPart) for part in parts) else "stop"
+    return Response(id="cached", model=model, message=Message.assistant(parts), finish_reason=finish_reason,
+                    usage=Usage(input_tokens=0, output_tokens=0))

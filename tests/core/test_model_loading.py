@@ -291,3 +291,14 @@ def test_the_tokenizer_alone_loads_from_the_same_place(tmp_path):
     assert loaded("one two").input_ids == tokenizer("one two").input_ids
     with pytest.raises(ModelNotAvailableError, match="no such local directory"):
         load_pretrained_tokenizer(tmp_path / "missing" / "dir" / "x")
+
+
+def test_local_lm_on_a_missing_model_says_so_in_one_sentence(empty_hf_cache, monkeypatch):
+    from dd_prompting import local_lm
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelNotAvailableError) as info:
+        local_lm("someone/not-downloaded-model")
+    message = str(info.value)
+    assert "'someone/not-downloaded-model'" in message and "`hf download someone/not-downloaded-model`" in message
+    assert "\n" not in message
