@@ -277,3 +277,15 @@ def test_the_readmes_async_hybrid_pair_runs_with_a_local_decomposer(tiny_dir):
             sync = [solve(question=q) for q in questions]
     assert [p.answer for p in predictions] == [p.answer for p in sync]
     assert [p.subquestions for p in predictions] == [p.subquestions for p in sync]
+
+
+def test_a_fine_tuned_copy_of_a_local_lm_keeps_an_async_engine(tiny_dir, tmp_path):
+    import shutil
+
+    other = tmp_path / "fine-tuned"
+    shutil.copytree(tiny_dir, other)
+    lm = local_lm(tiny_dir, max_new_tokens=4, cache=False)
+    tuned = lm.copy(model=f"local/{other}")  # what dspy.BootstrapFinetune hands back
+    assert tuned.engine is not lm.engine
+    sync = tuned("Question: Tom has 3 apples.")
+    assert asyncio.run(tuned.acall("Question: Tom has 3 apples.")) == sync

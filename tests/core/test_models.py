@@ -15,7 +15,7 @@ REPLY = "[[ ## answer ## ]]\n42\n\n[[ ## completed ## ]]"
 
 
 def _ask(lm):
-    with dspy.context(lm=lm):
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):  # REPLY is in ChatAdapter's format
         return dspy.Predict("question -> answer")(question="What is 6 * 7?").answer
 
 
