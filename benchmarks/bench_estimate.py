@@ -27,9 +27,8 @@ from pathlib import Path
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "evals"))
 
-from scripted import SolutionModel  # noqa: E402
+from scripted import SolutionModel, gsm8k_solutions  # noqa: E402
 
-from dd_prompting.data.gsm8k_loader import gsm8k_path, parse_socratic  # noqa: E402
 from dd_prompting.evals.cli import print_estimate  # noqa: E402
 from dd_prompting.evals.config import EvalConfig  # noqa: E402
 from dd_prompting.evals.harness import Harness  # noqa: E402
@@ -38,16 +37,6 @@ from dd_prompting.testing import OpenAICompatibleServer, tokenizer_name  # noqa:
 
 STRATEGIES = [{"kind": "direct"}, {"kind": "cot"}, {"kind": "decomposed", "mode": "joint"},
               {"kind": "decomposed", "mode": "iterative"}]
-
-
-def gsm8k_solutions() -> dict[str, tuple[list[str], list[str], str]]:
-    solutions = {}
-    with open(gsm8k_path("test_socratic"), encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            parsed = parse_socratic(row["answer"])
-            solutions[row["question"]] = (parsed.subquestions, parsed.steps, parsed.answer)
-    return solutions
 
 
 def generator_dataset(directory: Path, count: int) -> tuple[Path, dict[str, tuple[list[str], list[str], str]]]:

@@ -62,6 +62,21 @@ class ScriptedModel:
         return Reply(text=chat_reply(values), delay=self.delay)
 
 
+def gsm8k_solutions() -> dict[str, tuple[list[str], list[str], str]]:
+    """GSM8K's Socratic test solutions by question: (sub-questions, steps, answer)."""
+    import json
+
+    from dd_prompting.data.gsm8k_loader import gsm8k_path, parse_socratic
+
+    solutions = {}
+    with open(gsm8k_path("test_socratic"), encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            parsed = parse_socratic(row["answer"])
+            solutions[row["question"]] = (parsed.subquestions, parsed.steps, parsed.answer)
+    return solutions
+
+
 @dataclass
 class SolutionModel:
     """A scripted model whose replies are real solutions: realistic in length, for measuring cost estimates.

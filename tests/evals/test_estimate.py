@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+import scripted
 from scripted import ScriptedModel, SolutionModel
 
 from dd_prompting.evals.budget import CostModel
@@ -39,15 +40,7 @@ def rows_of(tmp_path, out="out"):
 
 @pytest.fixture(scope="module")
 def gsm8k_solutions():
-    from dd_prompting.data.gsm8k_loader import gsm8k_path, parse_socratic
-
-    solutions = {}
-    with open(gsm8k_path("test_socratic"), encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            parsed = parse_socratic(row["answer"])
-            solutions[row["question"]] = (parsed.subquestions, parsed.steps, parsed.answer)
-    return solutions
+    return scripted.gsm8k_solutions()
 
 
 def test_the_server_bills_tokens_as_the_estimate_counts_them():
