@@ -21,7 +21,10 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def clear_dspy_settings():
-    """Each test starts with no LM or adapter configured, as a fresh DSPy program would."""
-    with dspy.context(lm=None, adapter=None, trace=[]):
+def clear_dspy_settings(request):
+    """Each test starts with no LM configured and ChatAdapter, the format DummyLM and the scripted replies are
+    written in, named here rather than taken from DSPy's default (XMLAdapter from DSPy 3.5 on). A test of
+    what happens with no adapter configured (a local model picking PlainTextAdapter) is marked `no_adapter`."""
+    adapter = None if request.node.get_closest_marker("no_adapter") else dspy.ChatAdapter()
+    with dspy.context(lm=None, adapter=adapter, trace=[]):
         yield

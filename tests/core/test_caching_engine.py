@@ -230,6 +230,7 @@ def test_the_deprecated_cachedlm_warns_and_still_answers_through_the_cache(tmp_p
 
 # --- async local models --------------------------------------------------------------------------------
 
+@pytest.mark.no_adapter
 def test_acall_on_a_local_model_gives_the_sync_answer_without_blocking_the_loop(tiny_dir):
     lm = local_lm(tiny_dir, max_new_tokens=6, cache=False)
     program = DecomposedSolver("question -> answer: float", demos=None)
@@ -259,6 +260,7 @@ def test_acall_on_a_local_model_gives_the_sync_answer_without_blocking_the_loop(
     assert ticks > 1  # the loop ran while the model generated
 
 
+@pytest.mark.no_adapter
 def test_the_readmes_async_hybrid_pair_runs_with_a_local_decomposer(tiny_dir):
     with OpenAICompatibleServer(lambda request: formatted_reply(
             request, {n: (["How many?"] if n == "subanswers" else 7) for n in output_fields(request)})) as server:
@@ -279,6 +281,7 @@ def test_the_readmes_async_hybrid_pair_runs_with_a_local_decomposer(tiny_dir):
     assert [p.subquestions for p in predictions] == [p.subquestions for p in sync]
 
 
+@pytest.mark.no_adapter
 def test_a_fine_tuned_copy_of_a_local_lm_keeps_an_async_engine(tiny_dir, tmp_path):
     import shutil
 

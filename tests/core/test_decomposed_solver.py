@@ -76,6 +76,7 @@ def test_empty_decomposition_falls_back_to_a_direct_answer():
     assert pred.subquestions == []
 
 
+@pytest.mark.no_adapter
 def test_unparsable_output_is_recorded_never_raised():
     lm, engine = scripted_lm(["", "", "no answer line here at all"])
     with dspy.context(lm=lm):
@@ -85,6 +86,7 @@ def test_unparsable_output_is_recorded_never_raised():
     assert pred.answer is None
 
 
+@pytest.mark.no_adapter
 def test_iterative_step_parse_failure_is_counted_and_solving_goes_on():
     lm, engine = scripted_lm(["1. How many?\n2. How much?", "It is 9.", "It is 18.\n(no final line)"])
     with dspy.context(lm=lm):
@@ -95,6 +97,7 @@ def test_iterative_step_parse_failure_is_counted_and_solving_goes_on():
     assert pred.answer is None
 
 
+@pytest.mark.no_adapter
 def test_local_models_get_the_plain_text_adapter_automatically():
     lm, engine = scripted_lm(["1. How many eggs?\n2. How much money?", "1. 9 eggs\n2. 18 dollars\nAnswer: 18"])
     with dspy.context(lm=lm):
@@ -281,6 +284,7 @@ def test_a_rationale_field_is_accepted_as_by_chain_of_thought():
         ("iterative", ["1. How many?\n2. How much?", "It is 9.", "It is 18.\n(no final line)"]),
     ],
 )
+@pytest.mark.no_adapter
 def test_strict_raises_parse_errors_as_chain_of_thought_does(mode, replies):
     lm, engine = scripted_lm(replies)
     with dspy.context(lm=lm), pytest.raises(AdapterParseError):
@@ -348,6 +352,7 @@ def test_gather_runs_iterative_problems_at_once_each_in_order():
 PLAIN_JOINT = ["1. How many eggs?\n2. How much money?", "1. 9 eggs\n2. 18 dollars\nAnswer: 18"]
 
 
+@pytest.mark.no_adapter
 def test_set_lm_to_a_local_model_gets_plain_text():
     lm, engine = scripted_lm(PLAIN_JOINT)
     solver = DecomposedSolver("question -> answer")
@@ -357,6 +362,7 @@ def test_set_lm_to_a_local_model_gets_plain_text():
     assert pred.answer == "18" and pred.parse_failures == []
 
 
+@pytest.mark.no_adapter
 def test_a_call_time_local_lm_gets_plain_text():
     lm, engine = scripted_lm(PLAIN_JOINT)
     api = DummyLM([])
@@ -366,6 +372,7 @@ def test_a_call_time_local_lm_gets_plain_text():
     assert pred.answer == "18" and api.history == []
 
 
+@pytest.mark.no_adapter
 def test_an_api_lm_set_on_the_program_gets_chat_format_under_a_global_local_model():
     local, engine = scripted_lm([])
     api = DummyLM(joint_replies())
@@ -377,6 +384,7 @@ def test_an_api_lm_set_on_the_program_gets_chat_format_under_a_global_local_mode
     assert pred.answer == "18" and engine.requests == []
 
 
+@pytest.mark.no_adapter
 @pytest.mark.parametrize("local_part", ["decompose", "solve"])
 def test_a_hybrid_pair_sends_each_lm_its_own_format(local_part):
     local_reply = PLAIN_JOINT[0] if local_part == "decompose" else PLAIN_JOINT[1]

@@ -9,6 +9,9 @@ import pytest
 from dd_prompting import DecomposedSolver, PlainTextAdapter, TransformersEngine, local_lm
 from tiny_models import tiny_gpt2, train_tokenizer
 
+# Local models pick their own adapter (PlainTextAdapter) when none is configured.
+pytestmark = pytest.mark.no_adapter
+
 CORPUS = [
     "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nSubquestions:\n"
     "1. How many apples does Tom have?\nAnswer: 7",

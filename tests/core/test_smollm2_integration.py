@@ -13,7 +13,8 @@ import pytest
 
 from dd_prompting import INVALID, DecomposedSolver, extract_answer, load_gsm8k
 
-pytestmark = pytest.mark.slow
+# Local models pick their own adapter (PlainTextAdapter) when none is configured.
+pytestmark = [pytest.mark.slow, pytest.mark.no_adapter]
 PROBLEMS = 10
 
 

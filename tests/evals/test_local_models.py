@@ -10,6 +10,9 @@ from dd_prompting.evals.config import EvalConfig
 from dd_prompting.evals.harness import Harness
 from dd_prompting.evals.results import ResultStore
 
+# Local models pick their own adapter (PlainTextAdapter) when none is configured.
+pytestmark = pytest.mark.no_adapter
+
 CORPUS = [f"Question: Ann has {i} apples and buys {i + 2} more. How many apples? Answer: {2 * i + 2}"
           for i in range(40)]
 
