@@ -37,7 +37,7 @@ from dspy.signatures.signature import Signature
 from dspy.utils.exceptions import AdapterParseError
 
 from dd_prompting.answers import INVALID, extract_answer
-from dd_prompting.models.sampling import current_call, sample_scope
+from dd_prompting.models.sampling import sample_scope
 
 __all__ = ["PlainTextAdapter", "PlainTextPrompt", "render_plain_text", "prefers_plain_text"]
 
@@ -137,10 +137,6 @@ class PlainTextAdapter(dspy.Adapter):
     @staticmethod
     def _samples(samples: _Samples):
         # One call's samples share one scope, so a caching engine numbers them 0, 1, ... as it would for n.
-        if samples.n <= 1 or current_call() is not None:
-            import contextlib
-
-            return contextlib.nullcontext()
         return sample_scope(rollout_id=samples.rollout_id, n=samples.n)
 
     def _values(self, signature: type[Signature], response) -> dict[str, Any]:

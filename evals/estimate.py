@@ -24,8 +24,7 @@ from typing import Any
 import dspy
 from dspy.lm15 import Message, Response, TextPart, Usage
 
-from dd_prompting.models import (AsyncCachingEngine, CachingEngine, CachingLM, CallCache, CallIdentity, Pricing,
-                                 chat_messages, recording)
+from dd_prompting.models import CachingEngine, CachingLM, CallCache, CallIdentity, Pricing, chat_messages, recording
 
 __all__ = ["Estimate", "Replay", "ReplyProfile", "PRIOR_PROFILE", "estimate_example", "count_tokens", "prior_seconds",
            "TYPICAL_OUTPUT_TOKENS", "TYPICAL_LIST_LENGTH"]
@@ -192,9 +191,9 @@ _STEP: ContextVar[_Step] = ContextVar("dd_prompting_estimated_step")
 def _estimating_lm(identity: CallIdentity, pricing: Pricing, token_model: str, cache: CallCache | None) -> CachingLM:
     engine = CachingEngine(_StandInRoute(token_model), cache=_ReadOnlyCache(cache), pricing=pricing,
                            identity=identity, retries=0)
-    return CachingLM(identity.model, engine=engine, async_engine=AsyncCachingEngine(engine),
-                     **{name: value for name, value in dict(identity.settings).items()
-                        if name in ("temperature", "max_tokens") and value is not None})
+    settings = dict(identity.settings)
+    return CachingLM.around(engine, identity.model, temperature=settings.get("temperature"),
+                            max_tokens=settings.get("max_tokens"))
 
 
 class _EstimatingAdapter(dspy.Adapter):

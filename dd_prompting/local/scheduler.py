@@ -193,7 +193,7 @@ class BatchScheduler:
                     request.future.set_exception(err)
 
     def _decode(self, batch: list[_Request]) -> None:
-        torch = __import__("torch")
+        import torch
         decoder, chunks = self._start(batch)
         for request in batch:
             if request.temperature and request.seed is not None:
@@ -247,7 +247,7 @@ class BatchScheduler:
 
     def _choose(self, batch: list[_Request], logits, running: list[bool]) -> list[int]:
         """Each running row's next token: the argmax, or a sample with the row's temperature, top-p and seed."""
-        torch = __import__("torch")
+        import torch
         tokens = logits.argmax(-1).tolist()
         for row, request in enumerate(batch):
             if running[row] and request.temperature:

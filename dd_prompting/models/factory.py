@@ -10,7 +10,7 @@ from typing import Any
 from dd_prompting.config import ConfigError
 from dd_prompting.models.cache import CallCache
 from dd_prompting.models.config import ModelConfig
-from dd_prompting.models.engine import AsyncCachingEngine, AsyncLMRoute, CachingEngine, LMRoute
+from dd_prompting.models.engine import AsyncLMRoute, CachingEngine, LMRoute
 from dd_prompting.models.identity import CallIdentity
 from dd_prompting.models.lm import CachingLM
 from dd_prompting.models.pricing import Pricing, lookup_pricing
@@ -96,8 +96,7 @@ def build_lm(config: ModelConfig, *, cache: CallCache | None, retries: int | Non
     engine = CachingEngine(route, async_route=async_route, cache=cache, pricing=lookup_pricing(config),
                            identity=identity_for(config), retries=retries, backoff=retry_backoff,
                            secrets=secrets_for(config), source=_source(config, cache, defaults))
-    settings = {name: value for name, value in settings.items() if value is not None}
-    return CachingLM(model, engine=engine, async_engine=AsyncCachingEngine(engine), **settings)
+    return CachingLM.around(engine, model, **settings)
 
 
 def wrap_lm(lm, *, cache: CallCache | None, pricing: Pricing, identity: CallIdentity | None = None,
@@ -117,9 +116,8 @@ def wrap_lm(lm, *, cache: CallCache | None, pricing: Pricing, identity: CallIden
     route = LMRoute(lm.copy(cache=False, num_retries=0))
     engine = CachingEngine(route, async_route=AsyncLMRoute(route), cache=cache, pricing=pricing, identity=identity,
                            retries=retries, backoff=backoff, secrets=secrets)
-    settings = {key: value for key, value in lm.kwargs.items() if key in ("temperature", "max_tokens")
-                and value is not None}
-    return CachingLM(lm.model, engine=engine, async_engine=AsyncCachingEngine(engine), **settings)
+    return CachingLM.around(engine, lm.model, temperature=lm.kwargs.get("temperature"),
+                            max_tokens=lm.kwargs.get("max_tokens"))
 
 
 def _api_lm(config: ModelConfig, timeout: float):

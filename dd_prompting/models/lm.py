@@ -12,12 +12,12 @@ DSPy's retries are off too (`num_retries=0`): the engine retries, once, with its
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import dspy
 
-from dd_prompting.models.sampling import current_call, sample_scope
+from dd_prompting.models.engine import AsyncCachingEngine, CachingEngine
+from dd_prompting.models.sampling import sample_scope
 
 __all__ = ["CachingLM"]
 
@@ -33,6 +33,14 @@ class CachingLM(dspy.LM):
     def __init__(self, model: str, *, engine: Any, async_engine: Any = None, **kwargs: Any):
         kwargs.update(cache=False, num_retries=0)
         super().__init__(model, engine=engine, async_engine=async_engine, **kwargs)
+
+    @classmethod
+    def around(cls, engine: CachingEngine, model: str, *, temperature: float | None = None,
+               max_tokens: int | None = None) -> CachingLM:
+        """The LM on `engine` and its async twin, with the sampling settings that are set."""
+        settings = {name: value for name, value in (("temperature", temperature), ("max_tokens", max_tokens))
+                    if value is not None}
+        return cls(model, engine=engine, async_engine=AsyncCachingEngine(engine), **settings)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -64,9 +72,6 @@ class CachingLM(dspy.LM):
             return await super().acall(*args, **kwargs)
 
     def _scope(self, kwargs: dict[str, Any]):
-        if current_call() is not None:
-            # A caller that sends one call's samples itself (PlainTextAdapter with n) opened the scope around them.
-            return contextlib.nullcontext()
         settings = {**self.kwargs, **kwargs}
         return sample_scope(rollout_id=settings.get("rollout_id"), n=settings.get("n") or 1)
 

@@ -40,7 +40,15 @@ class CallScope:
 
 @contextlib.contextmanager
 def sample_scope(*, rollout_id: Any = None, n: int = 1) -> Iterator[CallScope]:
-    """Open the scope of one LM call, in this thread or asyncio task."""
+    """Open the scope of one LM call, in this thread or asyncio task; inside an open scope, join it.
+
+    A caller that sends one call's samples itself (PlainTextAdapter with `n`) opens the scope around
+    them, and the LM's own scope for each request joins it, so the samples are numbered 0, 1, ...
+    """
+    open_scope = _CURRENT_CALL.get()
+    if open_scope is not None:
+        yield open_scope
+        return
     scope = CallScope(rollout_id=rollout_id, n=n)
     token = _CURRENT_CALL.set(scope)
     try:
