@@ -6,9 +6,10 @@
     dspy.configure(lm=lm)
 
 This builds on DSPy's engine contract (`dspy.LM(model, engine=..., async_engine=...)`, objects with
-`complete(request) -> Response`), the one custom backends have from DSPy 3.5 on. The async twin
-runs the model in a worker thread, so `acall` never blocks the event loop. torch and transformers
-are imported only when a model is loaded.
+`complete(request) -> Response`), the one custom backends have from DSPy 3.5 on. Calls from threads
+and from the async twin (`acall`, which never blocks the event loop) are decoded together by the
+engine's scheduler (`dd_prompting.local`). torch and transformers are imported only when a model is
+loaded.
 
 Chat models get their chat template; base models (GPT-2 has no template) get the messages joined
 as plain text. Generation is greedy unless a temperature is set, stops at the request's stop
@@ -174,16 +175,11 @@ class TransformersEngine:
                top_p: float | None = None, seed: int | None = None) -> Future:
         """Queue `prompt` for the scheduler; the future resolves to a `Generation`. A prompt too long fails here."""
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        limit = context_limit(self.model)
-        if len(ids) >= limit:
-            # Past its position table the model fails deep inside torch ("index out of range in self").
-            raise ValueError(
-                f"{self.name}: the prompt is {len(ids)} tokens, but this model attends over at most {limit} "
-                "positions. Shorten the prompt (fewer or no demos, e.g. DecomposedSolver(..., demos=None), shorter "
-                "inputs), or use a model with a longer context (a dd-distill student: a larger student.max_length)."
-            )
-        return self.scheduler.submit(ids, max_new_tokens=max_new_tokens, stop=tuple(stop), temperature=temperature,
-                                     top_p=top_p, seed=seed)
+        try:
+            return self.scheduler.submit(ids, max_new_tokens=max_new_tokens, stop=tuple(stop),
+                                         temperature=temperature, top_p=top_p, seed=seed)
+        except ValueError as err:  # a prompt that cannot run: say which model
+            raise ValueError(f"{self.name}: {err}") from err
 
     def complete(self, request) -> Response:
         return self._response(self._submit_request(request).result())

@@ -100,8 +100,12 @@ class BatchScheduler:
                temperature: float | None = None, top_p: float | None = None, seed: int | None = None) -> Future:
         """Queue one request; its future resolves to a `Generation`. A request that cannot run raises here."""
         if len(ids) >= self.limit:
-            raise ValueError(f"the prompt is {len(ids)} tokens, but this model attends over at most {self.limit} "
-                             "positions")
+            # Past its position table the model fails deep inside torch ("index out of range in self").
+            raise ValueError(
+                f"the prompt is {len(ids)} tokens, but this model attends over at most {self.limit} positions. "
+                "Shorten the prompt (fewer or no demos, e.g. DecomposedSolver(..., demos=None), shorter inputs), or "
+                "use a model with a longer context (a dd-distill student: a larger student.max_length)."
+            )
         if not ids:
             raise ValueError("the prompt is empty")
         request = _Request(list(ids), max(1, min(max_new_tokens, self.limit - len(ids))), tuple(stop),
