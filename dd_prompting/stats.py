@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["wilson_interval", "mcnemar_exact", "paired_counts"]
+__all__ = ["wilson_interval", "mcnemar_exact", "paired_counts", "t_quantile_90"]
 
 
 def wilson_interval(successes: int, total: int, *, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -56,3 +56,18 @@ def paired_counts(a: dict[str, bool], b: dict[str, bool]) -> tuple[int, int, int
     only_a = sum(1 for key in common if a[key] and not b[key])
     only_b = sum(1 for key in common if b[key] and not a[key])
     return both, only_a, only_b, len(common) - both - only_a - only_b
+
+
+# Student's t, 90th percentile, by degrees of freedom (standard tables); the normal's beyond 30.
+_T90 = {1: 3.078, 2: 1.886, 3: 1.638, 4: 1.533, 5: 1.476, 6: 1.440, 7: 1.415, 8: 1.397, 9: 1.383, 10: 1.372,
+        12: 1.356, 15: 1.341, 20: 1.325, 30: 1.310}
+
+
+def t_quantile_90(df: int) -> float:
+    """Student's t at 0.90, the half-width factor of a two-sided 80% interval, for `df` degrees of freedom
+    (between tabled values, the next larger one's).
+
+    >>> t_quantile_90(7), t_quantile_90(11), t_quantile_90(100)
+    (1.415, 1.356, 1.282)
+    """
+    return next((value for limit, value in sorted(_T90.items()) if df <= limit), 1.282)

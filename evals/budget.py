@@ -28,6 +28,7 @@ from statistics import mean
 from typing import Any
 
 from dd_prompting.evals.estimate import PRIOR_PROFILE, Estimate, Replay, ReplyProfile
+from dd_prompting.stats import t_quantile_90
 
 __all__ = ["Budget", "CostModel", "CellEstimate", "Observation", "PRIOR_RANGE"]
 
@@ -37,15 +38,6 @@ __all__ = ["Budget", "CostModel", "CellEstimate", "Observation", "PRIOR_RANGE"]
 # can run twice the prior's 120 tokens: so actual / estimate from 0.5 to 2.5.
 PRIOR_RANGE = (0.5, 2.5)
 _COMPONENTS = ("calls", "prompt_tokens", "completion_tokens", "cost", "seconds")
-# Student's t, 90th percentile, by degrees of freedom: the two-sided 80% interval.
-_T80 = {1: 3.078, 2: 1.886, 3: 1.638, 4: 1.533, 5: 1.476, 6: 1.440, 7: 1.415, 8: 1.397, 9: 1.383, 10: 1.372,
-        12: 1.356, 15: 1.341, 20: 1.325, 30: 1.310}
-
-
-def _t80(df: int) -> float:
-    return next((value for limit, value in sorted(_T80.items()) if df <= limit), 1.282)
-
-
 class Budget:
     """Keeps spent + reserved + the next example's estimate within `limit`."""
 
@@ -285,5 +277,5 @@ class CostModel:
         # The ratio's own error (from n problems), and the remaining problems' spread around their predictions.
         ratio_se = math.sqrt(variance / n) / mean_structural if mean_structural > 0 else 0.0
         sd = math.sqrt((structural_total * ratio_se) ** 2 + remaining * variance)
-        half = _t80(n - 1) * sd
+        half = t_quantile_90(n - 1) * sd
         return max(0.0, value - half), value + half
