@@ -20,13 +20,14 @@ def train_tokenizer(corpus: Iterable[str], *, vocab_size: int = 400):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
-def tiny_gpt2(tokenizer, *, n_positions: int = 1024, seed: int = 0):
+def tiny_gpt2(tokenizer, *, n_positions: int = 1024, seed: int = 0, initializer_range: float = 0.02):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=n_positions, n_embd=32, n_layer=2, n_head=2,
+        initializer_range=initializer_range,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     return GPT2LMHeadModel(config)

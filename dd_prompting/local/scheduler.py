@@ -231,9 +231,10 @@ class BatchScheduler:
     def _start(self, batch: list[_Request]) -> tuple[Decoder, list[list[int]]]:
         """A decoder with the batch's shared prompt prefix encoded once, and what each row still has to feed."""
         prompts = [request.ids for request in batch]
-        shared = _common_prefix_length(prompts) if len(batch) > 1 else 0
-        if self.prefix_cache is not None:
-            shared = max(shared, self.prefix_cache.shared_prefix(prompts[0]))
+        if len(batch) > 1:
+            shared = _common_prefix_length(prompts)  # what every row has; a kept prefix may cover part of it
+        else:  # a lone request shares what it has in common with recent prompts
+            shared = self.prefix_cache.shared_prefix(prompts[0]) if self.prefix_cache is not None else 0
         shared = min(shared, min(len(ids) for ids in prompts) - 1)  # every row feeds one token at least
         if shared < _MIN_SHARED_PREFIX:
             return Decoder(self.model, self.tokenizer, rows=len(batch)), prompts

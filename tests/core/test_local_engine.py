@@ -22,7 +22,11 @@ PROMPTS = [DEMOS + f"Question: Tom has {n} apples and {'buys' if n % 2 else 'sel
 @pytest.fixture(scope="module")
 def tiny():
     tokenizer = train_tokenizer(CORPUS)
-    return tiny_gpt2(tokenizer), tokenizer
+    # Large initial weights: an untrained model that writes a different reply for each prompt, so a row
+    # decoded with another row's context would show (at GPT-2's 0.02 every prompt gets the same reply).
+    model = tiny_gpt2(tokenizer, initializer_range=0.5)
+    assert len({_alone(model, tokenizer, prompt)[0] for prompt in PROMPTS}) == len(PROMPTS)
+    return model, tokenizer
 
 
 def _alone(model, tokenizer, prompt, **options):
@@ -139,3 +143,15 @@ def test_threads_from_dspy_are_batched_and_the_worker_stops_on_close(tiny):
     assert not engine.scheduler.running
     with pytest.raises(RuntimeError, match="closed"):
         engine.submit(PROMPTS[0], max_new_tokens=4)
+
+
+def test_a_prefix_the_first_row_shares_with_an_earlier_prompt_is_not_given_to_the_other_rows(tiny):
+    model, tokenizer = tiny
+    engine = TransformersEngine(model, tokenizer, max_new_tokens=16)  # with its prefix cache
+    first = PROMPTS[0]
+    engine.generate(first, max_new_tokens=4)  # now a recent prompt
+    # The batch's first row shares all of `first` but its end; the second row shares only the demos with it.
+    batch = [first[:-8] + " buys 9. How many?\nAnswer:", "\n\n".join(CORPUS[1:6]) + "\nQuestion: How many?\nAnswer:"]
+    together = _together(engine, batch, [{}, {}])
+    assert together == [_alone(model, tokenizer, prompt) for prompt in batch]
+    engine.close()
