@@ -35,8 +35,9 @@ from dd_prompting.local.decoding import Decoder, context_limit
 
 __all__ = ["BatchScheduler", "Generation"]
 
-# A shared prefix shorter than this is not worth a separate forward pass.
-_MIN_SHARED_PREFIX = 16
+# A shared prefix shorter than this is not worth a separate forward pass; prompts whose first this many
+# tokens agree are one family (one predictor's calls), batched together.
+_MIN_SHARED_PREFIX = 32
 
 
 @dataclass
@@ -175,13 +176,20 @@ class BatchScheduler:
                 self._wake.wait(left)
             if self._closed:
                 return None
-            batch: list[_Request] = []
-            while self._queue and len(batch) < self.max_batch_size:
-                request = self._queue[0]
-                width = max(len(r.ids) + r.max_new_tokens for r in [*batch, request])
-                if batch and width * (len(batch) + 1) > self.max_batch_tokens:
+            # The oldest request, and the waiting ones of its family (the same predictor: its instructions
+            # and demos), so the batch's shared prefix is encoded once; the others wait for the next batch.
+            batch = [self._queue.popleft()]
+            family = batch[0].ids[:_MIN_SHARED_PREFIX]
+            for request in list(self._queue):
+                if len(batch) >= self.max_batch_size:
                     break
-                batch.append(self._queue.popleft())
+                if request.ids[:_MIN_SHARED_PREFIX] != family:
+                    continue
+                width = max(len(r.ids) + r.max_new_tokens for r in [*batch, request])
+                if width * (len(batch) + 1) > self.max_batch_tokens:
+                    break
+                self._queue.remove(request)
+                batch.append(request)
             return batch
 
     def _run(self, batch: list[_Request]) -> None:
