@@ -17,7 +17,8 @@ from typing import Any
 
 from dd_prompting.distill.formats import FORMAT_VERSION, TRAINABLE_ROLES
 
-__all__ = ["METADATA_FILE", "save_student", "read_student_metadata", "load_student", "save_loss_curves"]
+__all__ = ["METADATA_FILE", "save_student", "read_student_metadata", "check_student", "load_student",
+           "save_loss_curves"]
 
 METADATA_FILE = "student.json"
 
@@ -52,6 +53,22 @@ def read_student_metadata(directory: str | Path, *, role: str | None = None) -> 
             f"distill reads format {FORMAT_VERSION}. Retrain the student, or use the distill version that made it."
         )
     return metadata
+
+
+def check_student(directory: str | Path, *, role: str) -> None:
+    """Raise in one sentence unless `directory` holds a `role` student that `load_student` can load.
+
+    Reads `student.json` (role, format version) and looks for the weights' config and the tokenizer,
+    without loading torch: callers check every student a job will need before it does any work.
+    """
+    read_student_metadata(directory, role=role)
+    directory = Path(directory)
+    missing = [name for name in ("config.json", "tokenizer_config.json") if not (directory / name).is_file()]
+    if not any(directory.glob("*.safetensors")) and not any(directory.glob("*.bin")):
+        missing.append("the weights (*.safetensors)")
+    if missing:
+        raise FileNotFoundError(f"{directory} holds an incomplete {role} student: {', '.join(missing)} missing. "
+                                "Train it again (dd-distill train --run-dir <its run>).")
 
 
 def load_student(directory: str | Path, *, role: str):

@@ -17,10 +17,20 @@ from typing import Any
 from dd_prompting.results import make_row, paired_tests
 from dd_prompting.stats import wilson_interval
 
-__all__ = ["evaluate_heldout", "STUDENTS_MODEL", "RESULTS_FILE"]
+__all__ = ["evaluate_heldout", "check_trained_students", "STUDENTS_MODEL", "RESULTS_FILE"]
 
 STUDENTS_MODEL = "students"  # the model label of the pair and the CoT student in the rows: they are paired
 RESULTS_FILE = "results.jsonl"
+
+
+def check_trained_students(run) -> None:
+    """Raise in one sentence unless the run holds every student it evaluates, trained and complete (nothing loaded)."""
+    from dd_prompting.distill.artifacts import METADATA_FILE, check_student
+
+    for role in run.roles:
+        if not (run.student(role) / METADATA_FILE).is_file():
+            raise FileNotFoundError(f"{run.student(role)} holds no trained {role} student: run the `train` stage first")
+        check_student(run.student(role), role=role)
 
 
 def evaluate_heldout(run) -> dict[str, Any]:
@@ -31,9 +41,7 @@ def evaluate_heldout(run) -> dict[str, Any]:
     config = run.config
     problems = run.read_problems(run.heldout)
     questions = [problem.question for problem in problems]
-    for role in run.roles:
-        if not (run.student(role) / "student.json").is_file():
-            raise FileNotFoundError(f"{run.student(role)} holds no trained {role} student: run the `train` stage first")
+    check_trained_students(run)
     rows: list[dict[str, Any]] = []
     evaluation: dict[str, Any] = {"problems": len(problems)}
 

@@ -290,8 +290,10 @@ def check_models(run: Run, stages: tuple[str, ...]) -> None:
 
     That is a local teacher (`teacher.kind = 'local'`) for `traces`, and for `evaluate` when
     `eval.teacher` is set; and each student's base model and tokenizer for `train`. The bundled
-    'smollm2' teacher and the 'tiny' students need nothing. An API teacher is not checked here.
+    'smollm2' teacher and the 'tiny' students need nothing; `evaluate` without `train` needs the trained
+    students. An API teacher is not checked here.
     """
+    from dd_prompting.distill.heldout import check_trained_students
     from dd_prompting.model_loading import check_model_available
 
     config = run.config
@@ -310,6 +312,8 @@ def check_models(run: Run, stages: tuple[str, ...]) -> None:
                     needed.append((student.tokenizer, None))
     for model, gguf_file in dict.fromkeys(needed):  # each model once, in order
         check_model_available(model, gguf_file=gguf_file)
+    if "evaluate" in stages and "train" not in stages:  # evaluate loads students trained by an earlier run
+        check_trained_students(run)
 
 
 def _pending(run: Run, stages: tuple[str, ...]) -> tuple[str, ...]:

@@ -34,7 +34,7 @@ import dspy
 
 from dd_prompting.answer_types import AnswerType
 from dd_prompting.answers import INVALID
-from dd_prompting.distill.artifacts import load_student
+from dd_prompting.distill.artifacts import check_student, load_student
 from dd_prompting.distill.decoding import Decoder, Vocab, generate
 from dd_prompting.distill.formats import (
     cot_prompt,
@@ -56,6 +56,8 @@ __all__ = [
     "CoTStudent",
     "StudentModule",
     "find_student",
+    "check_run_students",
+    "student_roles",
 ]
 
 logger = logging.getLogger(__name__)
@@ -437,9 +439,7 @@ class StudentModule(dspy.Module):
     @classmethod
     def from_run(cls, run_dir: str | Path, *, student: str = "pair", **kwargs) -> StudentModule:
         """The students of a run directory (`dd-distill`'s or `DecompositionDistillation`'s): "pair" or "cot"."""
-        if student not in ("pair", "cot"):
-            raise ValueError(f"student must be 'pair' or 'cot', got {student!r}")
-        roles = ("cot",) if student == "cot" else ("decomposer", "solver")
+        roles = student_roles(student)
         signature = dspy.ensure_signature(kwargs.pop("signature", "question -> answer"))
         answer_type = AnswerType.of(next(iter(signature.output_fields.values())).annotation)
         students = _load_students({role: find_student(run_dir, role) for role in roles}, answer_type)
@@ -500,6 +500,19 @@ class StudentModule(dspy.Module):
         # dspy copies programs (reset_copy, optimizers); the models are shared, not copied.
         return StudentModule(student=self.student, signature=self.signature, temperature=self.temperature,
                              batch_size=self.batch_size)
+
+
+def student_roles(student: str) -> tuple[str, ...]:
+    """The roles a run's "pair" or "cot" student is made of."""
+    if student not in ("pair", "cot"):
+        raise ValueError(f"student must be 'pair' or 'cot', got {student!r}")
+    return ("cot",) if student == "cot" else ("decomposer", "solver")
+
+
+def check_run_students(run_dir: str | Path, *, student: str = "pair") -> None:
+    """Raise in one sentence unless `run_dir` holds the trained students `from_run` would load (no model loaded)."""
+    for role in student_roles(student):
+        check_student(find_student(run_dir, role), role=role)
 
 
 def find_student(run_dir: str | Path, role: str) -> Path:

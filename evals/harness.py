@@ -345,8 +345,10 @@ class Harness:
         text = redact(json.dumps(record, indent=2, ensure_ascii=False, default=str), self.secrets)
         (self.output_dir / ESTIMATE_FILE).write_text(text + "\n", encoding="utf-8")
 
-    def _check_local_models(self, cells: list[Cell]) -> None:
-        """A local model that is neither on disk nor in the Hugging Face cache fails now, in one sentence, before any work."""
+    def _check_models(self, cells: list[Cell]) -> None:
+        """Every model the run will load, checked now, before any call: a local model that is neither on disk nor
+        in the Hugging Face cache, or a run directory without the trained students, fails in one sentence."""
+        from dd_prompting.distill.students import check_run_students
         from dd_prompting.model_loading import check_model_available
 
         models = {cell.model.name: cell.model for cell in cells}
@@ -354,6 +356,8 @@ class Harness:
         for model in models.values():
             if model.kind == "local" and model.model != "smollm2":
                 check_model_available(model.model, gguf_file=model.gguf_file)
+            elif model.kind == "student":
+                check_run_students(model.run_dir, student=model.student)
 
     # ---------------------------------------------------------------- running
     def run(self) -> RunSummary:
@@ -370,7 +374,7 @@ class Harness:
             self._write_estimate(summary.estimates, summary)
             return summary
         cells = self.cells()
-        self._check_local_models(cells)
+        self._check_models(cells)
         store = ResultStore(self.output_dir / RESULTS_FILE)
         done = store.completed()
         self._check_budget_prices(cells, done)

@@ -16,24 +16,31 @@ reply tokens, which bounds the key/value cache's memory), decoded step by step w
 Greedy rows give the text they would give alone: padding sits between chunks, hidden by the
 attention mask, and positions count real tokens only. A request that cannot run (a prompt longer
 than the context) fails alone, when it is submitted.
+
+The worker outlives idle time and its own faults: it wakes every `idle_seconds` only to see whether
+its scheduler is still in use, and an error anywhere in its loop fails the requests it had taken,
+with that error, and the loop goes on. No future is left unresolved.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
 from dd_prompting.local.decoding import Decoder, context_limit
 
 __all__ = ["BatchScheduler", "Generation"]
+
+logger = logging.getLogger(__name__)
 
 # A shared prefix shorter than this is not worth a separate forward pass; prompts whose first this many
 # tokens agree are one family (one predictor's calls), batched together.
@@ -76,10 +83,13 @@ class BatchScheduler:
         gather_seconds: How long a batch that is not full waits for more requests before it starts. Callers
             that finish one batch together (the threads of `dspy.Evaluate`) send their next calls a few
             milliseconds apart; without the wait the first of them would start a batch alone.
+        idle_seconds: How long the idle worker sleeps between checks that its scheduler is still in use (it
+            holds the scheduler weakly, so an engine nobody references is collected and its worker ends).
     """
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_batch_tokens: int = 16384,
-                 prefix_cache=None, lock: threading.RLock | None = None, gather_seconds: float = 0.02):
+                 prefix_cache=None, lock: threading.RLock | None = None, gather_seconds: float = 0.02,
+                 idle_seconds: float = 1.0):
         if max_batch_size < 1 or max_batch_tokens < 1:
             raise ValueError(f"max_batch_size and max_batch_tokens must be at least 1, got {max_batch_size} "
                              f"and {max_batch_tokens}")
@@ -87,6 +97,8 @@ class BatchScheduler:
         self.max_batch_size, self.max_batch_tokens = max_batch_size, max_batch_tokens
         self.prefix_cache = prefix_cache
         self.gather_seconds = gather_seconds
+        self.idle_seconds = idle_seconds
+        self.idle_wakeups = 0  # waits that ended with nothing to do, for tests
         self.limit = context_limit(model)
         self.batch_sizes: list[int] = []  # every batch's size, for benchmarks and tests
         self._lock = lock or threading.RLock()
@@ -94,6 +106,7 @@ class BatchScheduler:
         self._wake = threading.Condition()
         self._closed = False
         self._holds = 0
+        self._taken: list[_Request] = []  # the batch the worker holds, failed if its loop goes wrong
         self._thread: threading.Thread | None = None
         _LIVE.add(self)
 
@@ -115,7 +128,7 @@ class BatchScheduler:
             if self._closed:
                 raise RuntimeError("this engine is closed")
             self._queue.append(request)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():  # the first request, or a worker that died
                 self._thread = threading.Thread(target=_work, args=(weakref.ref(self),), daemon=True,
                                                 name="dd-prompting-local-engine")
                 self._thread.start()
@@ -151,19 +164,22 @@ class BatchScheduler:
             self._closed = True
             pending, self._queue = list(self._queue), deque()
             self._wake.notify_all()
-        for request in pending:
-            request.future.set_exception(RuntimeError("the engine was closed before this request ran"))
+        _fail(pending, RuntimeError("the engine was closed before this request ran"))
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
     # -- the worker ----------------------------------------------------------------------------------
-    def _next_batch(self, timeout: float) -> list[_Request] | None:
+    def _next_batch(self) -> list[_Request] | None:
+        """The next batch; [] when there is none yet (the worker checks in and waits again); None once closed."""
         with self._wake:
             if (not self._queue or self._holds) and not self._closed:
-                self._wake.wait(timeout)
+                self._wake.wait(self.idle_seconds)
             if self._closed:
                 return None
+            if not self._queue:
+                self.idle_wakeups += 1
+                return []
             if self._holds:
                 return []
             # A lone caller (the last batch and the queue hold one request) never waits.
@@ -178,7 +194,7 @@ class BatchScheduler:
                 return None
             # The oldest request, and the waiting ones of its family (the same predictor: its instructions
             # and demos), so the batch's shared prefix is encoded once; the others wait for the next batch.
-            batch = [self._queue.popleft()]
+            batch = self._taken = [self._queue.popleft()]
             family = batch[0].ids[:_MIN_SHARED_PREFIX]
             for request in list(self._queue):
                 if len(batch) >= self.max_batch_size:
@@ -192,6 +208,15 @@ class BatchScheduler:
                 batch.append(request)
             return batch
 
+    def _step(self) -> bool:
+        """Take one batch and decode it; False once the scheduler is closed."""
+        batch = self._next_batch()
+        if batch is None:
+            return False
+        if batch:
+            self._run(batch)
+        return True
+
     def _run(self, batch: list[_Request]) -> None:
         import torch
 
@@ -200,9 +225,22 @@ class BatchScheduler:
             with self._lock, torch.inference_mode():
                 self._decode(batch)
         except BaseException as err:  # noqa: BLE001 - the callers get the error, the worker goes on
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(err)
+            _fail(batch, err)
+        finally:
+            self._taken = []
+
+    def _recover(self, err: BaseException) -> None:
+        """After an error in the worker's own loop: fail what it had taken, so no caller waits forever.
+
+        With nothing taken, the error came before a batch was formed and would come again: the queued
+        requests fail with it instead of the loop spinning on them.
+        """
+        logger.error("the local engine's worker failed; its requests get the error and it goes on", exc_info=err)
+        with self._wake:
+            failed, self._taken = self._taken, []
+            if not failed:
+                failed, self._queue = list(self._queue), deque()
+        _fail(failed, err)
 
     def _decode(self, batch: list[_Request]) -> None:
         import torch
@@ -218,6 +256,9 @@ class BatchScheduler:
             feed: list[list[int]] = [[] for _ in batch]
             for row, request in enumerate(batch):
                 if not running[row]:
+                    continue
+                if request.future.cancelled():  # its caller gave up (an asyncio task cancelled): stop decoding it
+                    running[row] = False
                     continue
                 token = tokens[row]
                 if token == eos:
@@ -285,7 +326,8 @@ class BatchScheduler:
     def _finish(self, request: _Request, reason: str, *, text: str | None = None) -> None:
         if text is None:
             text = self.tokenizer.decode(request.generated, skip_special_tokens=True)
-        request.future.set_result(Generation(text, len(request.ids), len(request.generated), reason))
+        with contextlib.suppress(InvalidStateError):  # its caller cancelled it meanwhile
+            request.future.set_result(Generation(text, len(request.ids), len(request.generated), reason))
 
 
 # Workers are stopped before the interpreter tears down (a daemon thread left inside torch can abort it).
@@ -304,12 +346,18 @@ def _work(scheduler_ref: weakref.ref) -> None:
         scheduler = scheduler_ref()
         if scheduler is None:
             return
-        batch = scheduler._next_batch(timeout=1.0)
-        if batch is None:
-            return
-        if batch:
-            scheduler._run(batch)
-        del scheduler, batch
+        try:
+            if not scheduler._step():
+                return
+        except BaseException as err:  # noqa: BLE001 - a worker that died would leave every later request waiting
+            scheduler._recover(err)
+        del scheduler
+
+
+def _fail(requests: list[_Request], err: BaseException) -> None:
+    for request in requests:
+        with contextlib.suppress(InvalidStateError):  # resolved or cancelled already
+            request.future.set_exception(err)
 
 
 def _common_prefix_length(sequences: list[list[int]]) -> int:

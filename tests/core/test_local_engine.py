@@ -1,7 +1,9 @@
 """The local engine's scheduler on a tiny GPT-2: concurrent requests decoded together, each as it would be alone."""
 
 import asyncio
+import random
 import threading
+import time
 
 import dspy
 import pytest
@@ -29,10 +31,10 @@ def tiny():
     return model, tokenizer
 
 
-def _alone(model, tokenizer, prompt, **options):
+def _alone(model, tokenizer, prompt, max_new_tokens=16, **options):
     engine = TransformersEngine(model, tokenizer, max_new_tokens=16, max_batch_size=1, prefix_cache_size=0)
     try:
-        return engine.generate(prompt, max_new_tokens=16, **options)
+        return engine.generate(prompt, max_new_tokens=max_new_tokens, **options)
     finally:
         engine.close()
 
@@ -155,4 +157,167 @@ def test_a_prefix_the_first_row_shares_with_an_earlier_prompt_is_not_given_to_th
     batch = [first[:-8] + " buys 9. How many?\nAnswer:", "\n\n".join(CORPUS[1:6]) + "\nQuestion: How many?\nAnswer:"]
     together = _together(engine, batch, [{}, {}])
     assert together == [_alone(model, tokenizer, prompt) for prompt in batch]
+    engine.close()
+
+
+# -- the worker outlives idle time, its own faults and cancelled callers (issue 29) -------------------------------
+
+
+def _wait_for(condition, what: str, *, seconds: float = 30.0) -> None:
+    """Poll until `condition()` holds; a bound on a hang, not a measurement."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+def test_an_engine_answers_after_its_worker_has_been_idle(tiny):
+    model, tokenizer = tiny
+    engine = TransformersEngine(model, tokenizer, max_new_tokens=8)
+    engine.scheduler.idle_seconds = 0.005  # the default is a second; the same code path, sooner
+    first = engine.submit(PROMPTS[0], max_new_tokens=8).result(timeout=60)
+    # The worker's wait ended twice with nothing to do (the case that killed it with "pop from an empty deque").
+    _wait_for(lambda: engine.scheduler.idle_wakeups >= 2, "the worker to go idle")
+    assert engine.scheduler.running
+    second = engine.submit(PROMPTS[1], max_new_tokens=8).result(timeout=60)
+    assert (first.text, second.text) == (_alone(model, tokenizer, PROMPTS[0], max_new_tokens=8)[0],
+                                         _alone(model, tokenizer, PROMPTS[1], max_new_tokens=8)[0])
+    engine.close()
+
+
+def test_an_error_in_the_workers_loop_fails_its_requests_and_the_next_request_is_answered(tiny, monkeypatch):
+    model, tokenizer = tiny
+    engine = TransformersEngine(model, tokenizer, max_new_tokens=8)
+    scheduler = engine.scheduler
+    take = scheduler._next_batch
+    failures = iter([RuntimeError("injected fault")])
+
+    def take_then_fail():
+        batch = take()
+        if batch and (err := next(failures, None)) is not None:
+            raise err  # after the batch was taken: the worker holds it
+        return batch
+
+    monkeypatch.setattr(scheduler, "_next_batch", take_then_fail)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        engine.submit(PROMPTS[0], max_new_tokens=8).result(timeout=60)
+    answer = engine.submit(PROMPTS[1], max_new_tokens=8).result(timeout=60)
+    assert answer.text == _alone(model, tokenizer, PROMPTS[1], max_new_tokens=8)[0]
+    engine.close()
+
+
+def test_an_error_before_a_batch_is_taken_fails_the_queued_requests_instead_of_spinning(tiny, monkeypatch):
+    model, tokenizer = tiny
+    engine = TransformersEngine(model, tokenizer, max_new_tokens=8)
+    scheduler = engine.scheduler
+    take = scheduler._next_batch
+    failures = iter([RuntimeError("injected fault")])
+
+    def fail_then_take():
+        if (err := next(failures, None)) is not None:
+            raise err
+        return take()
+
+    with scheduler.held():  # the request is queued before the worker's first look
+        monkeypatch.setattr(scheduler, "_next_batch", fail_then_take)
+        future = engine.submit(PROMPTS[0], max_new_tokens=8)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        future.result(timeout=60)
+    assert engine.submit(PROMPTS[2], max_new_tokens=8).result(timeout=60).text == _alone(
+        model, tokenizer, PROMPTS[2], max_new_tokens=8)[0]
+    engine.close()
+
+
+def test_a_worker_that_ended_is_replaced_by_the_next_submit(tiny, monkeypatch):
+    model, tokenizer = tiny
+    engine = TransformersEngine(model, tokenizer, max_new_tokens=8)
+    scheduler = engine.scheduler
+    step, ended = scheduler._step, []
+
+    def end_once():
+        if not ended:
+            ended.append(True)
+            return False  # what the loop hears when its scheduler is closed: it returns, the thread ends
+        return step()
+
+    monkeypatch.setattr(scheduler, "_step", end_once)
+    engine.submit(PROMPTS[0], max_new_tokens=8)  # the worker's first look ends its loop, with the request queued
+    _wait_for(lambda: not scheduler.running, "the worker to end")
+    assert engine.submit(PROMPTS[1], max_new_tokens=8).result(timeout=60).text == _alone(
+        model, tokenizer, PROMPTS[1], max_new_tokens=8)[0]
+    engine.close()
+
+
+def test_a_cancelled_caller_leaves_the_rest_of_its_batch_answered(tiny):
+    model, tokenizer = tiny
+    engine = TransformersEngine(model, tokenizer, max_new_tokens=16)
+    with engine.scheduler.held():
+        futures = [engine.submit(prompt, max_new_tokens=16) for prompt in PROMPTS[:4]]
+        assert futures[1].cancel()
+    texts = [futures[i].result(timeout=60).text for i in (0, 2, 3)]
+    assert texts == [_alone(model, tokenizer, PROMPTS[i])[0] for i in (0, 2, 3)]
+    engine.close()
+
+
+def test_soak_threads_and_asyncio_with_pauses_longer_than_the_idle_wait(tiny):
+    """A few hundred short requests from 4 threads and an asyncio caller, with random pauses, some longer than
+    the worker's idle wait: every request resolves, each greedy text equal to the text its prompt gives alone."""
+    model, tokenizer = tiny
+    engine = TransformersEngine(model, tokenizer, max_new_tokens=6)
+    engine.scheduler.idle_seconds = 0.004
+    single = TransformersEngine(model, tokenizer, max_new_tokens=6, max_batch_size=1, prefix_cache_size=0)
+    alone = {prompt: dspy.LM("local/tiny", engine=single, cache=False)(prompt)[0] for prompt in PROMPTS}
+    single.close()
+    lm = dspy.LM("local/tiny", engine=engine, async_engine=engine.async_twin, cache=False)
+    per_caller, rounds = 60, 3
+    results: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
+
+    def all_paused():  # every caller waits here between rounds: the worker surely goes idle, then they go on
+        since = engine.scheduler.idle_wakeups
+        if engine.scheduler.running:  # (it starts with the first request)
+            _wait_for(lambda: engine.scheduler.idle_wakeups > since, "the worker to go idle")
+
+    between_rounds = threading.Barrier(5, action=all_paused)
+
+    def pause(rng):
+        return rng.choice([0.0, 0.0, 0.001, 0.003, 0.012])  # 0.012 s: three idle waits
+
+    def thread_caller(seed):
+        rng = random.Random(seed)
+        try:
+            for step in range(per_caller):
+                if step % (per_caller // rounds) == 0:
+                    between_rounds.wait(timeout=60)
+                prompt = rng.choice(PROMPTS)
+                results.append((prompt, lm(prompt)[0]))
+                time.sleep(pause(rng))
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    async def asyncio_caller(seed):
+        rng = random.Random(seed)
+
+        async def one(prompt, delay):
+            await asyncio.sleep(delay)
+            return prompt, (await lm.acall(prompt))[0]
+
+        for step in range(per_caller // 4):
+            if step % (per_caller // 4 // rounds) == 0:
+                await asyncio.to_thread(between_rounds.wait, 60)
+            chosen = [rng.choice(PROMPTS) for _ in range(4)]
+            results.extend(await asyncio.gather(*(one(p, pause(rng)) for p in chosen)))
+            await asyncio.sleep(pause(rng))
+
+    threads = [threading.Thread(target=thread_caller, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    asyncio.run(asyncio_caller(99))
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and not any(thread.is_alive() for thread in threads)
+    assert len(results) == 5 * per_caller
+    assert [text for _, text in results] == [alone[prompt] for prompt, _ in results]
+    assert engine.scheduler.idle_wakeups >= rounds - 1 and max(engine.scheduler.batch_sizes) > 1  # both paths taken
     engine.close()

@@ -84,7 +84,9 @@ def test_each_stage_checks_only_the_models_it_loads(empty_hf_cache, tmp_path):
     })
     run = Run(tmp_path / "run", config)
     check_models(run, ("build",))
-    check_models(run, ("evaluate",))  # the teacher is not run on the held-out problems
+    # Evaluating alone loads the trained students (not there yet), and not the teacher (eval.teacher is off).
+    with pytest.raises(FileNotFoundError, match="holds no trained decomposer student: run the `train` stage first"):
+        check_models(run, ("evaluate",))
     with pytest.raises(ModelNotAvailableError, match="^Model 'owner/missing-teacher'"):
         check_models(run, ("traces", "train"))
     with pytest.raises(ModelNotAvailableError, match="^Model 'gpt2'"):
@@ -106,3 +108,14 @@ def test_a_students_base_model_loads_through_the_same_check(empty_hf_cache):
 
     with pytest.raises(ModelNotAvailableError, match="^Model 'gpt2' is not available: .*HF_HUB_OFFLINE is set"):
         load_model_and_tokenizer(TrainConfig(model="gpt2"))
+
+
+def test_evaluate_alone_checks_the_trained_students_before_any_work(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    (run_dir / "students" / "decomposer").mkdir(parents=True)  # a run stopped before its students were saved
+    code = main(["evaluate", "--run-dir", str(run_dir), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(run_dir / "students" / "decomposer") in lines[0], err
+    assert not (run_dir / "eval").exists()

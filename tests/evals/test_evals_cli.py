@@ -145,3 +145,28 @@ model = "someone/not-downloaded-model"
     assert "someone/not-downloaded-model" in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.strip()]) == 1
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("state", ["no run directory", "no trained students"])
+def test_a_student_run_without_its_students_stops_the_run_in_one_sentence_before_any_call(
+        tmp_path, problems_file, gold, capsys, state):
+    run_dir = tmp_path / "runs" / "tiny"
+    if state == "no trained students":
+        (run_dir / "students" / "decomposer").mkdir(parents=True)  # a run stopped before its students were saved
+    with OpenAICompatibleServer(ScriptedModel(gold=gold, right=set(gold))) as server:
+        config = write_config(tmp_path / "c.toml", server.base_url, problems_file, tmp_path / "out")
+        # An API model comes first; the student model, whose run has no students, second.
+        config.write_text(config.read_text().replace('[[strategies]]', f'''[[models]]
+name = "students-pair"
+kind = "student"
+model = "tiny-pair"
+run_dir = "{run_dir}"
+
+[[strategies]]''', 1))
+        code = main(["run", str(config), "--no-progress"])
+        assert server.call_count == 0
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1
+    assert str(run_dir) in err
+    assert not (tmp_path / "out" / "results.jsonl").exists()
