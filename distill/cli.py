@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                 help="Redo every stage: delete the run directory's traces, rows, students and results first "
                 "(the teacher's disk cache is kept, so a DSPy teacher is not paid twice).",
             )
+        sub.add_argument("--wait", action="store_true",
+                         help="If another process is writing the run directory, wait for it to finish instead of "
+                         "refusing to start.")
         sub.add_argument("--quiet", action="store_true", help="Only warnings and the final comparison.")
         add_config_arguments(sub)
     return parser
@@ -106,15 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     run = None
     try:
         run = _open_run(args)
-        if args.command == "run":
-            return _run_all(run, force=args.force)
-        start_run(run, (args.command,))
-        started = time.monotonic()
-        STAGE_FUNCTIONS[args.command](run)
-        run.mark_done(args.command, time.monotonic() - started)
-        if args.command == "evaluate":
-            finish(run)
-        return 0
+        with run.writer(f"dd-distill {args.command}", wait=args.wait):  # before anything is written or called
+            if args.command == "run":
+                return _run_all(run, force=args.force)
+            start_run(run, (args.command,))
+            started = time.monotonic()
+            STAGE_FUNCTIONS[args.command](run)
+            run.mark_done(args.command, time.monotonic() - started)
+            if args.command == "evaluate":
+                finish(run)
+            return 0
     except KeyboardInterrupt:
         where = f" with --run-dir {run.dir}" if run is not None else ""
         print(f"\ndd-distill: interrupted. Run `dd-distill {args.command}`{where} again to resume where it stopped.",

@@ -5,12 +5,15 @@
     problems.jsonl, heldout.jsonl, traces.jsonl, data/, students/<role>/, eval/, metrics.json, report.md, *.png
 
 A stage is recorded as finished only when it produced something usable (see `dd_prompting.distill.stages`),
-so a rerun redoes a stage that failed, and skips one that finished with the same settings.
+so a rerun redoes a stage that failed, and skips one that finished with the same settings. One process
+writes a run directory at a time (`Run.writer`, `dd_prompting.run_lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from dd_prompting.distill.config import ROLES, RunConfig
+from dd_prompting.run_lock import RunLock
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Run", "STAGES", "STAGE_SETTINGS", "EXPENSIVE_STAGES", "saved_settings", "write_json", "is_main_process"]
 
@@ -49,6 +55,17 @@ class Run:
         if settings is None:
             raise FileNotFoundError(f"{directory} is not a dd-distill run directory (no config.json)")
         return cls(directory, RunConfig.load(base=settings))
+
+    def writer(self, command: str, *, wait: bool = False):
+        """The directory's one-writer lock, as a context manager: another writer is refused in one sentence (or,
+        with `wait`, waited for). Only the main process takes it: the ranks of one distributed run share it."""
+        if not is_main_process():
+            return contextlib.nullcontext()
+
+        def say_waiting(holder) -> None:
+            logger.warning("%s is in use by %s; waiting for it to finish (--wait).", self.dir, holder.describe())
+
+        return RunLock(self.dir, command=command, wait=wait, on_wait=say_waiting)
 
     @property
     def traces(self) -> Path:

@@ -135,25 +135,26 @@ class DecompositionDistillation(Teleprompter):
         run = Run(run_dir, self._run_config(teacher_lm, teacher_program, train, held_out, answers))
         logger.info("DecompositionDistillation: run directory %s", run.dir)
 
-        traces_teacher = DSPyTeacher(
-            lm=teacher_lm, program=teacher_program, metric=self.metric, threads=self.threads, retries=self.retries,
-            cache_dir=None if self.cache_dir in (None, "", "none") else Path(self.cache_dir).expanduser(),
-            progress=self.progress, answer_type=answers,
-        )
-        try:
-            run_stages(run, ("traces", "build"), teacher=traces_teacher, problems=(train, held_out))
-        finally:
-            traces_teacher.close()
+        with run.writer("DecompositionDistillation.compile"):  # one writer per run directory
+            traces_teacher = DSPyTeacher(
+                lm=teacher_lm, program=teacher_program, metric=self.metric, threads=self.threads, retries=self.retries,
+                cache_dir=None if self.cache_dir in (None, "", "none") else Path(self.cache_dir).expanduser(),
+                progress=self.progress, answer_type=answers,
+            )
+            try:
+                run_stages(run, ("traces", "build"), teacher=traces_teacher, problems=(train, held_out))
+            finally:
+                traces_teacher.close()
 
-        if self.hybrid:
-            # Only the decomposer: the train stage is not marked finished, so a later compile without
-            # hybrid (or `dd-distill train`) trains the solver and reuses this decomposer.
-            stage_train(run, roles=("decomposer",))
-            return self._hybrid_program(student, teacher_lm, run)
-        run_stages(run, ("train", "evaluate") if held_out else ("train",))
-        if held_out:
-            write_run_report(run)
-            logger.info("DecompositionDistillation: held-out report in %s", run.dir / "report.md")
+            if self.hybrid:
+                # Only the decomposer: the train stage is not marked finished, so a later compile without
+                # hybrid (or `dd-distill train`) trains the solver and reuses this decomposer.
+                stage_train(run, roles=("decomposer",))
+                return self._hybrid_program(student, teacher_lm, run)
+            run_stages(run, ("train", "evaluate") if held_out else ("train",))
+            if held_out:
+                write_run_report(run)
+                logger.info("DecompositionDistillation: held-out report in %s", run.dir / "report.md")
         return StudentModule.from_run(run.dir, signature=student.signature, batch_size=self.batch_size)
 
     @staticmethod
@@ -172,8 +173,9 @@ class DecompositionDistillation(Teleprompter):
         if run.config.teacher.kind == "program" and "traces" not in run.stages():
             raise ConfigError(f"{run.dir}: its teacher is a DSPy program and its traces are unfinished; "
                               "call compile(program, trainset=...) with the same program and examples to resume them")
-        run_stages(run, STAGES)
-        write_run_report(run)
+        with run.writer("DecompositionDistillation.resume"):
+            run_stages(run, STAGES)
+            write_run_report(run)
         return StudentModule.from_run(run.dir, student=student, signature=signature, batch_size=batch_size)
 
     # -- pieces -------------------------------------------------------------------------------------

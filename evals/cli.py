@@ -93,6 +93,13 @@ def print_estimate(estimates: dict, *, max_cost: float | None, pilot_rows: int, 
         print(f"The estimate passes --max-cost ${max_cost:.4f}: the run would stop before finishing.")
 
 
+def _say_in_use(holder, output_dir) -> None:
+    """A reader's note: the directory is being written, so what it shows is what is written so far."""
+    if holder is not None:
+        print(f"Note: {output_dir} is in use by {holder.describe()}; this reads the rows written so far.",
+              file=sys.stderr)
+
+
 def _range(estimate) -> str:
     if estimate.low is None:
         return "unknown"
@@ -110,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     command = args.pop("command")
     if command == "report":
         from dd_prompting.evals.report import write_report
+        from dd_prompting.run_lock import RunLock
 
+        _say_in_use(RunLock.holder(args["output_dir"]), args["output_dir"])
         for path in write_report(args["output_dir"], plots=args["plots"]):
             print(path)
         return EXIT_OK
@@ -122,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from dd_prompting.data.jsonl import CLI_REMEDY, MalformedLineError
     from dd_prompting.evals.config import EvalConfig, load_config
     from dd_prompting.evals.harness import Harness
+    from dd_prompting.run_lock import RunLockError
 
     config_path = args.pop("config")
     try:
@@ -129,13 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         harness = Harness(config)
         summary = harness.run()
         if config.dry_run:
+            _say_in_use(summary.in_use_by, config.output_dir)
             print_estimate(summary.estimates, max_cost=config.max_cost, pilot_rows=summary.pilot_rows,
                             spent=summary.spent, output_dir=config.output_dir)
             return EXIT_STOPPED if summary.stopped else EXIT_OK
     except MalformedLineError as err:  # its way out names this command's option, not the Python keyword
         print(f"error: {err.with_remedy(CLI_REMEDY)}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except (ValueError, FileNotFoundError, ImportError, RunLockError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -205,6 +205,8 @@ class EvalConfig:
         default=False, metadata={"help": "Skip malformed lines of the data files (and demos_path files) instead of "
                                          "stopping with an error; each is logged and listed, as file:line, in the "
                                          "report. dd-distill has the same option."})
+    wait: bool = field(default=False, metadata={"help": "If another process is writing output_dir, wait for it to "
+                                                        "finish instead of refusing to start."})
     plots: bool = field(default=True, metadata={"help": "Write PNG plots with the report."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 

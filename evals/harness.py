@@ -41,6 +41,7 @@ from dd_prompting.models import (
 )
 from dd_prompting.evals.results import ResultStore
 from dd_prompting.results import PARSE_FAILURES
+from dd_prompting.run_lock import RunLock, RunLockHolder
 from dd_prompting.evals.strategies import (
     build_program,
     choose_demos,
@@ -77,6 +78,11 @@ class RunSummary:
     estimates: dict[str, CellEstimate] = field(default_factory=dict)
     pilot_rows: int = 0  # examples a dry run's pilot ran for real
     skipped_lines: list[str] = field(default_factory=list)  # malformed input lines left out: "path:line: reason"
+    in_use_by: RunLockHolder | None = None  # a dry run's note: the process writing the directory meanwhile
+
+
+def _say_waiting(holder: RunLockHolder) -> None:
+    logger.warning("The output directory is in use by %s; waiting for it to finish (--wait).", holder.describe())
 
 
 def _all_models(config: EvalConfig) -> list[ModelConfig]:
@@ -261,7 +267,7 @@ class Harness:
         Each cell's `CostModel` learns from what is in the cache for it: its finished rows (a pilot's
         first), and problems whose calls are all cached though they have no row; with none, the prior.
         """
-        done = ResultStore(self.output_dir / RESULTS_FILE).completed() if skip_done else {}
+        done = ResultStore(self.output_dir / RESULTS_FILE, read_only=True).completed() if skip_done else {}
         return {cell.label: self._estimate_cell(cell, done) for cell in self.cells()}
 
     def _estimate_cell(self, cell: Cell, done: dict) -> CellEstimate:
@@ -364,19 +370,29 @@ class Harness:
         """Run every cell; write results, then the report.
 
         With `dry_run`, only estimate (writing estimate.json); with `pilot` too, first run that many
-        problems of each cell for real, as a run would (rows, cache, budget), and estimate the rest.
+        problems of each cell for real, as a run would (rows, cache, budget), and estimate the rest. A run (a
+        pilot too) holds the output directory's `RunLock`: a second one is refused, or with `wait` waits.
         """
-        from dd_prompting.evals.report import write_report
-
         summary = RunSummary()
-        if self.config.dry_run and not self.config.pilot:
+        if self.config.dry_run and not self.config.pilot:  # a reader: never waits for, nor blocks, a run
+            summary.in_use_by = RunLock.holder(self.output_dir)
             summary.estimates = self.estimate()
             self._write_estimate(summary.estimates, summary)
             return summary
+        lock = RunLock(self.output_dir, command="dd-evals run", wait=self.config.wait, on_wait=_say_waiting)
+        with lock:  # one writer per output directory, before anything is written or called
+            return self._run(summary)
+
+    def _run(self, summary: RunSummary) -> RunSummary:
+        from dd_prompting.evals.report import write_report
+
         cells = self.cells()
         self._check_models(cells)
         store = ResultStore(self.output_dir / RESULTS_FILE)
         done = store.completed()
+        if store.duplicates:
+            logger.warning("%s: %d rows repeat an example already finished (two runs wrote this directory at once, "
+                           "before dd-evals locked it); each example counts once.", store.path, store.duplicates)
         self._check_budget_prices(cells, done)
         budget = Budget(self.config.max_cost)
         wall = _load_wall_times(self.output_dir / RUN_FILE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import logging
 import platform
 from collections import Counter
 from dataclasses import asdict
@@ -16,10 +17,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dd_prompting.evals.results import ResultStore, latest_rows
+from dd_prompting.evals.results import ResultStore
 from dd_prompting.results import CellSummary, PairedTest, paired_tests, summarize
 
 __all__ = ["write_report", "environment_versions"]
+
+logger = logging.getLogger(__name__)
 
 _PACKAGES = ("dd-prompting", "dspy", "litellm", "openai", "transformers", "torch", "diskcache", "tokenizers")
 
@@ -36,19 +39,26 @@ def environment_versions() -> dict[str, str | None]:
     return versions
 
 
-def _load(output_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _load(output_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """run.json, the latest row of each (cell, example), and how many finished rows were written twice.
+
+    Read-only: a report of a run in progress reads what is written so far and changes nothing."""
     run_path = output_dir / "run.json"
     run = json.loads(run_path.read_text(encoding="utf-8")) if run_path.exists() else {}
-    rows = latest_rows(ResultStore(output_dir / "results.jsonl").read())
+    store = ResultStore(output_dir / "results.jsonl", read_only=True)
+    rows = store.latest()
+    if store.duplicates:
+        logger.warning("%s: %d rows repeat an example already finished (two runs wrote this directory at once, "
+                       "before dd-evals locked it); each example is counted once.", store.path, store.duplicates)
     if run.get("cells"):
         rows = [row for row in rows if row["cell"] in run["cells"]]  # rows of the config the run.json describes
-    return run, rows
+    return run, rows, store.duplicates
 
 
 def write_report(output_dir: str | Path, *, plots: bool = True) -> list[str]:
     """Write summary.md, summary.csv, paired.csv (and PNG plots) into `output_dir`; return their paths."""
     output_dir = Path(output_dir)
-    run, rows = _load(output_dir)
+    run, rows, duplicates = _load(output_dir)
     summaries = summarize(rows, run)
     tests = paired_tests(rows)
     written = [_write_csv(output_dir / "summary.csv", [asdict(s) for s in summaries], CellSummary),
@@ -56,7 +66,7 @@ def write_report(output_dir: str | Path, *, plots: bool = True) -> list[str]:
     if plots and summaries:
         written += _plot(output_dir, summaries)
         written += _plot_compute(output_dir, summaries, rows)
-    markdown = _markdown(run, rows, summaries, tests, [Path(path).name for path in written])
+    markdown = _markdown(run, rows, summaries, tests, [Path(path).name for path in written], duplicates=duplicates)
     (output_dir / "summary.md").write_text(markdown, encoding="utf-8")
     return [str(output_dir / "summary.md"), *written]
 
@@ -88,7 +98,7 @@ def _money(value: float | None) -> str:
 
 
 def _markdown(run: dict[str, Any], rows: list[dict[str, Any]], summaries: list[CellSummary],
-              tests: list[PairedTest], files: list[str]) -> str:
+              tests: list[PairedTest], files: list[str], *, duplicates: int = 0) -> str:
     lines = ["# Eval report", ""]
     last = run.get("last_run") or {}
     if run:
@@ -102,6 +112,9 @@ def _markdown(run: dict[str, Any], rows: list[dict[str, Any]], summaries: list[C
         if last.get("stopped"):
             lines.append(f"**Stopped early: {last['stopped']}.** Run again (with a larger --max-cost) to go on "
                          "where it stopped.")
+    if duplicates:
+        lines.append(f"{duplicates} row(s) of results.jsonl repeat an example already finished (two runs wrote this "
+                     "directory at once, before dd-evals locked it); each example is counted once.")
     failed = sum(bool(row.get("error")) for row in rows)
     if failed:
         lines.append(f"**{failed} example(s) failed** after retries (API errors, rate limits, time-outs); they "

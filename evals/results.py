@@ -2,8 +2,13 @@
 
 A run killed mid-write leaves at most one partial last line; opening the file again cuts it off, so
 the next append starts on a clean line. When a row appears twice (an example retried after an API
-error), the later one wins. Reading and appending are `dd_prompting.data.jsonl`'s, with its one
-malformed-line policy.
+error), the later one wins; a finished row written again (two runs on one directory, before the
+one-writer lock) is counted once, and `duplicates` says how many such rows were dropped. Reading and
+appending are `dd_prompting.data.jsonl`'s, with its one malformed-line policy.
+
+A run's process opens the store to write (under the directory's `RunLock`); readers (reports, dry
+runs) open it with `read_only=True`: nothing is repaired or created, and a last line still being
+written is not read.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any
 
 from dd_prompting.data.jsonl import JsonlWriter, read_jsonl, repair_torn_tail
 
-__all__ = ["ResultStore", "row_key", "latest_rows"]
+__all__ = ["ResultStore", "row_key", "latest_rows", "count_duplicates"]
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, str]:
@@ -28,6 +33,18 @@ def latest_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
+def count_duplicates(rows: list[dict[str, Any]]) -> int:
+    """Rows that repeat a (cell, example) already finished earlier in the file: written twice, not retried."""
+    finished: set[tuple[str, str]] = set()
+    duplicates = 0
+    for row in rows:
+        key = row_key(row)
+        duplicates += key in finished
+        if not row.get("error"):
+            finished.add(key)
+    return duplicates
+
+
 class ResultStore:
     """Append-only JSONL of result rows, safe to reopen after a crash (through `dd_prompting.data.jsonl`).
 
@@ -36,28 +53,42 @@ class ResultStore:
     with `skip_malformed` is logged and counted in `skipped`: its example then simply runs again.
     """
 
-    def __init__(self, path: str | Path, *, skip_malformed: bool = False):
+    def __init__(self, path: str | Path, *, skip_malformed: bool = False, read_only: bool = False):
         self.path = Path(path)
         self.skip_malformed = skip_malformed
+        self.read_only = read_only
         self.skipped: list[tuple[int, str]] = []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        repair_torn_tail(self.path)
-        self._writer = JsonlWriter(self.path, default=str)
+        self.duplicates = 0  # finished rows written again, dropped by the last `latest()` or `completed()`
+        self._writer = None
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            repair_torn_tail(self.path)
+            self._writer = JsonlWriter(self.path, default=str)
 
     def read(self) -> list[dict[str, Any]]:
         """Every row in the file, in order; none if there is no file yet."""
         if not self.path.exists():
             return []
         self.skipped = []
-        return [row for _, row in read_jsonl(self.path, skip_malformed=self.skip_malformed, skipped=self.skipped)]
+        return [row for _, row in read_jsonl(self.path, skip_malformed=self.skip_malformed, skipped=self.skipped,
+                                             growing=self.read_only)]
+
+    def latest(self) -> list[dict[str, Any]]:
+        """The last row of each (cell, example); `duplicates` counts the finished rows that were written twice."""
+        rows = self.read()
+        self.duplicates = count_duplicates(rows)
+        return latest_rows(rows)
 
     def completed(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Rows that need no rerun: finished without an API error."""
-        return {row_key(row): row for row in latest_rows(self.read()) if not row.get("error")}
+        return {row_key(row): row for row in self.latest() if not row.get("error")}
 
     def append(self, row: dict[str, Any]) -> None:
         """Write one row and flush it to the OS, so a killed process loses nothing already appended."""
+        if self._writer is None:
+            raise RuntimeError(f"{self.path} was opened read-only")
         self._writer.write(row)
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()

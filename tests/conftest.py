@@ -1,6 +1,7 @@
 """Shared test set-up: nothing reaches the network, nothing lands in the user's home cache."""
 
 import atexit
+import logging
 import os
 import shutil
 import tempfile
@@ -28,3 +29,15 @@ def clear_dspy_settings(request):
     adapter = None if request.node.get_closest_marker("no_adapter") else dspy.ChatAdapter()
     with dspy.context(lm=None, adapter=adapter, trace=[]):
         yield
+
+
+@pytest.fixture(autouse=True)
+def restore_logger_levels():
+    """The commands set logger levels (`dd-evals` quiets dd_prompting to WARNING, `dd-distill --quiet` the root):
+    each test starts with the levels the one before it found, so `caplog` sees what it asks for in any order."""
+    loggers = [logging.getLogger(), *(logger for logger in logging.root.manager.loggerDict.values()
+                                      if isinstance(logger, logging.Logger))]
+    levels = [(logger, logger.level) for logger in loggers]
+    yield
+    for logger, level in levels:
+        logger.setLevel(level)

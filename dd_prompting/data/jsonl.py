@@ -67,12 +67,15 @@ def read_jsonl(
     parse: Parse | None = None,
     skip_malformed: bool = False,
     skipped: list[tuple[int, str]] | None = None,
+    growing: bool = False,
 ) -> Iterator[tuple[int, Any]]:
     """`(line number, object)` for every record of a JSONL file; `parse` checks or converts each object.
 
     Blank lines are ignored. A malformed line raises `MalformedLineError`; with `skip_malformed` it
     is logged and appended to `skipped` as `(line, reason)` instead. A missing file is an error
-    now, not at the first `next()`.
+    now, not at the first `next()`. With `growing`, the file may be appended to while it is read (a
+    report of a run in progress): a last line without its newline is still being written, and is
+    left out rather than called malformed.
 
     >>> import tempfile
     >>> path = Path(tempfile.mkdtemp()) / "a.jsonl"
@@ -84,12 +87,15 @@ def read_jsonl(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"File not found: {path}")
-    return _read(path, parse, skip_malformed, skipped)
+    return _read(path, parse, skip_malformed, skipped, growing)
 
 
-def _read(path: Path, parse: Parse | None, skip_malformed: bool, skipped: list | None) -> Iterator[tuple[int, Any]]:
+def _read(path: Path, parse: Parse | None, skip_malformed: bool, skipped: list | None,
+          growing: bool = False) -> Iterator[tuple[int, Any]]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            if growing and not raw.endswith(b"\n"):
+                return  # the writer's line in progress
             record, reason = _parse_line(raw, number, parse)
             if reason is not None:
                 on_malformed(path, number, reason, skip_malformed=skip_malformed, skipped=skipped)
