@@ -85,6 +85,9 @@ def train_student(
     texts = [row_text(row) for row in train_rows]
     model, tokenizer = load_model_and_tokenizer(config, texts=texts, tokenizer_dir=last if config.is_tiny else None)
     model.config.use_cache = False  # packed rows need the mask built from position ids, which a cache disables
+    _name_the_loss(model)
+    if config.packing:
+        _expect_packed_batches(model)
     if config.lora_r:
         model = add_lora_adapters(model, config)  # checkpoints then hold the adapters; the student is merged
 
@@ -188,6 +191,35 @@ def _schedule_factor(progress: float, *, warmup: float, shape: str) -> float:
     if shape == "linear":
         return 1.0 - rest
     return 0.5 * (1.0 + math.cos(math.pi * rest))
+
+
+def _name_the_loss(model) -> None:
+    """Name the loss a causal LM trains with, where transformers can't tell it from the class name.
+
+    `GPT2LMHeadModel` matches no key of transformers' `LOSS_MAPPING`, so on the first step it warns
+    "`loss_type=None` ... is unrecognized" and uses the causal-LM loss anyway: the same loss, said here.
+    """
+    if getattr(model, "loss_type", None) is None:
+        model.loss_type = "ForCausalLM"
+
+
+def _expect_packed_batches(model) -> None:
+    """Turn off, on this model only, transformers' check for padded input without an attention mask.
+
+    Packed batches carry no `attention_mask` on purpose: transformers builds the block-diagonal mask that
+    keeps packed rows apart from `position_ids` only when the mask is None (a 2-D mask would let the rows
+    attend to each other). The check looks for the pad id first or last in a row, which every packed row
+    that starts with BOS (= pad for the tiny students) has, so it would warn on every run.
+    """
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            module.warn_if_padding_and_no_attention_mask = _no_padding_check
+
+
+def _no_padding_check(input_ids, attention_mask) -> None:
+    return None
 
 
 class _StudentTrainer(Trainer):
