@@ -4,6 +4,8 @@
 transformers model in process as a `dspy.LM` (torch is imported only then).
 """
 
+from importlib import metadata as _metadata
+
 from dd_prompting.answers import (
     INVALID,
     answers_match,
@@ -22,7 +24,13 @@ from dd_prompting.modules import DecomposedSolver
 from dd_prompting.plain_text_adapter import PlainTextAdapter
 from dd_prompting.signatures import AnswerSubquestion, Decompose, SolveWithSubquestions
 
+try:
+    __version__ = _metadata.version("dd-prompting")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "unknown"
+
 __all__ = [
+    "__version__",
     "Decompose",
     "SolveWithSubquestions",
     "AnswerSubquestion",
