@@ -31,7 +31,8 @@ def main() -> int:
         modules.add(name)
         modules.update(info.name for info in pkgutil.walk_packages(package.__path__, prefix=f"{name}."))
     for name in sorted(modules):
-        importlib.import_module(name)  # an ImportError names what the wheel lacks
+        if name.rpartition(".")[2] != "__main__":  # that one runs the command
+            importlib.import_module(name)  # an ImportError names what the wheel lacks
     data = Path(dd_prompting.__file__).parent / "data" / "gsm8k"
     missing = [name for name in ("train.jsonl", "test.jsonl", "test_socratic.jsonl", "LICENSE")
                if not (data / name).is_file()]
