@@ -71,7 +71,7 @@ class TransformersEngine:
     prefix they share encoded once, each request stopped and sampled on its own. Greedy text is the
     text each request gives alone. `prefers_plain_text` tells `DecomposedSolver` to prompt the model in plain
     text, as small models cannot follow DSPy's chat format; a model fine-tuned on DSPy's chat format
-    (by `dd_prompting.finetune_provider`) does, and is loaded with it off.
+    (by `dd_prompting.distill.provider`) does, and is loaded with it off.
 
     An engine loaded by `from_pretrained` remembers where from, so a program that uses it can be
     saved and loaded (`dump_state` / `load_state`, DSPy's engine interface).
@@ -263,7 +263,7 @@ def render_prompt(tokenizer, system: str | None, messages: list[tuple[str, str]]
     """The text a model continues after `messages`: its chat template, or plain turns for a base model.
 
     One function for inference (`TransformersEngine`) and for fine-tuning on DSPy's calls
-    (`dd_prompting.finetune_provider`), so a model is trained on exactly the prompts it will be sent.
+    (`dd_prompting.distill.provider`), so a model is trained on exactly the prompts it will be sent.
 
     >>> class NoTemplate: chat_template = None
     >>> render_prompt(NoTemplate(), "Be brief.", [("user", "Hi?"), ("assistant", "Hello."), ("user", "Bye?")])
@@ -288,7 +288,7 @@ def render_prompt(tokenizer, system: str | None, messages: list[tuple[str, str]]
     return "\n\n".join(parts)
 
 
-# What `student.json` says when a model was fine-tuned on DSPy's chat format (dd_prompting.finetune_provider).
+# What `student.json` says when a model was fine-tuned on DSPy's chat format (dd_prompting.distill.provider).
 DSPY_CHAT_FORMAT = "dspy_chat"
 
 
@@ -306,12 +306,23 @@ def trained_on_dspy_chat(model_name_or_path: str | Path) -> bool:
 
 
 class LocalLM(dspy.LM):
-    """The `dspy.LM` that `local_lm` returns: an in-process engine, and a provider that fine-tunes it.
+    """The `dspy.LM` that `local_lm` returns: an in-process engine, and the provider that fine-tunes it.
 
-    DSPy fine-tuning (`dspy.BootstrapFinetune`, `lm.finetune(...)`) hands back `lm.copy(model=...)`
-    with the fine-tuned model's name, which for a local model is `local/<its directory>`; here that
-    copy loads the new weights into a new engine (with DSPy's own `LM`, it would keep the old ones).
+    DSPy fine-tuning (`dspy.BootstrapFinetune`, `lm.finetune(...)`) needs a provider that trains local
+    models, `dd_prompting.distill.provider.TransformersProvider` (`local_lm(..., provider=...)` or
+    `lm.provider = ...`). It hands back `lm.copy(model=...)` with the fine-tuned model's name, which for
+    a local model is `local/<its directory>`; here that copy loads the new weights into a new engine
+    (with DSPy's own `LM`, it would keep the old ones).
     """
+
+    def finetune(self, *args, **kwargs):
+        if not getattr(self.provider, "finetunable", False):
+            raise ValueError(
+                f"{self.model} has no provider that fine-tunes local models: set "
+                "lm.provider = TransformersProvider() (from dd_prompting.distill.provider), or pass it as "
+                "local_lm(..., provider=TransformersProvider())."
+            )
+        return super().finetune(*args, **kwargs)
 
     def copy(self, **kwargs):
         model = kwargs.get("model")
@@ -339,11 +350,13 @@ def local_lm(
     trust_remote_code: bool = False,
     cache: bool = True,
     device: str | None = None,
+    provider: dspy.Provider | None = None,
 ) -> dspy.LM:
     """A `dspy.LM` backed by a transformers causal LM running in this process.
 
     `model` is a hub id (`"gpt2"`), a local directory, or a loaded model (then pass `tokenizer`).
-    `cache` keeps DSPy's response cache on, as for any `dspy.LM`.
+    `cache` keeps DSPy's response cache on, as for any `dspy.LM`. `provider` fine-tunes it for
+    `dspy.BootstrapFinetune`: `dd_prompting.distill.provider.TransformersProvider()`.
     """
     if isinstance(model, (str, Path)):
         if tokenizer is not None:
@@ -358,8 +371,6 @@ def local_lm(
         name = Path(getattr(model, "name_or_path", "") or "model").name or "model"
         engine = TransformersEngine(model, tokenizer, name=name, max_new_tokens=max_new_tokens,
                                     use_chat_template=use_chat_template)
-    from dd_prompting.finetune_provider import TransformersProvider
-
     # The provider needs the weights' directory (or GGUF file) to fine-tune them; a model object has none.
     weights = Path(model) / gguf_file if isinstance(model, (str, Path)) and gguf_file else model
     finetuning_model = f"local/{weights}" if isinstance(model, (str, Path)) else None
@@ -367,7 +378,7 @@ def local_lm(
     # saved as runs/a/solver and runs/b/solver must not answer from each other's cache.
     name = Path(weights).resolve() if isinstance(model, (str, Path)) and Path(model).is_dir() else engine.name
     return LocalLM(f"local/{name}", engine=engine, async_engine=engine.async_twin, cache=cache,
-                   provider=TransformersProvider(), finetuning_model=finetuning_model)
+                   provider=provider, finetuning_model=finetuning_model)
 
 
 def smollm2_gguf_path() -> Path:

@@ -121,7 +121,7 @@ def _teacher(run, problems) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if config.teacher.kind in ("generator", "socratic") and all(p.subquestions for p in problems):
         traces, on = list(SocraticTeacher(answer_type=config.data.answers).traces(problems)), "held-out problems"
     elif config.eval.teacher:
-        from dd_prompting.distill.stages import make_teacher
+        from dd_prompting.distill.teachers import make_teacher
 
         teacher = make_teacher(config)
         try:

@@ -16,7 +16,7 @@ from dd_prompting.distill.config import ConfigError, RunConfig
 from dd_prompting.distill.run_dir import EXPENSIVE_STAGES, STAGES, Run, is_main_process, write_json
 
 __all__ = ["STAGE_FUNCTIONS", "StageFailed", "start_run", "run_stages", "stage_traces", "stage_build", "stage_train", "stage_evaluate",
-           "make_teacher", "check_models", "write_run_report", "finish"]
+           "check_models", "write_run_report", "finish"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def stage_traces(run: Run, *, teacher=None, problems=None) -> None:
     `DecompositionDistillation` gives a DSPy program and a trainset).
     """
     from dd_prompting.distill.problems import write_problems
-    from dd_prompting.distill.teachers import collect_traces
+    from dd_prompting.distill.teachers import collect_traces, make_teacher
 
     config = run.config
     teacher = make_teacher(config) if teacher is None else teacher
@@ -120,34 +120,6 @@ def stage_evaluate(run: Run) -> None:
         logger.warning("%s has no held-out problems: nothing to evaluate", run.heldout)
         return
     evaluate_heldout(run)
-
-
-def make_teacher(config: RunConfig):
-    """The teacher a run's config describes: the generator, the Socratic annotations, or a model."""
-    from dd_prompting.distill.teachers import DSPyTeacher, GeneratorTeacher, SocraticTeacher
-    from dd_prompting.models import CallCache, build_lm
-
-    teacher = config.teacher
-    if teacher.kind == "generator":
-        return GeneratorTeacher()
-    if teacher.kind == "socratic":
-        return SocraticTeacher(answer_type=config.data.answers)
-    if teacher.kind == "program":
-        raise ConfigError(
-            "this run's teacher is a DSPy program given in Python (teacher.kind = 'program'): its traces come from "
-            "DecompositionDistillation.compile(...), which resumes them; dd-distill can build, train and evaluate it"
-        )
-    # The one model factory and call cache that dd-evals uses: every call cached as it returns, retried on its own.
-    cache = None if teacher.cache_dir in (None, "", "none") else CallCache(teacher.cache_dir)
-    return DSPyTeacher(
-        lm=build_lm(teacher, cache=cache),
-        mode=teacher.mode,
-        max_subquestions=teacher.max_subquestions,
-        samples=teacher.samples,
-        temperature=teacher.temperature,
-        threads=teacher.threads,
-        answer_type=config.data.answers,
-    )
 
 
 def _earlier_skipped(run: Run) -> list[str]:

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from dd_prompting.answer_types import AnswerType
 from dd_prompting.distill.problems import Problem
@@ -37,7 +37,11 @@ from dd_prompting.distill.traces import (
     repair_partial_tail,
 )
 
+if TYPE_CHECKING:
+    from dd_prompting.distill.config import RunConfig
+
 __all__ = [
+    "make_teacher",
     "Teacher",
     "DSPyTeacher",
     "SocraticTeacher",
@@ -348,3 +352,31 @@ def collect_traces(
             done.add(trace.key)
     wanted = set(ids)
     return [trace for trace in latest_traces(read_traces(path)) if trace.id in wanted]
+
+
+def make_teacher(config: RunConfig) -> Teacher:
+    """The teacher a run's config describes: the generator, the Socratic annotations, or a model."""
+    from dd_prompting.distill.config import ConfigError
+    from dd_prompting.models import CallCache, build_lm
+
+    teacher = config.teacher
+    if teacher.kind == "generator":
+        return GeneratorTeacher()
+    if teacher.kind == "socratic":
+        return SocraticTeacher(answer_type=config.data.answers)
+    if teacher.kind == "program":
+        raise ConfigError(
+            "this run's teacher is a DSPy program given in Python (teacher.kind = 'program'): its traces come from "
+            "DecompositionDistillation.compile(...), which resumes them; dd-distill can build, train and evaluate it"
+        )
+    # The one model factory and call cache that dd-evals uses: every call cached as it returns, retried on its own.
+    cache = None if teacher.cache_dir in (None, "", "none") else CallCache(teacher.cache_dir)
+    return DSPyTeacher(
+        lm=build_lm(teacher, cache=cache),
+        mode=teacher.mode,
+        max_subquestions=teacher.max_subquestions,
+        samples=teacher.samples,
+        temperature=teacher.temperature,
+        threads=teacher.threads,
+        answer_type=config.data.answers,
+    )

@@ -22,6 +22,7 @@ since DSPy hands an engine neither `rollout_id` nor the index of a repeated requ
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -37,70 +38,23 @@ from dspy.utils.exceptions import is_retryable_lm_error
 
 from dd_prompting.models.cache import CallCache
 from dd_prompting.models.calls import CallRecord, current_log
-from dd_prompting.models.identity import CallIdentity
-from dd_prompting.models.pricing import Pricing
+from dd_prompting.models.config import ModelConfig
+from dd_prompting.models.identity import CallIdentity, identity_for
+from dd_prompting.models.pricing import Pricing, lookup_pricing
+from dd_prompting.models.routes import open_route
 from dd_prompting.models.sampling import current_call
+from dd_prompting.models.secrets import safe_url, secrets_for
 
-__all__ = ["CachingEngine", "AsyncCachingEngine", "LMRoute", "AsyncLMRoute", "MAX_RETRY_WAIT"]
+__all__ = ["CachingEngine", "AsyncCachingEngine", "MAX_RETRY_WAIT", "DEFAULT_RETRIES", "DEFAULT_RETRY_BACKOFF",
+           "DEFAULT_TIMEOUT"]
 
 logger = logging.getLogger(__name__)
 
 MAX_RETRY_WAIT = 60.0
+DEFAULT_RETRIES = 3
+DEFAULT_RETRY_BACKOFF = 1.0
+DEFAULT_TIMEOUT = 120.0
 _CAPABILITIES = ("supports_function_calling", "supports_reasoning", "supports_response_schema")
-
-
-class LMRoute:
-    """The API route: a `dspy.LM` (DSPy's own client or LiteLLM) that holds the connection settings.
-
-    The inner LM is built with its cache off and no retries. Its call runs with DSPy's usage tracker,
-    history, callbacks and stream turned off, so the outer LM alone records the call, once.
-    """
-
-    def __init__(self, lm: dspy.LM):
-        self.lm = lm
-
-    def complete(self, request) -> Response:
-        with dspy.context(**_QUIET):
-            return self.lm(request)
-
-    def close(self) -> None:
-        self.lm.close()
-
-    @property
-    def supports_function_calling(self) -> bool:
-        return self.lm.supports_function_calling
-
-    @property
-    def supports_reasoning(self) -> bool:
-        return self.lm.supports_reasoning
-
-    @property
-    def supports_response_schema(self) -> bool:
-        return self.lm.supports_response_schema
-
-    @property
-    def supported_params(self) -> set[str]:
-        return self.lm.supported_params
-
-
-class AsyncLMRoute:
-    """The async twin of `LMRoute`, on the same inner LM."""
-
-    def __init__(self, route: LMRoute):
-        self.route = route
-
-    async def complete(self, request) -> Response:
-        with dspy.context(**_QUIET):
-            return await self.route.lm.acall(request)
-
-    async def aclose(self) -> None:
-        await self.route.lm.aclose()
-
-
-# An inner call records nothing of its own: the outer LM keeps the one history entry and usage count. These
-# are the settings DSPy's LM reads for that (public `dspy.settings` keys, not a documented switch);
-# test_usage_and_history_are_counted_once fails if DSPy stops honouring them.
-_QUIET = {"usage_tracker": None, "disable_history": True, "send_stream": None, "callbacks": []}
 
 
 class CachingEngine:
@@ -119,12 +73,17 @@ class CachingEngine:
             messages through `dd_prompting.models.redact(text, engine.secrets)`.
         source: What `dump_state` saves to rebuild this engine (a `ModelConfig` as a dict, the cache
             directory and the run's retry defaults); None: the engine cannot be saved.
+        model, settings: The model name an LM on this engine is called by, and the sampling settings it
+            sends (what `from_config` read off the route; `build_lm` builds the LM with them).
     """
 
     def __init__(self, route: Any, *, async_route: Any = None, cache: CallCache | None, pricing: Pricing,
-                 identity: CallIdentity, retries: int = 3, backoff: float = 1.0, secrets: tuple[str, ...] = (),
-                 source: dict[str, Any] | None = None):
+                 identity: CallIdentity, retries: int = DEFAULT_RETRIES, backoff: float = DEFAULT_RETRY_BACKOFF,
+                 secrets: tuple[str, ...] = (), source: dict[str, Any] | None = None, model: str | None = None,
+                 settings: dict[str, Any] | None = None):
         self.route = route
+        self.model = model
+        self.settings = dict(settings or {})
         self.async_route = async_route
         self.cache = cache
         self.pricing = pricing
@@ -135,6 +94,19 @@ class CachingEngine:
         self.source = source
         self.calls_made = 0
         self._count_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, *, cache: CallCache | None, retries: int | None = None,
+                    retry_backoff: float | None = None, timeout: float | None = None) -> CachingEngine:
+        """The engine of a `ModelConfig`: its route opened, its cache, prices, identity and retries; `retries`,
+        `retry_backoff` and `timeout` are a run's defaults, which the config's own values override."""
+        defaults = {"retries": retries, "retry_backoff": retry_backoff, "timeout": timeout}
+        opened = open_route(config, timeout=_first(config.timeout, timeout, DEFAULT_TIMEOUT))
+        return cls(opened.route, async_route=opened.async_route, cache=cache, pricing=lookup_pricing(config),
+                   identity=identity_for(config), retries=_first(config.retries, retries, DEFAULT_RETRIES),
+                   backoff=_first(config.retry_backoff, retry_backoff, DEFAULT_RETRY_BACKOFF),
+                   secrets=secrets_for(config), source=_source(config, cache, defaults), model=opened.model,
+                   settings=opened.settings)
 
     # --- what adapters read to plan a call -------------------------------------------------------------
     @property
@@ -345,15 +317,34 @@ _LOADED_LOCK = threading.Lock()
 
 
 def _shared_engine(state: dict[str, Any]) -> CachingEngine:
-    from dd_prompting.models.factory import engine_from_state
-
     key = json.dumps(state, sort_keys=True, default=str)
     with _LOADED_LOCK:
         engine = _LOADED.get(key)
         if engine is None:
-            engine = engine_from_state(state)
+            engine = _engine_from_state(state)
             _LOADED[key] = engine
         return engine
+
+
+def _engine_from_state(state: dict[str, Any]) -> CachingEngine:
+    """The engine a saved program describes (`CachingEngine.dump_state`), built again from its config."""
+    state = dict(state)
+    config = ModelConfig(**state.pop("config"))
+    cache_dir = state.pop("cache_dir", None)
+    return CachingEngine.from_config(config, cache=CallCache(cache_dir) if cache_dir else None, **state)
+
+
+def _source(config: ModelConfig, cache: CallCache | None, defaults: dict[str, Any]) -> dict[str, Any]:
+    """What a saved program stores to build the engine again: no key, and an api_base without credentials."""
+    fields = {name: value for name, value in dataclasses.asdict(config).items() if value is not None}
+    if fields.get("api_base"):
+        fields["api_base"] = safe_url(fields["api_base"])
+    return {"config": fields, "cache_dir": str(cache.directory) if cache is not None else None,
+            **{name: value for name, value in defaults.items() if value is not None}}
+
+
+def _first(*values):
+    return next(value for value in values if value is not None)
 
 
 def _log(record: CallRecord) -> None:

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dd_prompting.models.cache import call_key
+from dd_prompting.models.config import ModelConfig
+from dd_prompting.models.secrets import safe_url
 
-__all__ = ["CallIdentity", "chat_messages", "request_settings"]
+__all__ = ["CallIdentity", "chat_messages", "request_settings", "identity_for"]
 
 
 def _text(content: Any) -> str:
@@ -75,3 +78,23 @@ class CallIdentity:
 
     def with_settings(self, **settings: Any) -> CallIdentity:
         return CallIdentity(self.model, tuple(sorted({**dict(self.settings), **settings}.items())))
+
+
+def identity_for(config: ModelConfig) -> CallIdentity:
+    """What identifies a model's replies in cache keys: kind, model, endpoint and reply-shaping settings."""
+    if config.kind == "api":
+        settings = {"api_base": safe_url(config.api_base), "temperature": config.temperature,
+                    "max_tokens": config.max_tokens}
+    elif config.kind == "local":
+        settings = {"gguf_file": config.gguf_file, "max_new_tokens": config.max_new_tokens,
+                    "temperature": config.temperature}
+    else:
+        settings = {"run_dir": str(Path(config.run_dir).resolve()), "student": config.student,
+                    "weights": _weights_stamp(Path(config.run_dir))}
+    return CallIdentity(model=f"{config.kind}:{config.model}", settings=tuple(sorted(settings.items())))
+
+
+def _weights_stamp(run_dir: Path) -> str:
+    """Sizes and modification times of a run's weight files: retraining a student invalidates its cache."""
+    files = sorted(run_dir.rglob("*.safetensors")) + sorted(run_dir.rglob("*.bin"))
+    return ";".join(f"{path.relative_to(run_dir)}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in files)

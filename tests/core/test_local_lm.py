@@ -155,8 +155,19 @@ def test_a_local_lm_is_built_and_used_without_importing_distill_or_evals():
         "lm = local_lm(tiny_gpt2(tokenizer), tokenizer=tokenizer, max_new_tokens=3)\n"
         "with dspy.context(lm=lm):\n"
         "    DecomposedSolver('question -> answer: float', demos=None)(question='Tom has 3 apples?')\n"
-        "print(lm.provider.finetunable, sorted(m for m in sys.modules if m.startswith(('dd_prompting.distill', "
-        "'dd_prompting.evals'))))\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('dd_prompting.distill', 'dd_prompting.evals'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split(None, 1) == ["True", "[]\n"]
+    assert out.split() == ["[]"]
+
+
+def test_fine_tuning_a_local_lm_without_a_provider_says_which_to_give_it():
+    from dspy.clients.utils_finetune import TrainDataFormat
+
+    from dd_prompting.distill.provider import TransformersProvider
+
+    tokenizer = train_tokenizer(["Question: Tom has 3 apples. Answer: 3"] * 10)
+    lm = local_lm(tiny_gpt2(tokenizer), tokenizer=tokenizer, max_new_tokens=3)
+    with pytest.raises(ValueError, match=r"lm.provider = TransformersProvider\(\) \(from dd_prompting.distill.provider\)"):
+        lm.finetune([], TrainDataFormat.CHAT)
+    assert local_lm(tiny_gpt2(tokenizer), tokenizer=tokenizer, provider=TransformersProvider()).provider.finetunable
