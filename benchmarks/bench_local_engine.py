@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 def load(name: str):
     if name == "smollm2":
-        from dd_prompting.local_lm import smollm2_gguf_path
+        from dd_prompting.local import smollm2_gguf_path
         from dd_prompting.model_loading import load_pretrained
 
         path = smollm2_gguf_path()

@@ -29,7 +29,7 @@ import json, sys, time
 started = time.perf_counter()
 import torch, transformers
 imported = time.perf_counter()
-from dd_prompting.local_lm import smollm2_gguf_path
+from dd_prompting.local import smollm2_gguf_path
 path = smollm2_gguf_path()
 begin = time.perf_counter()
 if sys.argv[1] == "direct":

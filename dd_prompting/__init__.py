@@ -4,6 +4,7 @@
 transformers model in process as a `dspy.LM` (torch is imported only then).
 """
 
+import importlib as _importlib
 from importlib import metadata as _metadata
 
 from dd_prompting.answers import (
@@ -19,7 +20,11 @@ from dd_prompting.answer_types import AnswerType
 from dd_prompting.choices import choice_metric, extract_choice, extract_yes_no, yes_no_match, yes_no_match_strict
 from dd_prompting.data import SocraticSolution, load_gsm8k, parse_socratic
 from dd_prompting.demos import WORKED_EXAMPLES, YES_NO_WORKED_EXAMPLES, WorkedExample
-from dd_prompting.local_lm import TransformersEngine, local_lm, smollm2_lm
+
+# The deprecated module path that 0.1.0's saved programs name is loaded before the function of the same name:
+# a submodule imported later would set the package's attribute `local_lm` to the module.
+_importlib.import_module("dd_prompting.local_lm")
+from dd_prompting.local import TransformersEngine, local_lm, smollm2_lm  # noqa: E402
 from dd_prompting.modules import DecomposedSolver
 from dd_prompting.plain_text_adapter import PlainTextAdapter
 from dd_prompting.signatures import AnswerSubquestion, Decompose, SolveWithSubquestions

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -45,9 +46,15 @@ __all__ = [
     "cache_dir",
     "gguf_cache_dir",
     "file_sha256",
+    "MODEL_LOCK",
 ]
 
 logger = logging.getLogger(__name__)
+
+# Held while a model is loaded or trained in this process. transformers builds a model on the meta
+# device under a patch of torch that is global, not per thread: two threads loading at once (DSPy
+# runs each fine-tuning job, and the load of its result, in a thread) left weights on the meta device.
+MODEL_LOCK = threading.RLock()
 
 CACHE_DIR_ENV = "DD_PROMPTING_CACHE_DIR"
 """The environment variable that moves dd_prompting's cache directory (GGUF copies go in its `gguf/`)."""

@@ -57,7 +57,7 @@ class PlainTextPrompt:
 
     def text(self, tokenizer: Any = None, *, use_chat_template: bool | None = None) -> str:
         """The text a local model continues: its chat template, or the turns joined for a base model."""
-        from dd_prompting.local_lm import render_prompt
+        from dd_prompting.local.prompts import render_prompt
 
         return render_prompt(tokenizer, self.system, list(self.turns), use_chat_template=use_chat_template)
 

@@ -81,7 +81,7 @@ class TeacherConfig(ModelConfig):
     temperature: float | None = field(
         default=None, metadata={"help": "Sampling temperature (default: the model's own; set it when samples > 1)."})
     max_tokens: int | None = field(default=None, metadata={"help": "Most tokens per teacher reply (kind='api')."})
-    threads: int | None = field(default=8, metadata={"help": "Concurrent teacher calls (use 1 for a local model)."})
+    threads: int | None = field(default=8, metadata={"help": "Concurrent teacher calls (a local teacher decodes them together)."})
     retries: int | None = field(
         default=3, metadata={"help": "Retries of one failed call (rate limit, server error, time-out), with back-off."})
     retry_backoff: float | None = field(default=1.0, metadata={"help": "First back-off in seconds; doubles at each retry."})

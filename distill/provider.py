@@ -6,7 +6,7 @@
 
 DSPy hands the provider each predictor's calls in its chat format (`{"messages": [...]}`). Each call
 becomes one prompt/completion row: the prompt is the messages up to the last assistant turn,
-rendered exactly as `TransformersEngine` renders them at inference (`dd_prompting.local_lm.
+rendered exactly as `TransformersEngine` renders them at inference (`dd_prompting.local.prompts.
 render_prompt`), the completion is that turn, with the loss on it alone. Training is
 `distill.train.train_student`: the transformers Trainer, packing, checkpoints, resume. It lives in
 `distill` because it trains through distill's training stack; the core's `local_lm` takes it as
@@ -50,7 +50,7 @@ class LocalTrainingJob(TrainingJob):
 
 
 class TransformersProvider(Provider):
-    """Fine-tunes in-process transformers models (`dd_prompting.local_lm`) with the transformers Trainer.
+    """Fine-tunes in-process transformers models (`dd_prompting.local_lm(...)`) with the transformers Trainer.
 
     Args:
         output_dir: Where fine-tuned models are saved, one directory per job.
@@ -77,7 +77,7 @@ class TransformersProvider(Provider):
     def finetune(self, job, model: str, train_data: list[dict[str, Any]], train_data_format: Any,
                  train_kwargs: dict[str, Any] | None = None) -> str:
         """Train on `train_data` and return the fine-tuned model's name, `local/<directory>`."""
-        from dd_prompting.local_lm import MODEL_LOCK
+        from dd_prompting.model_loading import MODEL_LOCK
 
         # DSPy starts one thread per job (multitask=False: one per predictor), and loads each result in
         # it; they run one after the other, as loading models is not thread-safe (see MODEL_LOCK) and
@@ -101,7 +101,7 @@ class TransformersProvider(Provider):
             config.model, gguf_file=config.gguf_file, tokenizer_name_or_path=config.tokenizer)
         rows = chat_rows(train_data, tokenizer)
         output_dir = output_dir or self.output_dir / f"{Path(config.model).name}-{_digest(rows, config)}"
-        from dd_prompting.local_lm import DSPY_CHAT_FORMAT
+        from dd_prompting.local.prompts import DSPY_CHAT_FORMAT
 
         logger.info("Fine-tuning %s on %d calls into %s", config.model, len(rows), output_dir)
         train_student(rows=rows, config=config, output_dir=output_dir, role="predictor",
@@ -128,7 +128,7 @@ def chat_rows(train_data: list[dict[str, Any]], tokenizer=None) -> list[dict[str
     `tokenizer` decides the rendering (its chat template, or plain turns; None: plain turns, as for
     the `tiny` preset, whose tokenizer is trained on these rows).
     """
-    from dd_prompting.local_lm import render_prompt
+    from dd_prompting.local.prompts import render_prompt
 
     class _Plain:
         chat_template = None

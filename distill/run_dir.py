@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dd_prompting.distill.config import ROLES, RunConfig
+from dd_prompting.models.config import SERVING_FIELDS
 from dd_prompting.run_lock import RunLock
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,8 @@ class Run:
 
     def settings(self, stage: str) -> dict[str, Any]:
         config = self.config.to_public_dict()  # what stages.json records: never a URL's credentials
+        for name in SERVING_FIELDS:  # how the teacher is served decides nothing about its traces
+            (config.get("teacher") or {}).pop(name, None)
         return {name: config[name] for name in STAGE_SETTINGS[stage]}
 
     def mark_done(self, stage: str, seconds: float) -> None:

@@ -45,9 +45,9 @@ class Cell:
 
     @property
     def workers_cap(self) -> int | None:
-        if self.model.kind in ("local", "student"):
-            return 1  # one CPU model generates one reply at a time
-        return self.model.threads
+        if self.model.kind == "student":
+            return 1  # a student pipeline decodes the problems it is given as one batch, one call at a time
+        return self.model.threads  # a local model's engine decodes concurrent calls together
 
 
 _PREDICTION_FIELDS = ("answer", "reasoning", "subquestions", "subanswers", "fallback", "parse_failures")

@@ -28,6 +28,7 @@ from dd_prompting.evals.cell import Cell, evaluate_example
 from dd_prompting.evals.config import EvalConfig, ModelConfig, StrategyConfig
 from dd_prompting.evals.datasets import Dataset, load_dataset, load_demo_pool
 from dd_prompting.evals.estimate import PRIOR_PROFILE, Estimate, ReplyProfile, estimate_example, prior_seconds
+from dd_prompting.models.config import SERVING_FIELDS
 from dd_prompting.models import (
     CallCache,
     Pricing,
@@ -216,7 +217,7 @@ class Harness:
         # What makes a model's replies what they are; not its concurrency, key variable, prices or retries.
         return {key: value for key, value in model.to_public_dict().items()
                 if key not in ("threads", "api_key_env", "input_cost_per_million", "output_cost_per_million",
-                               "retries", "retry_backoff", "timeout")}
+                               "retries", "retry_backoff", "timeout", *SERVING_FIELDS)}
 
     def _lm_for(self, cell: Cell) -> None:
         """Build the cell's LM (or student program) on first use, wrapped in the call cache."""

@@ -24,6 +24,11 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:+-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+# How a model is served, not what it answers: left out of a result's identity, a cache key and dd-distill's
+# stage settings (a rerun with other values resumes), as `threads` is.
+SERVING_FIELDS = ("device", "max_batch_size", "max_batch_tokens")
+
+
 @dataclass
 class ModelConfig:
     """One model: what it is, where it is served, how it samples, what it costs, how hard to push it."""
@@ -52,7 +57,16 @@ class ModelConfig:
         default=None, metadata={"help": f"Prompt format, one of {ADAPTERS}; default chat for API models, plain "
                                         "text for local models."})
     threads: int | None = field(
-        default=None, metadata={"help": "Cap on concurrent calls to this model (local models run one at a time)."})
+        default=None, metadata={"help": "Cap on concurrent calls to this model (a local model decodes concurrent "
+                                        "calls together, in batches)."})
+    device: str | None = field(
+        default=None, metadata={"help": "kind='local': where the model runs ('cpu', 'cuda', 'cuda:1'; default: a GPU "
+                                        "if there is one)."})
+    max_batch_size: int | None = field(
+        default=None, metadata={"help": "kind='local': most calls decoded in one batch (default 16)."})
+    max_batch_tokens: int | None = field(
+        default=None, metadata={"help": "kind='local': most prompt + reply tokens in one batch, what bounds the "
+                                        "key/value cache's memory (default 16384)."})
     retries: int | None = field(
         default=None, metadata={"help": "Retries of one failed call (rate limit, server error, time-out), with "
                                         "exponential back-off (default: the run's)."})
@@ -96,7 +110,7 @@ class ModelConfig:
                               "OPENAI_API_KEY), not the key itself")
         if self.kind == "student" and not self.run_dir:
             raise ConfigError(f"{section}: kind='student' needs run_dir, the dd-distill run directory")
-        for name, minimum in (("threads", 1), ("retries", 0), ("retry_backoff", 0), ("max_new_tokens", 1),
+        for name, minimum in (("threads", 1), ("max_batch_size", 1), ("max_batch_tokens", 1), ("retries", 0), ("retry_backoff", 0), ("max_new_tokens", 1),
                               ("max_tokens", 1), ("temperature", 0), ("input_cost_per_million", 0),
                               ("output_cost_per_million", 0)):
             value = getattr(self, name)
@@ -106,6 +120,11 @@ class ModelConfig:
             raise ConfigError(f"{section}: timeout must be positive seconds, got {self.timeout}")
         if (self.input_cost_per_million is None) != (self.output_cost_per_million is None):
             raise ConfigError(f"{section}: set both input_cost_per_million and output_cost_per_million, or neither")
+
+    @property
+    def serving(self) -> dict[str, Any]:
+        """How a local model is served (device, batch bounds), as `local_lm` takes them: the ones that are set."""
+        return {name: getattr(self, name) for name in SERVING_FIELDS if getattr(self, name) is not None}
 
     @property
     def default_adapter(self) -> str:

@@ -36,12 +36,13 @@ def open_route(config: ModelConfig, *, timeout: float) -> OpenedRoute:
         return OpenedRoute(route, AsyncLMRoute(route), config.model,
                            {"temperature": config.temperature, "max_tokens": config.max_tokens})
     if config.kind == "local":
-        from dd_prompting.local_lm import local_lm, smollm2_lm
+        from dd_prompting.local import local_lm, smollm2_lm
 
         if config.model == "smollm2":
-            lm = smollm2_lm(max_new_tokens=config.max_new_tokens, cache=False)
+            lm = smollm2_lm(max_new_tokens=config.max_new_tokens, cache=False, **config.serving)
         else:
-            lm = local_lm(config.model, gguf_file=config.gguf_file, max_new_tokens=config.max_new_tokens, cache=False)
+            lm = local_lm(config.model, gguf_file=config.gguf_file, max_new_tokens=config.max_new_tokens, cache=False,
+                          **config.serving)
         return OpenedRoute(lm.engine, lm.engine.async_twin, lm.model, {"temperature": config.temperature or None})
     raise ConfigError(f"{config.section}: kind='student' is a program, not an LM; load it with "
                       "dd_prompting.evals.strategies.load_student_program")

@@ -171,3 +171,51 @@ def test_fine_tuning_a_local_lm_without_a_provider_says_which_to_give_it():
     with pytest.raises(ValueError, match=r"lm.provider = TransformersProvider\(\) \(from dd_prompting.distill.provider\)"):
         lm.finetune([], TrainDataFormat.CHAT)
     assert local_lm(tiny_gpt2(tokenizer), tokenizer=tokenizer, provider=TransformersProvider()).provider.finetunable
+
+
+def test_batching_and_device_settings_reach_the_engine_and_survive_copy_and_save(tiny, tmp_path):
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    model.save_pretrained(tmp_path / "tuned")
+    tokenizer.save_pretrained(tmp_path / "tuned")
+    lm = local_lm(tmp_path / "base", max_new_tokens=5, device="cpu", max_batch_size=3, max_batch_tokens=999,
+                  cache=False)
+    settings = {"max_new_tokens": 5, "device": "cpu", "max_batch_size": 3, "max_batch_tokens": 999}
+    assert lm.engine.serving_settings() == settings
+    # What DSPy fine-tuning hands back: the same LM on new weights, served the same way.
+    tuned = lm.copy(model=f"local/{tmp_path / 'tuned'}")
+    assert tuned.engine is not lm.engine and tuned.engine.serving_settings() == settings
+    program = dspy.Predict("question -> answer")
+    program.set_lm(lm)
+    program.save(tmp_path / "program.json")
+    loaded = dspy.Predict("question -> answer")
+    loaded.load(tmp_path / "program.json", allow_unsafe_lm_state=True)
+    assert loaded.lm.engine.serving_settings() == settings
+
+
+def test_a_program_saved_by_0_1_0_loads_through_the_old_module_path_with_a_warning(tiny, tmp_path):
+    import json
+
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    program = dspy.Predict("question -> answer")
+    program.set_lm(local_lm(tmp_path / "base", max_new_tokens=4, cache=False))
+    program.save(tmp_path / "program.json")
+    saved = (tmp_path / "program.json").read_text()
+    assert "dd_prompting.local.engine:TransformersEngine" in saved
+    # 0.1.0 kept the engine in dd_prompting/local_lm.py, and its saved programs name that path.
+    (tmp_path / "old.json").write_text(saved.replace("dd_prompting.local.engine:", "dd_prompting.local_lm:"))
+    loaded = dspy.Predict("question -> answer")
+    with pytest.warns(DeprecationWarning, match=r"moved to dd_prompting\.local\.engine\.TransformersEngine"):
+        loaded.load(tmp_path / "old.json", allow_unsafe_lm_state=True)
+    assert isinstance(loaded.lm.engine, TransformersEngine)
+    assert json.loads(saved)  # the file is what DSPy wrote, not hand-made
+
+
+def test_local_lm_is_the_function_after_the_deprecated_module_is_imported():
+    code = ("import importlib, dd_prompting; importlib.import_module('dd_prompting.local_lm'); "
+            "from dd_prompting import local_lm; print(callable(local_lm))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True"]

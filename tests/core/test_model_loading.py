@@ -239,7 +239,7 @@ def test_smollm2_is_dequantised_once_and_reloaded_from_its_copy_with_identical_l
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dd_prompting.local_lm import smollm2_gguf_path
+    from dd_prompting.local import smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     original = {cls: cls.from_pretrained for cls in (AutoModelForCausalLM, AutoTokenizer)}

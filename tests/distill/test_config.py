@@ -245,3 +245,18 @@ def test_the_old_teacher_skip_malformed_key_still_loads_with_a_warning(tmp_path)
     assert config.skip_malformed and config.teacher.skip_malformed  # the build stage reads the teacher's copy
     assert RunConfig.load(overrides={"skip_malformed": True}).teacher.skip_malformed
     assert not RunConfig().skip_malformed and not RunConfig().teacher.skip_malformed
+
+
+def test_how_the_teacher_is_served_is_not_a_stage_setting(tmp_path):
+    from dd_prompting.distill.config import RunConfig
+    from dd_prompting.distill.run_dir import Run
+
+    config = RunConfig.from_dict({"teacher": {"kind": "local", "model": "smollm2", "device": "cpu",
+                                              "max_batch_size": 4}, "data": {"source": "gsm8k"}})
+    run = Run(tmp_path / "run", config)
+    assert "device" not in run.settings("traces")["teacher"] and "max_batch_size" not in run.settings("traces")["teacher"]
+    run.mark_done("traces", 1.0)
+    config.teacher.max_batch_size, config.teacher.device = 16, "cuda"
+    assert run.changed_settings("traces") == []  # a rerun served otherwise resumes; it is not refused
+    config.teacher.max_new_tokens = 7
+    assert run.changed_settings("traces") == ["teacher.max_new_tokens"]

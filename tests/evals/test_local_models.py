@@ -82,3 +82,23 @@ def test_a_missing_student_run_directory_is_named(tmp_path, problems_file):
     model = {"name": "student", "kind": "student", "model": "pair", "run_dir": str(tmp_path / "nowhere")}
     with pytest.raises(FileNotFoundError, match="nowhere"):
         Harness(config_for(tmp_path, problems_file, model, [{"kind": "student"}])).run()
+
+
+def test_a_local_models_problems_run_concurrently_in_batches_and_serving_settings_are_not_identity(
+        tmp_path, problems_file, tiny_gpt2_dir):
+    model = {"name": "tiny", "kind": "local", "model": str(tiny_gpt2_dir), "max_new_tokens": 6,
+             "max_batch_size": 4, "max_batch_tokens": 4096, "device": "cpu"}
+    config = config_for(tmp_path, problems_file, model, [{"kind": "direct"}])
+    config.limit, config.threads = 8, 4
+    harness = Harness(config)
+    summary = harness.run()
+    assert summary.failed == 0 and summary.rows_written == 8
+    engine = harness._lms["tiny"].engine.route  # the TransformersEngine behind the call cache
+    assert engine.serving_settings() == {"max_new_tokens": 6, "device": "cpu", "max_batch_size": 4,
+                                         "max_batch_tokens": 4096}
+    assert max(engine.scheduler.batch_sizes) > 1  # the 4 workers' calls were decoded together
+    # Other serving settings (or none) are the same model: the finished rows count as done.
+    del model["max_batch_size"], model["device"]
+    again = Harness(config_for(tmp_path, problems_file, model, [{"kind": "direct"}]) )
+    again.config.limit = 8
+    assert again.run().examples_skipped == 8
