@@ -28,8 +28,8 @@ ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 
 
 def steps_per_second(rows, activation: str, steps: int, seed: int) -> float:
-    from dd_prompting.distill.train import train_student
-    from dd_prompting.distill.train_config import TrainConfig
+    from dd_prompting.distill.training.trainer import train_student
+    from dd_prompting.distill.training.train_config import TrainConfig
 
     config = TrainConfig(tiny_activation=activation, max_steps=steps, logging_steps=steps, save_steps=10 * steps,
                          seed=seed)
@@ -45,8 +45,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    from dd_prompting.distill.formats import build_rows
-    from dd_prompting.distill.generator import generate_problems
+    from dd_prompting.distill.rows.build import build_rows
+    from dd_prompting.distill.teach.generator import generate_problems
 
     rows = build_rows(generate_problems(4000, seed=0))["solver"]
     speeds: dict[str, list[float]] = {name: [] for name in ACTIVATIONS}

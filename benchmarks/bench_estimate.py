@@ -40,7 +40,7 @@ STRATEGIES = [{"kind": "direct"}, {"kind": "cot"}, {"kind": "decomposed", "mode"
 
 
 def generator_dataset(directory: Path, count: int) -> tuple[Path, dict[str, tuple[list[str], list[str], str]]]:
-    from dd_prompting.distill.generator import generate_problems
+    from dd_prompting.distill.teach.generator import generate_problems
 
     traces = generate_problems(count, seed=0)
     path = directory / "generated.jsonl"

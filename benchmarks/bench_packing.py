@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 def gsm8k_cot_rows(limit: int) -> list[dict]:
     """GSM8K training problems as CoT rows: the solution lines without <<calculator>> notes, then the answer."""
     from dd_prompting import load_gsm8k
-    from dd_prompting.distill.formats import cot_completion, cot_prompt
+    from dd_prompting.distill.rows.format import cot_completion, cot_prompt
 
     rows = []
     for example in load_gsm8k("train", limit=limit):
@@ -43,9 +43,9 @@ def gsm8k_cot_rows(limit: int) -> list[dict]:
 
 def run_one(args: argparse.Namespace) -> dict:
     """One training run in this process; returns its measurements."""
-    from dd_prompting.distill.collators import PackingCollator, PaddingCollator
-    from dd_prompting.distill.train import train_student
-    from dd_prompting.distill.train_config import TrainConfig
+    from dd_prompting.distill.training.collators import PackingCollator, PaddingCollator
+    from dd_prompting.distill.training.trainer import train_student
+    from dd_prompting.distill.training.train_config import TrainConfig
 
     counts = {"real": 0, "computed": 0}
     for collator in (PackingCollator, PaddingCollator):

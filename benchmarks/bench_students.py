@@ -33,10 +33,10 @@ if str(ROOT) not in sys.path:
 
 def train_quick_students(directory: Path, *, steps: int) -> Path:
     """Students that write well-formed output (not necessarily right answers), trained in about a minute."""
-    from dd_prompting.distill.formats import build_rows
-    from dd_prompting.distill.generator import generate_problems
-    from dd_prompting.distill.train import train_student
-    from dd_prompting.distill.train_config import TrainConfig
+    from dd_prompting.distill.rows.build import build_rows
+    from dd_prompting.distill.teach.generator import generate_problems
+    from dd_prompting.distill.training.trainer import train_student
+    from dd_prompting.distill.training.train_config import TrainConfig
 
     rows = build_rows(generate_problems(1500, seed=0))
     for role in ("decomposer", "solver", "cot"):
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from dd_prompting.answers import answers_match
-    from dd_prompting.distill.generator import generate_problems
-    from dd_prompting.distill.students import CoTStudent, StudentPipeline
+    from dd_prompting.distill.teach.generator import generate_problems
+    from dd_prompting.distill.students.pipelines import CoTStudent, StudentPipeline
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.run_dir:

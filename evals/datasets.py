@@ -20,7 +20,7 @@ from typing import Any
 
 from dd_prompting.answer_types import AnswerType
 from dd_prompting.data import Problem, gsm8k_path, gsm8k_problems, read_rows
-from dd_prompting.data.jsonl import MalformedLineError, on_malformed
+from dd_prompting.data.jsonl import on_malformed
 from dd_prompting.evals.config import DatasetConfig
 
 # `Problem` stays importable from here: evals/cell.py imports it from this module.

@@ -249,7 +249,7 @@ class Harness:
         decomposer = self.config.decomposers[cell.strategy.decomposer]
         program = cell.program
         if decomposer.kind == "student":
-            from dd_prompting.distill.students import DecomposerModule
+            from dd_prompting.distill.students.modules import DecomposerModule
 
             if decomposer.student != "pair":
                 raise ValueError(f"strategies[{cell.strategy.name}]: decomposer {decomposer.name!r} is a "
@@ -355,7 +355,7 @@ class Harness:
     def _check_models(self, cells: list[Cell]) -> None:
         """Every model the run will load, checked now, before any call: a local model that is neither on disk nor
         in the Hugging Face cache, or a run directory without the trained students, fails in one sentence."""
-        from dd_prompting.distill.students import check_run_students
+        from dd_prompting.distill.students.lookup import check_run_students
         from dd_prompting.model_loading import check_model_available
 
         models = {cell.model.name: cell.model for cell in cells}

@@ -189,13 +189,15 @@ def load_student_program(run_dir: str | Path, *, student: str = "pair") -> dspy.
     The students are looked for in `run_dir/<role>` (and `run_dir/students/<role>`). `distill` is
     imported only here, so evaluating API models never needs it.
     """
-    from dd_prompting.distill.students import StudentModule
+    from dd_prompting.distill.students.modules import StudentModule
 
     return StudentModule.from_run(run_dir, student="cot" if student == "cot" else "pair")
 
 
 def load_student_decomposer(run_dir: str | Path) -> dspy.Module:
     """A dd-distill run's decomposer student as a module for a `DecomposedSolver`'s `decompose` (a hybrid pair)."""
-    from dd_prompting.distill.students import DecomposerModule, DecomposerStudent, find_student
+    from dd_prompting.distill.students.modules import DecomposerModule
+    from dd_prompting.distill.students.pipelines import DecomposerStudent
+    from dd_prompting.distill.students.lookup import find_student
 
     return DecomposerModule(DecomposerStudent.from_pretrained(find_student(run_dir, "decomposer")))

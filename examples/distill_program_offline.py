@@ -19,10 +19,9 @@ from contextlib import nullcontext
 import dspy
 
 from dd_prompting import DecomposedSolver, numeric_match
-from dd_prompting.distill.generator import GeneratorConfig
-from dd_prompting.distill.problems import generated_problems
-from dd_prompting.distill.students import StudentModule
-from dd_prompting.distill.teleprompter import DecompositionDistillation
+from dd_prompting.distill.teach.generator import GeneratorConfig
+from dd_prompting.distill.teach.problem_sources import generated_problems
+from dd_prompting.distill import DecompositionDistillation, StudentModule
 from dd_prompting.testing import OpenAICompatibleServer, chat_reply, input_field, output_fields
 
 # Small numbers and 2-3 steps: a tiny student pair learns these in about a minute of CPU.

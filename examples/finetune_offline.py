@@ -23,7 +23,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError
 
 from dd_prompting import local_lm
-from dd_prompting.distill.provider import TransformersProvider, chat_rows
+from dd_prompting.distill.training.provider import TransformersProvider, chat_rows
 from dd_prompting.testing import OpenAICompatibleServer, last_user_text
 
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"]
@@ -64,9 +64,9 @@ def accuracy(program, pairs) -> tuple[int, int]:
 
 def tiny_student(directory: Path, *, seed: int = 0) -> Path:
     """A 2-layer GPT-2 built from a config, with a BPE trained on the task's prompts, saved to `directory`."""
-    from dd_prompting.distill.modeling import build_tiny_model
-    from dd_prompting.distill.tokenization import train_number_tokenizer
-    from dd_prompting.distill.train_config import TrainConfig
+    from dd_prompting.distill.training.modeling import build_tiny_model
+    from dd_prompting.distill.training.tokenization import train_number_tokenizer
+    from dd_prompting.distill.training.train_config import TrainConfig
 
     adapter = dspy.ChatAdapter()
     calls = [adapter.format_finetune_data(NameColor, [], {"question": q}, {"answer": a}) for q, a in TRAIN + HELD_OUT]

@@ -1,6 +1,6 @@
 """Every doctest in the package runs: one test per module under `dd_prompting`.
 
-The modules are imported by their installed names (`dd_prompting.distill.train`, not `distill.train`),
+The modules are imported by their installed names (`dd_prompting.distill.training.trainer`, not `distill.training.trainer`),
 which is why this does not use pytest's `--doctest-modules`: that imports files by path, so the
 `distill/` and `evals/` directories would load a second copy of each module under another name.
 """

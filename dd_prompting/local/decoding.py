@@ -6,7 +6,7 @@ long-running batch sits between chunks; the attention mask hides it and the posi
 tokens only, so every row is computed as it would be alone. Two callers share it:
 - the local engine's scheduler (`dd_prompting.local.scheduler`): independent requests decoded
   together, a shared prompt prefix encoded once (`expand`);
-- the distilled students (`dd_prompting.distill.decoding`): a problem's cache lives across the
+- the distilled students (`dd_prompting.distill.students.generation`): a problem's cache lives across the
   solver's steps, so step k encodes only the new sub-question.
 """
 

@@ -39,7 +39,7 @@ class TransformersEngine:
     prefix they share encoded once, each request stopped and sampled on its own. Greedy text is the
     text each request gives alone. `prefers_plain_text` tells `DecomposedSolver` to prompt the model in plain
     text, as small models cannot follow DSPy's chat format; a model fine-tuned on DSPy's chat format
-    (by `dd_prompting.distill.provider`) does, and is loaded with it off.
+    (by `dd_prompting.distill.training.provider`) does, and is loaded with it off.
 
     "Engine" is DSPy's word: an object that answers `complete(request)` with a `Response`. This one
     computes the answer; `dd_prompting.models.CachingEngine` wraps one like it with a cache and retries.

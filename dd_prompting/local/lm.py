@@ -31,7 +31,7 @@ class LocalLM(dspy.LM):
     """The `dspy.LM` that `local_lm` returns: an in-process engine, and the provider that fine-tunes it.
 
     DSPy fine-tuning (`dspy.BootstrapFinetune`, `lm.finetune(...)`) needs a provider that trains local
-    models, `dd_prompting.distill.provider.TransformersProvider` (`local_lm(..., provider=...)` or
+    models, `dd_prompting.distill.TransformersProvider` (`local_lm(..., provider=...)` or
     `lm.provider = ...`). It hands back `lm.copy(model=...)` with the fine-tuned model's name, which for
     a local model is `local/<its directory>`; here that copy loads the new weights into a new engine
     (with DSPy's own `LM`, it would keep the old ones).
@@ -41,7 +41,7 @@ class LocalLM(dspy.LM):
         if not getattr(self.provider, "finetunable", False):
             raise ValueError(
                 f"{self.model} has no provider that fine-tunes local models: set "
-                "lm.provider = TransformersProvider() (from dd_prompting.distill.provider), or pass it as "
+                "lm.provider = TransformersProvider() (from dd_prompting.distill), or pass it as "
                 "local_lm(..., provider=TransformersProvider())."
             )
         return super().finetune(*args, **kwargs)
@@ -82,7 +82,7 @@ def local_lm(
     `cache` keeps DSPy's response cache on, as for any `dspy.LM`. `device` is where it runs (default: a
     GPU if there is one); `max_batch_size` and `max_batch_tokens` bound the batches its concurrent calls
     are decoded in (what bounds memory). `provider` fine-tunes it for `dspy.BootstrapFinetune`:
-    `dd_prompting.distill.provider.TransformersProvider()`.
+    `dd_prompting.distill.TransformersProvider()`.
     """
     batching = {"max_batch_size": max_batch_size, "max_batch_tokens": max_batch_tokens}
     if isinstance(model, (str, Path)):

@@ -1,7 +1,7 @@
 """The text a local model continues: its chat template, or plain turns for a base model.
 
 One renderer for inference (`TransformersEngine`) and for fine-tuning on DSPy's calls
-(`dd_prompting.distill.provider`), so a model is trained on exactly the prompts it will be sent.
+(`dd_prompting.distill.training.provider`), so a model is trained on exactly the prompts it will be sent.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def render_prompt(tokenizer, system: str | None, messages: list[tuple[str, str]]
     """The text a model continues after `messages`: its chat template, or plain turns for a base model.
 
     One function for inference (`TransformersEngine`) and for fine-tuning on DSPy's calls
-    (`dd_prompting.distill.provider`), so a model is trained on exactly the prompts it will be sent.
+    (`dd_prompting.distill.training.provider`), so a model is trained on exactly the prompts it will be sent.
 
     >>> class NoTemplate: chat_template = None
     >>> render_prompt(NoTemplate(), "Be brief.", [("user", "Hi?"), ("assistant", "Hello."), ("user", "Bye?")])
@@ -42,7 +42,7 @@ def render_prompt(tokenizer, system: str | None, messages: list[tuple[str, str]]
     return "\n\n".join(parts)
 
 
-# What `student.json` says when a model was fine-tuned on DSPy's chat format (dd_prompting.distill.provider).
+# What `student.json` says when a model was fine-tuned on DSPy's chat format (dd_prompting.distill.training.provider).
 DSPY_CHAT_FORMAT = "dspy_chat"
 
 

@@ -8,7 +8,7 @@ with `recording()`); `redact` and `safe_url` keep keys and URL credentials out o
 
 from dd_prompting.models.cache import CallCache, call_key
 from dd_prompting.models.calls import CallLog, CallRecord, recording
-from dd_prompting.models.config import MODEL_KINDS, ModelConfig
+from dd_prompting.models.config import MODEL_KINDS, ModelConfig, api_key_for, secrets_for
 from dd_prompting.models.engine import AsyncCachingEngine, CachingEngine
 from dd_prompting.models.factory import build_lm, wrap_lm
 from dd_prompting.models.identity import CallIdentity, chat_messages, identity_for
@@ -16,15 +16,7 @@ from dd_prompting.models.lm import CachingLM
 from dd_prompting.models.pricing import Pricing, lookup_model_pricing, lookup_pricing
 from dd_prompting.models.routes import AsyncLMRoute, LMRoute
 from dd_prompting.models.sampling import sample_scope
-from dd_prompting.models.secrets import (
-    PLACEHOLDER_KEY,
-    api_key_for,
-    environment_secrets,
-    redact,
-    safe_url,
-    secrets_for,
-    url_secrets,
-)
+from dd_prompting.models.secrets import PLACEHOLDER_KEY, environment_secrets, redact, safe_url, url_secrets
 
 __all__ = [
     "ModelConfig",

@@ -9,14 +9,15 @@ The key is never part of the config: `api_key_env` names the environment variabl
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from dd_prompting.config import ConfigError
-from dd_prompting.models.secrets import safe_url
+from dd_prompting.models.secrets import safe_url, url_secrets
 
-__all__ = ["ModelConfig", "MODEL_KINDS", "ADAPTERS"]
+__all__ = ["ModelConfig", "MODEL_KINDS", "ADAPTERS", "SERVING_FIELDS", "api_key_for", "secrets_for"]
 
 MODEL_KINDS = ("api", "local", "student")
 ADAPTERS = ("chat", "json", "plain")
@@ -140,3 +141,20 @@ class ModelConfig:
 def _choice(section: str, name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"{section}: {name} must be one of {list(choices)}, got {value!r}")
+
+
+def api_key_for(config: ModelConfig, *, required: bool = True) -> str | None:
+    """The key in the variable `api_key_env` names (None when no variable is named)."""
+    if config.api_key_env is None:
+        return None
+    key = os.environ.get(config.api_key_env)
+    if not key and required:
+        raise ConfigError(f"{config.section}: the environment variable {config.api_key_env} named by api_key_env "
+                          "is not set; export the API key in it (keys are never read from config files)")
+    return key or None
+
+
+def secrets_for(config: ModelConfig) -> tuple[str, ...]:
+    """What must never be written about this model: its key and the credentials inside its api_base."""
+    key = api_key_for(config, required=False)
+    return tuple(value for value in (key, *url_secrets(config.api_base)) if value)

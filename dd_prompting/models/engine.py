@@ -32,18 +32,17 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import dspy
 from dspy.lm15 import Message, Response, TextPart, ThinkingPart, ToolCallPart, Usage, response_to_events
 from dspy.utils.exceptions import is_retryable_lm_error
 
 from dd_prompting.models.cache import CallCache
 from dd_prompting.models.calls import CallRecord, current_log
-from dd_prompting.models.config import ModelConfig
+from dd_prompting.models.config import ModelConfig, secrets_for
 from dd_prompting.models.identity import CallIdentity, identity_for
 from dd_prompting.models.pricing import Pricing, lookup_pricing
 from dd_prompting.models.routes import open_route
 from dd_prompting.models.sampling import current_call
-from dd_prompting.models.secrets import safe_url, secrets_for
+from dd_prompting.models.secrets import safe_url
 
 __all__ = ["CachingEngine", "AsyncCachingEngine", "MAX_RETRY_WAIT", "DEFAULT_RETRIES", "DEFAULT_RETRY_BACKOFF",
            "DEFAULT_TIMEOUT"]

@@ -8,7 +8,6 @@ from dd_prompting.models.engine import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_BACKOFF,
     DEFAULT_TIMEOUT,
-    AsyncCachingEngine,
     CachingEngine,
 )
 from dd_prompting.models.identity import CallIdentity

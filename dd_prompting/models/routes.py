@@ -14,8 +14,8 @@ import dspy
 from dspy.lm15 import Response
 
 from dd_prompting.config import ConfigError
-from dd_prompting.models.config import ModelConfig
-from dd_prompting.models.secrets import PLACEHOLDER_KEY, api_key_for, url_secrets
+from dd_prompting.models.config import ModelConfig, api_key_for
+from dd_prompting.models.secrets import PLACEHOLDER_KEY, url_secrets
 
 __all__ = ["LMRoute", "AsyncLMRoute", "OpenedRoute", "open_route"]
 

@@ -15,15 +15,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from dd_prompting.config import ConfigError
-
-if TYPE_CHECKING:
-    from dd_prompting.models.config import ModelConfig
-
-__all__ = ["redact", "safe_url", "url_secrets", "environment_secrets", "api_key_for", "secrets_for", "PLACEHOLDER_KEY"]
+__all__ = ["redact", "safe_url", "url_secrets", "environment_secrets", "PLACEHOLDER_KEY"]
 
 # What a self-hosted OpenAI-compatible server (vLLM, Ollama, a proxy) gets as its key when none is named:
 # such servers accept any key, and a placeholder keeps a provider's key in the environment from reaching them.
@@ -68,20 +62,3 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         text = text.replace(secret, "***")
     text = _URL_CREDENTIALS.sub(lambda match: f"{match.group('scheme')}***@", text)
     return _KEY_SHAPES.sub("***", text)
-
-
-def api_key_for(config: ModelConfig, *, required: bool = True) -> str | None:
-    """The key in the variable `api_key_env` names (None when no variable is named)."""
-    if config.api_key_env is None:
-        return None
-    key = os.environ.get(config.api_key_env)
-    if not key and required:
-        raise ConfigError(f"{config.section}: the environment variable {config.api_key_env} named by api_key_env "
-                          "is not set; export the API key in it (keys are never read from config files)")
-    return key or None
-
-
-def secrets_for(config: ModelConfig) -> tuple[str, ...]:
-    """What must never be written about this model: its key and the credentials inside its api_base."""
-    key = api_key_for(config, required=False)
-    return tuple(value for value in (key, *url_secrets(config.api_base)) if value)

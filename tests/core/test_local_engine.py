@@ -186,41 +186,27 @@ def test_an_engine_answers_after_its_worker_has_been_idle(tiny):
     engine.close()
 
 
-def test_an_error_in_the_workers_loop_fails_its_requests_and_the_next_request_is_answered(tiny, monkeypatch):
+@pytest.mark.parametrize("when", ["after the batch is taken", "before a batch is taken"])
+def test_an_error_in_the_workers_loop_fails_the_requests_it_concerns_and_the_next_request_is_answered(
+        tiny, monkeypatch, when):
+    """After taking a batch, the worker fails that batch; before, the queued requests (the error would come again
+    for them, and the loop would spin). Either way the next request is answered."""
     model, tokenizer = tiny
     engine = TransformersEngine(model, tokenizer, max_new_tokens=8)
     scheduler = engine.scheduler
     take = scheduler._next_batch
     failures = iter([RuntimeError("injected fault")])
 
-    def take_then_fail():
+    def faulty_take():
+        if when == "before a batch is taken" and (err := next(failures, None)) is not None:
+            raise err
         batch = take()
         if batch and (err := next(failures, None)) is not None:
-            raise err  # after the batch was taken: the worker holds it
+            raise err  # the worker holds the batch now
         return batch
 
-    monkeypatch.setattr(scheduler, "_next_batch", take_then_fail)
-    with pytest.raises(RuntimeError, match="injected fault"):
-        engine.submit(PROMPTS[0], max_new_tokens=8).result(timeout=60)
-    answer = engine.submit(PROMPTS[1], max_new_tokens=8).result(timeout=60)
-    assert answer.text == _alone(model, tokenizer, PROMPTS[1], max_new_tokens=8)[0]
-    engine.close()
-
-
-def test_an_error_before_a_batch_is_taken_fails_the_queued_requests_instead_of_spinning(tiny, monkeypatch):
-    model, tokenizer = tiny
-    engine = TransformersEngine(model, tokenizer, max_new_tokens=8)
-    scheduler = engine.scheduler
-    take = scheduler._next_batch
-    failures = iter([RuntimeError("injected fault")])
-
-    def fail_then_take():
-        if (err := next(failures, None)) is not None:
-            raise err
-        return take()
-
     with scheduler.held():  # the request is queued before the worker's first look
-        monkeypatch.setattr(scheduler, "_next_batch", fail_then_take)
+        monkeypatch.setattr(scheduler, "_next_batch", faulty_take)
         future = engine.submit(PROMPTS[0], max_new_tokens=8)
     with pytest.raises(RuntimeError, match="injected fault"):
         future.result(timeout=60)

@@ -164,11 +164,11 @@ def test_a_local_lm_is_built_and_used_without_importing_distill_or_evals():
 def test_fine_tuning_a_local_lm_without_a_provider_says_which_to_give_it():
     from dspy.clients.utils_finetune import TrainDataFormat
 
-    from dd_prompting.distill.provider import TransformersProvider
+    from dd_prompting.distill import TransformersProvider
 
     tokenizer = train_tokenizer(["Question: Tom has 3 apples. Answer: 3"] * 10)
     lm = local_lm(tiny_gpt2(tokenizer), tokenizer=tokenizer, max_new_tokens=3)
-    with pytest.raises(ValueError, match=r"lm.provider = TransformersProvider\(\) \(from dd_prompting.distill.provider\)"):
+    with pytest.raises(ValueError, match=r"lm.provider = TransformersProvider\(\) \(from dd_prompting.distill\)"):
         lm.finetune([], TrainDataFormat.CHAT)
     assert local_lm(tiny_gpt2(tokenizer), tokenizer=tokenizer, provider=TransformersProvider()).provider.finetunable
 

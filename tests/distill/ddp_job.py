@@ -10,10 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-from dd_prompting.distill.formats import build_rows
-from dd_prompting.distill.generator import generate_problems
-from dd_prompting.distill.train import train_student
-from dd_prompting.distill.train_config import TrainConfig
+from dd_prompting.distill.rows.build import build_rows
+from dd_prompting.distill.teach.generator import generate_problems
+from dd_prompting.distill.training.trainer import train_student
+from dd_prompting.distill.training.train_config import TrainConfig
 
 out, batch = Path(sys.argv[1]), int(sys.argv[2])
 rows = build_rows(generate_problems(64, seed=0))["cot"]

@@ -10,7 +10,7 @@ STEPS = {"decomposer": 600, "solver": 1000, "cot": 40}
 
 def distillation(teacher_lm, run_dir: Path, cache_dir: Path, **settings):
     """The session's DecompositionDistillation settings (tiny students, the fixed steps), with `settings` on top."""
-    from dd_prompting.distill.teleprompter import DecompositionDistillation
+    from dd_prompting.distill.run.teleprompter import DecompositionDistillation
 
     options = dict(
         teacher=teacher_lm, student="tiny", run_dir=run_dir, seed=SEED, cache_dir=str(cache_dir), threads=4,

@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from dd_prompting.distill.artifacts import read_student_metadata
-from dd_prompting.distill.formats import build_rows, row_text
-from dd_prompting.distill.generator import generate_problems
-from dd_prompting.distill.modeling import build_tiny_model
-from dd_prompting.distill.tokenization import train_number_tokenizer
-from dd_prompting.distill.train import train_student
-from dd_prompting.distill.train_config import TrainConfig
+from dd_prompting.distill.students.artifacts import read_student_metadata
+from dd_prompting.distill.rows.build import build_rows
+from dd_prompting.distill.rows.format import row_text
+from dd_prompting.distill.teach.generator import generate_problems
+from dd_prompting.distill.training.modeling import build_tiny_model
+from dd_prompting.distill.training.tokenization import train_number_tokenizer
+from dd_prompting.distill.training.trainer import train_student
+from dd_prompting.distill.training.train_config import TrainConfig
 
 out = Path(sys.argv[1])
 rows = build_rows(generate_problems(40, seed=0))

@@ -9,7 +9,7 @@ import pytest
 
 from dd_prompting import load_gsm8k
 from dd_prompting.testing import OpenAICompatibleServer, last_user_text
-from dd_prompting.distill.cli import OFFLINE_DEFAULT, OFFLINE_NAME, STAGES, main
+from dd_prompting.distill.run.cli import OFFLINE_DEFAULT, OFFLINE_NAME, STAGES, main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -246,7 +246,7 @@ def test_socratic_recipe_wires_up_to_the_rows(tmp_path):
 
 
 def test_every_example_config_loads():
-    from dd_prompting.distill.config import RunConfig
+    from dd_prompting.distill.run.run_config import RunConfig
 
     configs = sorted(EXAMPLES.glob("distill_*.toml"))
     assert len(configs) >= 5
@@ -337,12 +337,12 @@ def test_a_removed_setting_is_an_error_saying_so(tmp_path, capsys):
 
 def test_rows_follow_the_problems_not_the_order_the_teacher_finished_them(tmp_path):
     # A concurrent teacher appends traces as they finish; the students must not depend on that order.
-    from dd_prompting.distill.config import RunConfig
-    from dd_prompting.distill.problems import generated_problems, write_problems
-    from dd_prompting.distill.run_dir import Run
-    from dd_prompting.distill.stages import stage_build
-    from dd_prompting.distill.teachers import GeneratorTeacher
-    from dd_prompting.distill.traces import TraceWriter
+    from dd_prompting.distill.run.run_config import RunConfig
+    from dd_prompting.distill.teach.problem_sources import generated_problems, write_problems
+    from dd_prompting.distill.run.directory import Run
+    from dd_prompting.distill.run.stages import stage_build
+    from dd_prompting.distill.teach.teachers import GeneratorTeacher
+    from dd_prompting.distill.teach.traces import TraceWriter
 
     problems = generated_problems(6, seed=0)
     rows = {}
@@ -381,7 +381,7 @@ def test_skip_malformed_is_the_run_option_and_the_old_teacher_flag_still_works(t
 
 
 def test_a_malformed_data_line_is_skipped_with_the_flag_and_listed_in_the_report(tmp_path, capsys):
-    from dd_prompting.distill.generator import generate_problems
+    from dd_prompting.distill.teach.generator import generate_problems
 
     data = tmp_path / "problems.jsonl"
     rows = [json.dumps({"question": p.question, "answer": "\n".join(

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from dd_prompting.distill.config import (
+from dd_prompting.distill.run.run_config import (
     ConfigError,
     RunConfig,
     TeacherConfig,
@@ -195,7 +195,7 @@ def test_teacher_is_a_model_config_with_the_same_fields_as_an_eval_model():
 
 
 def test_held_out_evaluation_is_held_out_config_in_the_eval_section():
-    from dd_prompting.distill.config import HeldOutConfig
+    from dd_prompting.distill.run.run_config import HeldOutConfig
 
     config = RunConfig.from_dict({"eval": {"batch_size": 8}})
     assert isinstance(config.eval, HeldOutConfig) and config.eval.batch_size == 8
@@ -225,7 +225,7 @@ def test_equal_compute_gives_the_cot_student_the_pairs_total_steps():
 
 
 def test_held_out_problems_can_be_deeper_than_the_training_problems():
-    from dd_prompting.distill.stages import make_problems
+    from dd_prompting.distill.teach.problem_sources import make_problems
 
     config = RunConfig.load(overrides=_parse(["--data.train_problems", "200", "--data.eval_problems", "30",
                                               "--data.eval_min_steps", "5", "--data.eval_max_steps", "6"]))
@@ -248,8 +248,8 @@ def test_the_old_teacher_skip_malformed_key_still_loads_with_a_warning(tmp_path)
 
 
 def test_how_the_teacher_is_served_is_not_a_stage_setting(tmp_path):
-    from dd_prompting.distill.config import RunConfig
-    from dd_prompting.distill.run_dir import Run
+    from dd_prompting.distill.run.run_config import RunConfig
+    from dd_prompting.distill.run.directory import Run
 
     config = RunConfig.from_dict({"teacher": {"kind": "local", "model": "smollm2", "device": "cpu",
                                               "max_batch_size": 4}, "data": {"source": "gsm8k"}})

@@ -5,22 +5,18 @@ import json
 import pytest
 
 from dd_prompting.answers import extract_answer
-from dd_prompting.distill.formats import (
-    build_rows,
-    cot_row,
-    decomposer_row,
+from dd_prompting.distill.rows.build import build_rows, cot_row, decomposer_row, packed_solver_row, solver_rows
+from dd_prompting.distill.rows.format import (
     load_rows,
-    packed_solver_row,
     parse_cot,
     parse_subanswer,
     parse_subquestions,
     read_rows,
     row_text,
     solver_prompt,
-    solver_rows,
     write_rows,
 )
-from dd_prompting.distill.traces import Trace
+from dd_prompting.distill.teach.traces import Trace
 
 TRACE = Trace(
     id="t1",

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from dd_prompting.distill.generator import TEMPLATES, GeneratorConfig, generate_problems, problem_key
+from dd_prompting.distill.teach.generator import TEMPLATES, GeneratorConfig, generate_problems, problem_key
 
 _EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 

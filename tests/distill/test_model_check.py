@@ -10,10 +10,10 @@ import huggingface_hub
 import pytest
 from huggingface_hub import constants
 
-from dd_prompting.distill.cli import main
-from dd_prompting.distill.config import RunConfig
-from dd_prompting.distill.run_dir import Run
-from dd_prompting.distill.stages import check_models
+from dd_prompting.distill.run.cli import main
+from dd_prompting.distill.run.run_config import RunConfig
+from dd_prompting.distill.run.directory import Run
+from dd_prompting.distill.run.pipeline import check_models
 from dd_prompting.model_loading import ModelNotAvailableError
 from dd_prompting.testing import OpenAICompatibleServer
 
@@ -45,7 +45,7 @@ def test_run_with_an_uncached_student_model_offline_stops_before_any_trace_or_te
         env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), OPENAI_API_KEY="sk-offline",
                    PYTHONPATH=str(ROOT), LITELLM_LOCAL_MODEL_COST_MAP="True")
         result = subprocess.run(
-            [sys.executable, "-m", "dd_prompting.distill.cli", "run", "--config", str(config),
+            [sys.executable, "-m", "dd_prompting.distill", "run", "--config", str(config),
              "--run-dir", str(run_dir), "--quiet"],
             env=env, capture_output=True, text=True, timeout=300, check=False)
         calls = server.call_count
@@ -103,8 +103,8 @@ def test_the_bundled_and_built_models_need_no_check(empty_hf_cache, tmp_path):
 
 
 def test_a_students_base_model_loads_through_the_same_check(empty_hf_cache):
-    from dd_prompting.distill.modeling import load_model_and_tokenizer
-    from dd_prompting.distill.train_config import TrainConfig
+    from dd_prompting.distill.training.modeling import load_model_and_tokenizer
+    from dd_prompting.distill.training.train_config import TrainConfig
 
     with pytest.raises(ModelNotAvailableError, match="^Model 'gpt2' is not available: .*HF_HUB_OFFLINE is set"):
         load_model_and_tokenizer(TrainConfig(model="gpt2"))

@@ -14,7 +14,7 @@ import dspy
 import pytest
 
 from dd_prompting import local_lm
-from dd_prompting.distill.provider import TransformersProvider, chat_rows
+from dd_prompting.distill.training.provider import TransformersProvider, chat_rows
 from dd_prompting.testing import OpenAICompatibleServer, last_user_text
 
 # The task of examples/finetune_offline.py (so the example's pieces are tested too): every template and
@@ -56,7 +56,7 @@ def held_out_loss(model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dd_prompting.distill.tokenization import tokenize_rows
+    from dd_prompting.distill.training.tokenization import tokenize_rows
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
@@ -112,7 +112,7 @@ def test_a_saved_and_reloaded_program_gives_the_same_predictions(compiled, tmp_p
 
 def test_multitask_false_trains_one_model_per_predictor(base_dir, tmp_path):
     from dd_prompting import DecomposedSolver
-    from dd_prompting.distill.artifacts import read_student_metadata
+    from dd_prompting.distill.students.artifacts import read_student_metadata
 
     def teacher_steps(request):
         text = last_user_text(request)

@@ -39,7 +39,7 @@ def _config(tmp_path, server) -> Path:
 
 def _start(config, run_dir, key, command="traces"):
     env = {**os.environ, "SCRIPTED_KEY": key, "PYTHONPATH": str(ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    return subprocess.Popen([sys.executable, "-m", "dd_prompting.distill.cli", command, "--config", str(config),
+    return subprocess.Popen([sys.executable, "-m", "dd_prompting.distill", command, "--config", str(config),
                              "--run-dir", str(run_dir), "--quiet"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -10,18 +10,18 @@ import dspy
 import pytest
 
 from dd_prompting.answers import INVALID, answers_match, numeric_match
-from dd_prompting.distill.formats import build_rows, row_text
-from dd_prompting.distill.generator import generate_problems
-from dd_prompting.distill.students import (
+from dd_prompting.distill.rows.build import build_rows
+from dd_prompting.distill.rows.format import row_text
+from dd_prompting.distill.teach.generator import generate_problems
+from dd_prompting.distill.students.pipelines import (
     CoTResult,
     CoTStudent,
-    DecomposerModule,
     DecomposerStudent,
-    StudentModule,
     StudentPipeline,
     StudentResult,
 )
-from dd_prompting.distill.train_config import TrainConfig
+from dd_prompting.distill.students.modules import DecomposerModule, StudentModule
+from dd_prompting.distill.training.train_config import TrainConfig
 from distill_program_offline import EASY  # examples/ is on sys.path (conftest.py)
 
 # The students are compiled once per session by DecompositionDistillation (tests/distill/conftest.py):
@@ -166,9 +166,9 @@ def test_student_module_rejects_other_objects():
 @pytest.fixture(scope="module")
 def untrained_pair(tmp_path_factory):
     """A decomposer and a solver saved straight from `build_tiny_model` (noise, but real saved students)."""
-    from dd_prompting.distill.artifacts import save_student
-    from dd_prompting.distill.modeling import build_tiny_model
-    from dd_prompting.distill.tokenization import train_number_tokenizer
+    from dd_prompting.distill.students.artifacts import save_student
+    from dd_prompting.distill.training.modeling import build_tiny_model
+    from dd_prompting.distill.training.tokenization import train_number_tokenizer
 
     rows = build_rows(generate_problems(20, seed=0, config=EASY))
     tokenizer = train_number_tokenizer([row_text(row) for role in rows.values() for row in role], vocab_size=300)
@@ -210,15 +210,15 @@ def test_loading_and_running_a_student_imports_no_training_code(untrained_pair, 
     code = textwrap.dedent(
         f"""
         import json, sys
-        from dd_prompting.distill.students import StudentPipeline
+        from dd_prompting.distill.students.pipelines import StudentPipeline
 
         pipeline = StudentPipeline.from_pretrained(
             {str(untrained_pair / "decomposer")!r}, {str(untrained_pair / "solver")!r},
             max_decomposition_tokens=8, max_answer_tokens=8,
         )
         [result] = pipeline.solve(["Ann has 3 apples and buys 5 more. How many apples does she have?"])
-        names = ["torch", "transformers", "transformers.trainer", "dd_prompting.distill.train",
-                 "dd_prompting.distill.collators"]
+        names = ["torch", "transformers", "transformers.trainer", "dd_prompting.distill.training.trainer",
+                 "dd_prompting.distill.training.collators"]
         print(json.dumps({{name: name in sys.modules for name in names}}))
         """
     )
@@ -229,8 +229,8 @@ def test_loading_and_running_a_student_imports_no_training_code(untrained_pair, 
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert loaded["torch"] and loaded["transformers"]  # a model really was loaded and run
     assert not loaded["transformers.trainer"]
-    assert not loaded["dd_prompting.distill.train"]
-    assert not loaded["dd_prompting.distill.collators"]
+    assert not loaded["dd_prompting.distill.training.trainer"]
+    assert not loaded["dd_prompting.distill.training.collators"]
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,16 @@ import pytest
 
 from dd_prompting.data import Problem, gsm8k_problems
 from dd_prompting.testing import OpenAICompatibleServer, Reply, last_user_text
-from dd_prompting.distill.problems import generated_problems
-from dd_prompting.distill.teachers import DSPyTeacher, GeneratorTeacher, SocraticTeacher, collect_traces
-from dd_prompting.distill.traces import API_ERROR, DUPLICATE_SAMPLE, UNPARSABLE, WRONG_ANSWER, filter_traces, read_traces
+from dd_prompting.distill.teach.problem_sources import generated_problems
+from dd_prompting.distill.teach.teachers import DSPyTeacher, GeneratorTeacher, SocraticTeacher, collect_traces
+from dd_prompting.distill.teach.traces import (
+    API_ERROR,
+    DUPLICATE_SAMPLE,
+    UNPARSABLE,
+    WRONG_ANSWER,
+    filter_traces,
+    read_traces,
+)
 
 SECRET = "sk-test-secret-0123456789"
 
@@ -324,8 +331,8 @@ def test_a_killed_teacher_run_repeats_no_finished_call(tmp_path):
     path, cache = tmp_path / "traces.jsonl", tmp_path / "cache"
     script = (
         "import dspy, json, sys\n"
-        "from dd_prompting.distill.problems import generated_problems\n"
-        "from dd_prompting.distill.teachers import DSPyTeacher, collect_traces\n"
+        "from dd_prompting.distill.teach.problem_sources import generated_problems\n"
+        "from dd_prompting.distill.teach.teachers import DSPyTeacher, collect_traces\n"
         "lm = dspy.LM('openai/gpt-4o-mini', api_base=sys.argv[1], api_key='x', cache=False, num_retries=0)\n"
         "teacher = DSPyTeacher(lm=lm, cache_dir=sys.argv[2], threads=4, progress=False)\n"
         "collect_traces(teacher, generated_problems(12, seed=3), sys.argv[3])\n"

@@ -14,7 +14,7 @@ from distill_program_offline import as_examples, scripted_teacher
 from distilled_students import SEED, distillation
 
 from dd_prompting import DecomposedSolver, numeric_match
-from dd_prompting.distill.students import DecomposerModule, StudentModule
+from dd_prompting.distill.students.modules import DecomposerModule, StudentModule
 from dd_prompting.testing import OpenAICompatibleServer, output_fields
 
 PASS_BAR = 0.5  # as in test_students.py: under the lowest accuracy measured over seeds 0-2
@@ -70,7 +70,7 @@ def test_an_empty_program_says_how_to_load_its_students():
 
 def test_hybrid_keeps_the_teacher_as_the_solver_and_reuses_the_run(distilled, generator_problems, generator_teacher,
                                                                    monkeypatch):
-    from dd_prompting.distill import train
+    from dd_prompting.distill.training import trainer as train
 
     _, held_out = generator_problems
     calls_before = len(generator_teacher.server.requests)
@@ -90,7 +90,7 @@ def test_hybrid_keeps_the_teacher_as_the_solver_and_reuses_the_run(distilled, ge
 
 
 def test_dd_distill_evaluates_a_compiled_run_but_leaves_its_traces_to_compile(distilled, capsys):
-    from dd_prompting.distill.cli import main
+    from dd_prompting.distill.run.cli import main
 
     assert main(["evaluate", "--run-dir", str(distilled.run_dir), "--quiet"]) == 0
     assert "student pair" in capsys.readouterr().out
@@ -108,7 +108,7 @@ def test_compile_refuses_another_trainset_in_the_same_run_dir(distilled, generat
 
 
 def test_an_answer_not_of_the_fields_type_is_refused_naming_the_example(tmp_path):
-    from dd_prompting.distill.teleprompter import DecompositionDistillation
+    from dd_prompting.distill.run.teleprompter import DecompositionDistillation
 
     trainset = [dspy.Example(question="Is the sky blue?", answer="yes").with_inputs("question")]
     with pytest.raises(ValueError, match=r"trainset\[0\]\.answer = 'yes' is not a number"):
@@ -127,7 +127,9 @@ def _join_teacher_threads():
 
 
 def test_a_killed_compile_resumes_without_repeating_a_teacher_call(generator_problems, tmp_path, monkeypatch):
-    from dd_prompting.distill import cli, traces, train
+    from dd_prompting.distill.run import cli
+    from dd_prompting.distill.teach import traces
+    from dd_prompting.distill.training import trainer as train
 
     problems = generator_problems[0][:40]
     trainset = as_examples(problems)
@@ -235,9 +237,9 @@ def test_a_yes_no_program_compiles_into_students_that_answer_yes_or_no(generator
 
 
 def test_resume_finishes_a_killed_dd_distill_run_and_returns_its_students(tmp_path, monkeypatch):
-    from dd_prompting.distill import train
-    from dd_prompting.distill.cli import main
-    from dd_prompting.distill.teleprompter import DecompositionDistillation
+    from dd_prompting.distill.training import trainer as train
+    from dd_prompting.distill.run.cli import main
+    from dd_prompting.distill.run.teleprompter import DecompositionDistillation
 
     tiny = ["--student.tiny_layers", "1", "--student.tiny_hidden", "32", "--student.tiny_heads", "2",
             "--decomposer.max_steps", "3", "--solver.max_steps", "3", "--cot.max_steps", "3"]

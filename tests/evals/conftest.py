@@ -36,10 +36,10 @@ STUDENT_CORPUS = [f"Question: Ann has {i} apples and buys {i + 2} more. How many
 @pytest.fixture(scope="session")
 def student_run_dir(tmp_path_factory):
     pytest.importorskip("dd_prompting.distill.students")
-    from dd_prompting.distill.tokenization import train_number_tokenizer
-    from dd_prompting.distill.artifacts import save_student
-    from dd_prompting.distill.modeling import build_tiny_model
-    from dd_prompting.distill.train_config import TrainConfig
+    from dd_prompting.distill.training.tokenization import train_number_tokenizer
+    from dd_prompting.distill.students.artifacts import save_student
+    from dd_prompting.distill.training.modeling import build_tiny_model
+    from dd_prompting.distill.training.train_config import TrainConfig
 
     tokenizer = train_number_tokenizer(STUDENT_CORPUS, vocab_size=300)
     run_dir = tmp_path_factory.mktemp("distill-run")

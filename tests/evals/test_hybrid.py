@@ -68,7 +68,7 @@ def test_a_hybrid_sends_decomposition_to_one_model_and_solving_to_the_other(tmp_
 
 
 def test_a_distilled_decomposer_student_writes_the_sub_questions(tmp_path, problems_file, gold, student_run_dir):
-    from dd_prompting.distill.students import DecomposerStudent
+    from dd_prompting.distill.students.pipelines import DecomposerStudent
     from dd_prompting.evals.datasets import load_dataset
     from dd_prompting.evals.config import DatasetConfig
 

@@ -6,13 +6,13 @@ and the final answer is read from the last step by `AnswerType.read_step` (a num
 result, `dd_prompting.answers.read_step_result`, or the option a yes/no or choice step names: the
 reader teacher traces are filtered with). Decoding is greedy unless a temperature is given.
 
-Two things make it fast on a CPU, both in `distill.decoding`. Problems are decoded in batches (one
+Two things make it fast on a CPU, both in `distill.students.generation`. Problems are decoded in batches (one
 forward call per token for the whole batch). And each problem's key/value cache is kept across its
 steps: step k only encodes the new sub-question, not the problem and the k-1 earlier steps again.
 `benchmarks/bench_students.py` measures both against a loop that re-encodes the context at every step
-with batch size 1. Loading a student (`distill.artifacts.load_student`) imports no training code.
+with batch size 1. Loading a student (`distill.students.artifacts.load_student`) imports no training code.
 
-The prompts come from `distill.formats`, the same functions that built the training rows. The token
+The prompts come from `distill.rows.format`, the same functions that built the training rows. The token
 sequence a solver sees is the prompt tokens plus the tokens it generated itself (up to and including
 the newline that ends an answer); a reply that ends in EOS or runs out of tokens gets a newline
 appended, so the next sub-question always starts on a new line.
@@ -25,18 +25,11 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import dspy
-
-from dd_prompting.answer_types import AnswerType
-from dd_prompting.answers import INVALID
-from dd_prompting.distill.artifacts import check_student, load_student
-from dd_prompting.distill.decoding import Decoder, Vocab, generate
-from dd_prompting.distill.formats import (
+from dd_prompting.distill.rows.format import (
     cot_prompt,
     decomposer_prompt,
     parse_cot,
@@ -45,22 +38,17 @@ from dd_prompting.distill.formats import (
     solver_question,
     solver_start,
 )
-from dd_prompting.distill.tokenization import encode
+from dd_prompting.distill.students.artifacts import load_student
+from dd_prompting.distill.students.generation import Decoder, Vocab, generate
+from dd_prompting.distill.training.tokenization import encode
 
-__all__ = [
-    "StudentResult",
-    "CoTResult",
-    "DecomposerStudent",
-    "DecomposerModule",
-    "StudentPipeline",
-    "CoTStudent",
-    "StudentModule",
-    "find_student",
-    "check_run_students",
-    "student_roles",
-]
+from dd_prompting.answer_types import AnswerType
+from dd_prompting.answers import INVALID
+
+__all__ = ["StudentResult", "CoTResult", "DecomposerStudent", "StudentPipeline", "CoTStudent"]
 
 logger = logging.getLogger(__name__)
+
 
 
 @dataclass
@@ -80,6 +68,7 @@ class StudentResult:
     truncated: bool = False
 
 
+
 @dataclass
 class CoTResult:
     """What the CoT student did with one problem: its steps, its final answer, its raw text."""
@@ -89,6 +78,7 @@ class CoTResult:
     answer: str
     text: str = ""
     truncated: bool = False
+
 
 
 class _Student:
@@ -116,6 +106,7 @@ class _Student:
             yield items[start : start + batch_size]
 
 
+
 class DecomposerStudent(_Student):
     """A decomposer student alone: problem -> sub-questions, decoded in batches.
 
@@ -133,7 +124,7 @@ class DecomposerStudent(_Student):
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, max_subquestions: int = 8,
                         max_new_tokens: int = 160) -> DecomposerStudent:
-        """Load a decomposer saved by `distill.train.train_student` (role "decomposer")."""
+        """Load a decomposer saved by `distill.training.trainer.train_student` (role "decomposer")."""
         model, tokenizer = load_student(directory, role="decomposer")
         student = cls(model=model, tokenizer=tokenizer, max_subquestions=max_subquestions, max_new_tokens=max_new_tokens)
         student.sources = {"decomposer": Path(directory)}
@@ -163,6 +154,7 @@ class DecomposerStudent(_Student):
         """Each problem's sub-questions (at most `max_subquestions`; empty if none could be read)."""
         texts = self.decompose(questions, temperature=temperature, generator=generator)
         return [parse_subquestions(text)[: self.max_subquestions] for text in texts]
+
 
 
 class StudentPipeline(_Student):
@@ -215,7 +207,7 @@ class StudentPipeline(_Student):
         max_answer_tokens: int = 48,
         answer_type: AnswerType | None = None,
     ) -> StudentPipeline:
-        """Load the two students saved by `distill.train.train_student` (roles are checked)."""
+        """Load the two students saved by `distill.training.trainer.train_student` (roles are checked)."""
         decomposer, decomposer_tokenizer = load_student(decomposer_dir, role="decomposer")
         solver, solver_tokenizer = load_student(solver_dir, role="solver")
         pipeline = cls(
@@ -331,10 +323,12 @@ class StudentPipeline(_Student):
         return results
 
 
+
 def _question_sentence(question: str) -> str:
     sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", question.strip()) if s.strip()]
     asked = [s for s in sentences if s.endswith("?")]
     return (asked or sentences or [question])[-1]
+
 
 
 class CoTStudent(_Student):
@@ -350,7 +344,7 @@ class CoTStudent(_Student):
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, max_new_tokens: int = 200,
                         answer_type: AnswerType | None = None) -> CoTStudent:
-        """Load a CoT student saved by `distill.train.train_student` (role "cot")."""
+        """Load a CoT student saved by `distill.training.trainer.train_student` (role "cot")."""
         model, tokenizer = load_student(directory, role="cot")
         student = cls(model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens, answer_type=answer_type)
         student.sources = {"cot": Path(directory)}
@@ -393,187 +387,3 @@ class CoTStudent(_Student):
                               truncated=cut)
                 )
         return results
-
-
-class StudentModule(dspy.Module):
-    """Trained students as a DSPy program: `forward(**inputs)` -> `dspy.Prediction`.
-
-    The signature's one input is the problem and its first output is the answer (a number; a
-    float or int field gets a float or int, None when no number came out). The prediction also has
-    `subquestions`, `subanswers`, `reasoning` (the sub-questions with their answers), `fallback` and
-    `parse_failures`, like `dd_prompting.DecomposedSolver`; a CoT student leaves `subquestions`
-    empty, puts its steps in `subanswers` and its text in `reasoning`. No LM needs to be configured:
-    the students are the model. `batch` decodes `batch_size` problems together (one forward pass
-    per token for the whole batch) instead of running threads. Calls are serialised with a lock,
-    so a threaded `dspy.Evaluate` is safe (if not parallel).
-
-    `save("program.json")` records the students' directories; `StudentModule().load("program.json")`
-    (or `dspy.load`) loads them again:
-
-    >>> program = StudentModule.from_run("runs/offline", signature="question -> answer: float")  # doctest: +SKIP
-    >>> program(question="Ann has 3 apples and buys 5 more. How many does she have?").answer  # doctest: +SKIP
-    8.0
-    """
-
-    def __init__(self, *, student: StudentPipeline | CoTStudent | None = None, signature="question -> answer",
-                 temperature: float = 0.0, batch_size: int = 32):
-        super().__init__()
-        if student is not None and not isinstance(student, (StudentPipeline, CoTStudent)):
-            raise TypeError(f"student must be a StudentPipeline or a CoTStudent, got {type(student).__name__}.")
-        self.signature = dspy.ensure_signature(signature)
-        inputs, outputs = list(self.signature.input_fields), list(self.signature.output_fields)
-        if len(inputs) != 1 or not outputs:
-            raise ValueError(f"A student reads one problem and writes an answer: the signature needs one input and an "
-                             f"output field, got inputs {inputs} and outputs {outputs}.")
-        self._input, self._output = inputs[0], outputs[0]
-        self._annotation = self.signature.output_fields[self._output].annotation
-        self.answer_type = AnswerType.of(self._annotation)
-        if student is not None and student.answer_type != self.answer_type:
-            raise ValueError(f"The students read {student.answer_type.kind} answers, the signature's {self._output!r} "
-                             f"is {self.answer_type.kind}; load them with answer_type={self.answer_type!r}.")
-        self.student = student
-        self.temperature = temperature
-        self.batch_size = batch_size
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_run(cls, run_dir: str | Path, *, student: str = "pair", **kwargs) -> StudentModule:
-        """The students of a run directory (`dd-distill`'s or `DecompositionDistillation`'s): "pair" or "cot"."""
-        roles = student_roles(student)
-        signature = dspy.ensure_signature(kwargs.pop("signature", "question -> answer"))
-        answer_type = AnswerType.of(next(iter(signature.output_fields.values())).annotation)
-        students = _load_students({role: find_student(run_dir, role) for role in roles}, answer_type)
-        return cls(student=students, signature=signature, **kwargs)
-
-    def forward(self, **inputs) -> dspy.Prediction:
-        if set(inputs) != {self._input}:
-            raise ValueError(f"{type(self).__name__} takes one input, {self._input!r}; got {sorted(inputs)}.")
-        [prediction] = self._predict([inputs[self._input]])
-        return prediction
-
-    def batch(self, examples, num_threads=None, max_errors=None, return_failed_examples=False, **_ignored):
-        """Predictions for `examples`, decoded `batch_size` problems at a time (threads are not used)."""
-        predictions = self._predict([example.inputs()[self._input] for example in examples])
-        return (predictions, [], []) if return_failed_examples else predictions
-
-    def _predict(self, problems: list) -> list[dspy.Prediction]:
-        if self.student is None:
-            raise RuntimeError(f"{type(self).__name__} has no students yet: load a saved program "
-                               "(`.load(path)`) or build it with `from_run(run_dir)`.")
-        with self._lock:
-            results = self.student.solve([str(p) for p in problems], batch_size=self.batch_size,
-                                         temperature=self.temperature)
-        return [self._prediction(result) for result in results]
-
-    def _prediction(self, result: StudentResult | CoTResult) -> dspy.Prediction:
-        answer = self.answer_type.typed(result.answer, self._annotation)
-        what = "number" if self.answer_type.kind == "number" else "option"
-        failures = [] if result.answer != INVALID else [f"no {what} in the final answer"]
-        if isinstance(result, CoTResult):
-            return dspy.Prediction(**{self._output: answer}, subquestions=[], subanswers=result.steps,
-                                   reasoning=result.text, fallback=None, parse_failures=failures)
-        reasoning = "\n".join(f"{q} {a}" for q, a in zip(result.subquestions, result.subanswers))
-        return dspy.Prediction(**{self._output: answer}, subquestions=result.subquestions,
-                               subanswers=result.subanswers, reasoning=reasoning, fallback=result.fallback,
-                               parse_failures=failures)
-
-    # DSPy's save/load: the state is where the students live, not their weights.
-
-    def dump_state(self, json_mode=True):
-        sources = self.student.sources if self.student is not None else {}
-        if self.student is not None and not sources:
-            raise ValueError("These students were built in memory, not loaded from directories; save them with "
-                             "distill.artifacts.save_student and load them with from_pretrained before saving the program.")
-        return {"students": {role: str(path) for role, path in sources.items()}, "temperature": self.temperature,
-                "batch_size": self.batch_size}
-
-    def load_state(self, state, **_ignored):
-        students = state.get("students") or {}
-        if not students:
-            raise ValueError("The saved state names no student directories.")
-        self.student = _load_students({role: Path(path) for role, path in students.items()}, self.answer_type)
-        self.temperature = state.get("temperature", self.temperature)
-        self.batch_size = state.get("batch_size", self.batch_size)
-        return self
-
-    def __deepcopy__(self, memo):
-        # dspy copies programs (reset_copy, optimizers); the models are shared, not copied.
-        return StudentModule(student=self.student, signature=self.signature, temperature=self.temperature,
-                             batch_size=self.batch_size)
-
-
-def student_roles(student: str) -> tuple[str, ...]:
-    """The roles a run's "pair" or "cot" student is made of."""
-    if student not in ("pair", "cot"):
-        raise ValueError(f"student must be 'pair' or 'cot', got {student!r}")
-    return ("cot",) if student == "cot" else ("decomposer", "solver")
-
-
-def check_run_students(run_dir: str | Path, *, student: str = "pair") -> None:
-    """Raise in one sentence unless `run_dir` holds the trained students `from_run` would load (no model loaded)."""
-    for role in student_roles(student):
-        check_student(find_student(run_dir, role), role=role)
-
-
-def find_student(run_dir: str | Path, role: str) -> Path:
-    """Where a run directory keeps a student: `run_dir/<role>` or `run_dir/students/<role>`."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"Student run directory not found: {run_dir}")
-    for candidate in (run_dir / role, run_dir / "students" / role):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"{run_dir} has no {role!r} student (looked in {role}/ and students/{role}/)")
-
-
-def _load_students(sources: dict[str, Path], answer_type: AnswerType) -> StudentPipeline | CoTStudent:
-    if set(sources) == {"cot"}:
-        return CoTStudent.from_pretrained(sources["cot"], answer_type=answer_type)
-    if set(sources) == {"decomposer", "solver"}:
-        return StudentPipeline.from_pretrained(sources["decomposer"], sources["solver"], answer_type=answer_type)
-    raise ValueError(f"Students are a decomposer and a solver, or a CoT student; got {sorted(sources)}.")
-
-
-class DecomposerModule(dspy.Module):
-    """A trained decomposer student in place of a `DecomposedSolver`'s `decompose` predictor.
-
-    The sub-questions come from the student, everything after from the solver's LM: a hybrid pair,
-    a small distilled decomposer with a large solver.
-
-    >>> program = DecomposedSolver("question -> answer: float")  # doctest: +SKIP
-    >>> program.decompose = DecomposerModule(DecomposerStudent.from_pretrained("runs/offline/students/decomposer"))  # doctest: +SKIP
-    >>> program.solve.set_lm(dspy.LM("openai/gpt-4o-mini"))  # doctest: +SKIP
-
-    `forward` takes the program's one input field, whatever its name, and returns
-    `dspy.Prediction(subquestions=[...])`. Calls are serialised with a lock, as in `StudentModule`.
-    """
-
-    def __init__(self, student: DecomposerStudent, *, temperature: float = 0.0):
-        super().__init__()
-        if not isinstance(student, DecomposerStudent):
-            raise TypeError(f"student must be a DecomposerStudent, got {type(student).__name__}.")
-        self.student = student
-        self.temperature = temperature
-        self._lock = threading.Lock()
-
-    def forward(self, **inputs) -> dspy.Prediction:
-        return self._decompose(inputs)
-
-    async def aforward(self, **inputs) -> dspy.Prediction:
-        import asyncio
-
-        return await asyncio.to_thread(self._decompose, inputs)  # the model runs off the event loop
-
-    def _decompose(self, inputs: dict) -> dspy.Prediction:
-        if len(inputs) != 1:
-            raise ValueError(
-                f"A decomposer student reads one problem; the program passed {len(inputs)} inputs ({sorted(inputs)})."
-            )
-        [problem] = inputs.values()
-        with self._lock:
-            [subquestions] = self.student.subquestions([str(problem)], temperature=self.temperature)
-        return dspy.Prediction(subquestions=subquestions)
-
-    def __deepcopy__(self, memo):
-        # As for StudentModule: programs are copied by optimizers; the model is shared.
-        return DecomposerModule(self.student, temperature=self.temperature)
