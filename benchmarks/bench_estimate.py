@@ -32,7 +32,7 @@ from scripted import SolutionModel, gsm8k_solutions  # noqa: E402
 from dd_prompting.evals.cli import print_estimate  # noqa: E402
 from dd_prompting.evals.config import EvalConfig  # noqa: E402
 from dd_prompting.evals.harness import Harness  # noqa: E402
-from dd_prompting.evals.results import ResultStore, latest_rows  # noqa: E402
+from dd_prompting.result_store import ResultStore, latest_rows  # noqa: E402
 from dd_prompting.testing import OpenAICompatibleServer, tokenizer_name  # noqa: E402
 
 STRATEGIES = [{"kind": "direct"}, {"kind": "cot"}, {"kind": "decomposed", "mode": "joint"},

@@ -40,7 +40,7 @@ from dd_prompting.models import (
     safe_url,
     url_secrets,
 )
-from dd_prompting.evals.results import ResultStore
+from dd_prompting.result_store import RESULTS_FILE, RUN_FILE, ResultStore, write_run_file
 from dd_prompting.results import PARSE_FAILURES
 from dd_prompting.run_lock import RunLock, RunLockHolder
 from dd_prompting.evals.strategies import (
@@ -57,8 +57,6 @@ __all__ = ["Harness", "RunSummary"]
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.jsonl"
-RUN_FILE = "run.json"
 ESTIMATE_FILE = "estimate.json"
 
 
@@ -592,9 +590,7 @@ class Harness:
                 "wall_s": round(summary.wall_s, 3),
             },
         }
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        text = redact(json.dumps(record, indent=2, ensure_ascii=False, default=str), self.secrets)
-        (self.output_dir / RUN_FILE).write_text(text + "\n", encoding="utf-8")
+        write_run_file(self.output_dir, record, secrets=self.secrets)
 
     def _log_summary(self, summary: RunSummary) -> None:
         logger.info(

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dd_prompting.evals.results import ResultStore
+from dd_prompting.result_store import ResultStore
 from dd_prompting.results import CellSummary, PairedTest, paired_tests, summarize
 
 __all__ = ["write_report", "environment_versions"]

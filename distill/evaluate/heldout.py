@@ -14,13 +14,13 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from dd_prompting.result_store import RESULTS_FILE, ResultStore, write_run_file
 from dd_prompting.results import make_row, paired_tests
 from dd_prompting.stats import wilson_interval
 
-__all__ = ["evaluate_heldout", "check_trained_students", "STUDENTS_MODEL", "RESULTS_FILE"]
+__all__ = ["evaluate_heldout", "check_trained_students", "STUDENTS_MODEL"]
 
 STUDENTS_MODEL = "students"  # the model label of the pair and the CoT student in the rows: they are paired
-RESULTS_FILE = "results.jsonl"
 
 
 def check_trained_students(run) -> None:
@@ -37,7 +37,6 @@ def evaluate_heldout(run) -> dict[str, Any]:
     """Run each trained student (and the teacher) on the run's held-out problems; write rows; return the summary."""
     from dd_prompting.distill.students.pipelines import CoTStudent, StudentPipeline
 
-    from dd_prompting.data.jsonl import write_jsonl
 
     config = run.config
     problems = run.read_problems(run.heldout)
@@ -73,9 +72,7 @@ def evaluate_heldout(run) -> dict[str, Any]:
     if by_steps:
         evaluation["by_steps"] = by_steps
 
-    run.eval.mkdir(parents=True, exist_ok=True)
-    write_jsonl(run.eval / RESULTS_FILE, rows)
-    _write_run_file(run, rows)
+    _write_results(run, rows)
     (run.eval / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
     return evaluation
 
@@ -170,9 +167,16 @@ def _accuracy_by_steps(problems, rows: list[dict[str, Any]]) -> dict[str, dict[s
             for count in sorted(groups)}
 
 
-def _write_run_file(run, rows: list[dict[str, Any]]) -> None:
-    """The part of evals' run.json that its report reads: which cells the rows belong to."""
+def _write_results(run, rows: list[dict[str, Any]]) -> None:
+    """The rows and run.json, through the store `dd-evals` writes with (an evaluation is redone whole)."""
+    results = run.eval / RESULTS_FILE
+    results.unlink(missing_ok=True)
+    store = ResultStore(results)
+    try:
+        for row in rows:
+            store.append(row)
+    finally:
+        store.close()
     cells = {row["cell"]: {"dataset": row["dataset"], "model": row["model"], "strategy": row["strategy"],
                            "prompts": []} for row in rows}
-    record = {"written_by": "dd-distill", "run": run.dir.name, "cells": cells}
-    (run.eval / "run.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_run_file(run.eval, {"written_by": "dd-distill", "run": run.dir.name, "cells": cells})

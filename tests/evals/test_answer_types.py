@@ -8,7 +8,7 @@ from scripted import chat_reply, output_fields, question_of
 from dd_prompting.evals.config import ConfigError, DatasetConfig, EvalConfig
 from dd_prompting.evals.datasets import load_dataset
 from dd_prompting.evals.harness import Harness
-from dd_prompting.evals.results import ResultStore, latest_rows
+from dd_prompting.result_store import ResultStore, latest_rows
 from dd_prompting.testing import OpenAICompatibleServer, Reply
 
 YES_NO = [("Is 7 larger than 3?", True), ("Is the sea dry?", "no"), ("Can fish swim?", "Yes"),

@@ -10,7 +10,7 @@ from scripted import ScriptedModel, SolutionModel
 from dd_prompting.evals.budget import CostModel
 from dd_prompting.evals.config import ConfigError, EvalConfig
 from dd_prompting.evals.harness import Harness
-from dd_prompting.evals.results import ResultStore, latest_rows
+from dd_prompting.result_store import ResultStore, latest_rows
 from dd_prompting.testing import OpenAICompatibleServer, count_prompt_tokens, tokenizer_name
 
 FIELDS = {"dataset", "model", "strategy", "problems", "calls", "prompt_tokens", "completion_tokens", "cost",

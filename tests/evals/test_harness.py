@@ -10,7 +10,7 @@ from scripted import ScriptedModel
 from dd_prompting.testing import OpenAICompatibleServer, Reply
 from dd_prompting.evals.config import EvalConfig
 from dd_prompting.evals.harness import Harness
-from dd_prompting.evals.results import ResultStore, latest_rows
+from dd_prompting.result_store import ResultStore, latest_rows
 
 ALL_STRATEGIES = [
     {"kind": "direct"},

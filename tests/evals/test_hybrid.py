@@ -8,7 +8,7 @@ from scripted import ScriptedModel, output_fields
 
 from dd_prompting.evals.config import ConfigError, EvalConfig
 from dd_prompting.evals.harness import Harness
-from dd_prompting.evals.results import ResultStore, latest_rows
+from dd_prompting.result_store import ResultStore, latest_rows
 from dd_prompting.testing import OpenAICompatibleServer
 
 SMALL_PRICE, BIG_PRICE = 0.1, 10.0  # USD per million tokens, in and out

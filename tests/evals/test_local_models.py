@@ -8,7 +8,7 @@ import pytest
 
 from dd_prompting.evals.config import EvalConfig
 from dd_prompting.evals.harness import Harness
-from dd_prompting.evals.results import ResultStore
+from dd_prompting.result_store import ResultStore
 
 # Local models pick their own adapter (PlainTextAdapter) when none is configured.
 pytestmark = pytest.mark.no_adapter

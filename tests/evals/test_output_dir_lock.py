@@ -13,7 +13,7 @@ from pathlib import Path
 from scripted import ScriptedModel
 from test_resume import write_config
 
-from dd_prompting.evals.results import ResultStore
+from dd_prompting.result_store import ResultStore
 from dd_prompting.run_lock import RunLock
 from dd_prompting.testing import OpenAICompatibleServer
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from dd_prompting.data import MalformedLineError
-from dd_prompting.evals.results import ResultStore
+from dd_prompting.result_store import ResultStore
 
 
 def _row(example_id, **extra):

@@ -14,7 +14,7 @@ from scripted import ScriptedModel, question_of
 from dd_prompting.testing import OpenAICompatibleServer
 from dd_prompting.evals.config import load_config
 from dd_prompting.evals.harness import Harness
-from dd_prompting.evals.results import ResultStore, latest_rows
+from dd_prompting.result_store import ResultStore, latest_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
