@@ -16,6 +16,7 @@ written is not read.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from dd_prompting.data.jsonl import JsonlWriter, read_jsonl, repair_torn_tail
 from dd_prompting.models.secrets import redact
 
 __all__ = ["ResultStore", "row_key", "latest_rows", "count_duplicates", "write_run_file", "RESULTS_FILE", "RUN_FILE"]
+
+logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
@@ -99,6 +102,9 @@ class ResultStore:
         """The last row of each (cell, example); `duplicates` counts the finished rows that were written twice."""
         rows = self.read()
         self.duplicates = count_duplicates(rows)
+        if self.duplicates:  # every reader (resume, estimate, report) says so
+            logger.warning("%s: %d rows repeat an example already finished (two runs wrote this directory at once, "
+                           "before it was locked); each example counts once.", self.path, self.duplicates)
         return latest_rows(rows)
 
     def completed(self) -> dict[tuple[str, str], dict[str, Any]]:

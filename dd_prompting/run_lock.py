@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import errno
 import json
+import logging
 import os
 import socket
 import sys
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["RunLock", "RunLockHolder", "RunLockError", "RunDirectoryInUseError", "LOCK_FILE"]
+
+logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".dd-prompting.lock"
 # A reader's probe holds a shared lock for an instant; a writer that meets one tries again for this long
@@ -64,7 +67,7 @@ class RunLock:
         directory: The run directory (created if missing).
         command: What the holder runs, for the sentence a second writer gets ("dd-evals run").
         wait: Wait for another writer to finish instead of refusing.
-        on_wait: Called once with the holder before waiting, to tell the user.
+        on_wait: Called once with the holder before waiting (default: a warning that says who is waited for).
     """
 
     def __init__(self, directory: str | Path, *, command: str, wait: bool = False, on_wait=None):
@@ -72,13 +75,14 @@ class RunLock:
         self.path = self.directory / LOCK_FILE
         self.command = command
         self.wait = wait
-        self.on_wait = on_wait
+        self.on_wait = on_wait or self._say_waiting
         self._fd: int | None = None
         self._created: list[Path] = []  # directories this lock made, removed again if nothing else was put there
 
     # -- writers -------------------------------------------------------------------------------------
     def acquire(self) -> RunLock:
         """Take the lock, or raise `RunDirectoryInUseError` naming the holder (with `wait`, block until it is free)."""
+        told = False  # the user hears once that we wait, however often the wait starts again
         while self._fd is None:
             fd = self._open()
             try:
@@ -90,9 +94,9 @@ class RunLock:
                             "at a time. Wait for it to finish (or pass --wait to wait for it), or use another "
                             "directory."
                         )
-                    if self.on_wait is not None:
+                    if not told:
                         self.on_wait(holder)
-                        self.on_wait = None  # said once, however long it takes
+                        told = True
                     _lock(fd, blocking=True, path=self.path)
                 if not _same_file(fd, self.path):  # the holder removed the directory it had made: start again
                     os.close(fd)
@@ -143,6 +147,9 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+    def _say_waiting(self, holder: RunLockHolder) -> None:
+        logger.warning("%s is in use by %s; waiting for it to finish (--wait).", self.directory, holder.describe())
 
     def _try_lock(self, fd: int, *, grace: float) -> bool:
         deadline = time.monotonic() + grace

@@ -80,10 +80,6 @@ class RunSummary:
     in_use_by: RunLockHolder | None = None  # a dry run's note: the process writing the directory meanwhile
 
 
-def _say_waiting(holder: RunLockHolder) -> None:
-    logger.warning("The output directory is in use by %s; waiting for it to finish (--wait).", holder.describe())
-
-
 def _all_models(config: EvalConfig) -> list[ModelConfig]:
     """The models that solve, and the hybrid decomposers (which only_models may have left out of them)."""
     names = {model.name for model in config.models}
@@ -378,8 +374,7 @@ class Harness:
             summary.estimates = self.estimate()
             self._write_estimate(summary.estimates, summary)
             return summary
-        lock = RunLock(self.output_dir, command="dd-evals run", wait=self.config.wait, on_wait=_say_waiting)
-        with lock:  # one writer per output directory, before anything is written or called
+        with RunLock(self.output_dir, command="dd-evals run", wait=self.config.wait):  # before anything is written
             return self._run(summary)
 
     def _run(self, summary: RunSummary) -> RunSummary:
@@ -389,9 +384,6 @@ class Harness:
         self._check_models(cells)
         store = ResultStore(self.output_dir / RESULTS_FILE)
         done = store.completed()
-        if store.duplicates:
-            logger.warning("%s: %d rows repeat an example already finished (two runs wrote this directory at once, "
-                           "before dd-evals locked it); each example counts once.", store.path, store.duplicates)
         self._check_budget_prices(cells, done)
         budget = Budget(self.config.max_cost)
         wall = _load_wall_times(self.output_dir / RUN_FILE)

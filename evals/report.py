@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import functools
 import json
-import logging
 import platform
 from collections import Counter
 from dataclasses import asdict
@@ -21,8 +20,6 @@ from dd_prompting.result_store import ResultStore
 from dd_prompting.results import CellSummary, PairedTest, paired_tests, summarize
 
 __all__ = ["write_report", "environment_versions"]
-
-logger = logging.getLogger(__name__)
 
 _PACKAGES = ("dd-prompting", "dspy", "litellm", "openai", "transformers", "torch", "diskcache", "tokenizers")
 
@@ -47,9 +44,6 @@ def _load(output_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
     run = json.loads(run_path.read_text(encoding="utf-8")) if run_path.exists() else {}
     store = ResultStore(output_dir / "results.jsonl", read_only=True)
     rows = store.latest()
-    if store.duplicates:
-        logger.warning("%s: %d rows repeat an example already finished (two runs wrote this directory at once, "
-                       "before dd-evals locked it); each example is counted once.", store.path, store.duplicates)
     if run.get("cells"):
         rows = [row for row in rows if row["cell"] in run["cells"]]  # rows of the config the run.json describes
     return run, rows, store.duplicates

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,11 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from dd_prompting.distill.run.run_config import ROLES, RunConfig
-
 from dd_prompting.models.config import SERVING_FIELDS
 from dd_prompting.run_lock import RunLock
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["Run", "STAGES", "STAGE_SETTINGS", "EXPENSIVE_STAGES", "saved_settings", "write_json", "is_main_process"]
 
@@ -63,11 +59,7 @@ class Run:
         with `wait`, waited for). Only the main process takes it: the ranks of one distributed run share it."""
         if not is_main_process():
             return contextlib.nullcontext()
-
-        def say_waiting(holder) -> None:
-            logger.warning("%s is in use by %s; waiting for it to finish (--wait).", self.dir, holder.describe())
-
-        return RunLock(self.dir, command=command, wait=wait, on_wait=say_waiting)
+        return RunLock(self.dir, command=command, wait=wait)
 
     @property
     def traces(self) -> Path:
