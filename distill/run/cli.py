@@ -37,6 +37,7 @@ from dd_prompting.distill.run.run_config import (
     read_config_file,
 )
 from dd_prompting.distill.run.stages import STAGE_FUNCTIONS
+from dd_prompting.distill.training.distributed import leave_process_group
 
 from dd_prompting.data.jsonl import CLI_REMEDY, MalformedLineError
 
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"dd-distill: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        leave_process_group()
 
 
 def _way_out(err: MalformedLineError) -> MalformedLineError:

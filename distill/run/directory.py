@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from dd_prompting.distill.run.run_config import ROLES, RunConfig
+from dd_prompting.distill.training.distributed import is_main_process
 from dd_prompting.models.config import SERVING_FIELDS
 from dd_prompting.run_lock import RunLock
 
-__all__ = ["Run", "STAGES", "STAGE_SETTINGS", "EXPENSIVE_STAGES", "saved_settings", "write_json", "is_main_process"]
+__all__ = ["Run", "STAGES", "STAGE_SETTINGS", "EXPENSIVE_STAGES", "saved_settings", "write_json"]
 
 STAGES = ("traces", "build", "train", "evaluate")
 
@@ -160,11 +161,6 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
-
-
-def is_main_process() -> bool:
-    # Under `accelerate launch` / `torchrun` every process runs the train stage; one writes the bookkeeping.
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _now() -> str:

@@ -15,10 +15,10 @@ from dd_prompting.distill.run.directory import (
     EXPENSIVE_STAGES,
     STAGES,
     Run,
-    is_main_process,
 )
 from dd_prompting.distill.run.run_config import ConfigError
 from dd_prompting.distill.run.stages import STAGE_FUNCTIONS
+from dd_prompting.distill.training.distributed import is_main_process
 
 __all__ = ["write_run_report", "finish", "start_run", "check_models", "run_stages"]
 

@@ -10,12 +10,9 @@ import json
 import logging
 from pathlib import Path
 
-from dd_prompting.distill.run.directory import (
-    Run,
-    is_main_process,
-    write_json,
-)
+from dd_prompting.distill.run.directory import Run, write_json
 from dd_prompting.distill.teach.problem_sources import make_problems
+from dd_prompting.distill.training.distributed import is_main_process
 
 __all__ = ["StageFailed", "stage_traces", "stage_build", "stage_train", "stage_evaluate", "STAGE_FUNCTIONS"]
 

@@ -184,6 +184,9 @@ def train_student(
         )
         save_loss_curves(trainer.state.log_history, output_dir, title=f"{role} student ({config.model})")
         logger.info("Saved %s student to %s (%d steps, %.0f s)", role, output_dir, stats["steps"], seconds)
+    # Every process returns once the student is on disk: a rank that returned earlier could read a half-saved
+    # student, or leave the process (and its gloo threads) while rank 0 still talks to it.
+    trainer.accelerator.wait_for_everyone()
     return output_dir
 
 

@@ -28,6 +28,10 @@ def test_two_processes_train_the_student_one_process_does(tmp_path):
     pair = run([torchrun, "--standalone", "--nproc_per_node", "2", str(JOB), str(tmp_path / "two"), "8"],
                tmp_path / "two")
 
+    # No rank gets the student back before rank 0 has saved it (rank 1 used to return at once, and then exit
+    # while rank 0 was still saving, which once aborted it at exit).
+    for rank in (0, 1):
+        assert json.loads((tmp_path / "two" / f"returned-{rank}.json").read_text()) == {"student_saved": True}
     assert len(alone["losses"]) == len(pair["losses"]) == 8
     assert alone["losses"][-1] < alone["losses"][0] - 1.0  # it learned
     # Each process sees half of each global batch of 16 rows and the gradients are averaged over the
