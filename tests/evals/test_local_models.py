@@ -93,7 +93,7 @@ def test_a_local_models_problems_run_concurrently_in_batches_and_serving_setting
     harness = Harness(config)
     summary = harness.run()
     assert summary.failed == 0 and summary.rows_written == 8
-    engine = harness._lms["tiny"].engine.route  # the TransformersEngine behind the call cache
+    engine = harness.lm_pool.lms["tiny"].engine.route  # the TransformersEngine behind the call cache
     assert engine.serving_settings() == {"max_new_tokens": 6, "device": "cpu", "max_batch_size": 4,
                                          "max_batch_tokens": 4096}
     assert max(engine.scheduler.batch_sizes) > 1  # the 4 workers' calls were decoded together
