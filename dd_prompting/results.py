@@ -2,7 +2,8 @@
 
 One row per (dataset, model, strategy, example), in one schema for every producer: `dd-evals` writes
 them as it evaluates, `dd-distill` as it scores its students on the held-out problems, so
-`dd-evals report DIR` renders either. `make_row` builds a row (checking its fields); `summarize`
+`dd-evals report DIR` renders either. `score_answer` scores an answer for both (the fields a row's accuracy
+comes from), `make_row` builds a row (checking its fields); `summarize`
 gives each (dataset, model, strategy) its accuracy with 95% Wilson intervals; `paired_tests` runs an
 exact McNemar test between every two strategies of one model on the problems both finished.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from dd_prompting.stats import mcnemar_exact, paired_counts, wilson_interval
 
-__all__ = ["ROW_FIELDS", "make_row", "CellSummary", "PairedTest", "summarize", "paired_tests"]
+__all__ = ["ROW_FIELDS", "score_answer", "make_row", "CellSummary", "PairedTest", "summarize", "paired_tests"]
 
 # The row schema. `cell` identifies the (dataset, model, strategy) configuration; `correct` uses flexible
 # extraction and `correct_strict` strict extraction; `new_cost` is what this row spent (uncached calls).
@@ -31,6 +32,32 @@ ROW_FIELDS = {
 }
 _REQUIRED = ("cell", "dataset", "model", "strategy", "example_id", "question", "gold")
 PARSE_FAILURES = ("unparsed", "no_number", "no_option")  # no_option: no yes/no or option in the answer
+
+
+def score_answer(answers: Any, answer_text: Any, gold: Any, *, unparsed: bool = False,
+                 failed: bool = False) -> dict[str, Any]:
+    """The fields of a row that score its answer: the flexible and strict readings of `answer_text` by the
+    dataset's `AnswerType`, whether each matches `gold`, and the parse status (an `unparsed` reply reads as
+    nothing; a `failed` row, one that ended in an error, is wrong whatever it holds)."""
+    from dd_prompting.answers import INVALID
+
+    flexible = answers.read(answer_text) if not unparsed else INVALID
+    strict = answers.read(answer_text, strict=True) if not unparsed else INVALID
+    if failed:
+        status = "error"
+    elif unparsed:
+        status = "unparsed"
+    elif flexible == INVALID:
+        status = answers.no_answer_status
+    else:
+        status = "ok"
+    return {
+        "prediction": flexible, "prediction_strict": strict,
+        "answer_text": None if answer_text is None else str(answer_text),
+        "correct": not failed and answers.matches(flexible, gold),
+        "correct_strict": not failed and answers.matches(strict, gold),
+        "parse_status": status,
+    }
 
 
 def make_row(**fields: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import dspy
 
 from dd_prompting.evals.config import DatasetConfig, ModelConfig, StrategyConfig
 from dd_prompting.evals.datasets import Dataset, Problem
-from dd_prompting.results import make_row
+from dd_prompting.results import make_row, score_answer
 from dd_prompting.models import CallCache, CallIdentity, CallLog, CallRecord, recording, redact
 
 __all__ = ["Cell", "evaluate_example"]
@@ -75,7 +75,6 @@ def _run_program(cell: Cell, problem: Problem, log: CallLog) -> Any:
 
 def evaluate_example(cell: Cell, problem: Problem, *, secrets: list[str] = ()) -> dict[str, Any]:
     """Run one problem through a cell's program and score it; never raises for model or API faults."""
-    from dd_prompting import INVALID
     from dspy.utils.exceptions import AdapterParseError
 
     prediction = None
@@ -98,17 +97,6 @@ def evaluate_example(cell: Cell, problem: Problem, *, secrets: list[str] = ()) -
     stage_failures = list(_field(prediction, "parse_failures") or [])
     if prediction is not None and answer_text is None and stage_failures:
         unparsed = True
-    answers = cell.dataset.answer_type
-    strict = answers.read(answer_text, strict=True) if not unparsed else INVALID
-    flexible = answers.read(answer_text) if not unparsed else INVALID
-    if error:
-        status = "error"
-    elif unparsed:
-        status = "unparsed"
-    elif flexible == INVALID:
-        status = answers.no_answer_status
-    else:
-        status = "ok"
     return make_row(
         cell=cell.fingerprint,
         dataset=cell.dataset.name,
@@ -117,12 +105,7 @@ def evaluate_example(cell: Cell, problem: Problem, *, secrets: list[str] = ()) -
         example_id=problem.id,
         question=problem.question,
         gold=problem.gold,
-        prediction=flexible,
-        prediction_strict=strict,
-        answer_text=None if answer_text is None else str(answer_text),
-        correct=(not error) and answers.matches(flexible, problem.gold),
-        correct_strict=(not error) and answers.matches(strict, problem.gold),
-        parse_status=status,
+        **score_answer(cell.dataset.answer_type, answer_text, problem.gold, unparsed=unparsed, failed=bool(error)),
         subquestions=_field(prediction, "subquestions"),
         subanswers=_field(prediction, "subanswers"),
         reasoning=_field(prediction, "reasoning"),

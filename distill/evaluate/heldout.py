@@ -15,7 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from dd_prompting.result_store import RESULTS_FILE, ResultStore, write_run_file
-from dd_prompting.results import make_row, paired_tests
+from dd_prompting.results import make_row, paired_tests, score_answer
 from dd_prompting.stats import wilson_interval
 
 __all__ = ["evaluate_heldout", "check_trained_students", "STUDENTS_MODEL"]
@@ -78,8 +78,6 @@ def evaluate_heldout(run) -> dict[str, Any]:
 
 
 def _score(run, system: str, problems, results, seconds: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from dd_prompting import INVALID
-
     answers = run.config.data.answers
     rows = []
     exact = with_reference = 0
@@ -91,10 +89,7 @@ def _score(run, system: str, problems, results, seconds: float) -> tuple[dict[st
         rows.append(make_row(
             cell=f"{run.dir.name}:{system}", dataset="heldout", model=STUDENTS_MODEL, strategy=system,
             example_id=problem.id, question=problem.question, gold=problem.gold,
-            prediction=result.answer, prediction_strict=result.answer, answer_text=result.answer,
-            correct=answers.matches(result.answer, problem.gold),
-            correct_strict=answers.matches(result.answer, problem.gold),
-            parse_status=answers.no_answer_status if result.answer == INVALID else "ok",
+            **score_answer(answers, result.answer, problem.gold),
             subquestions=subquestions, subanswers=getattr(result, "subanswers", None) or getattr(result, "steps", None),
             reasoning=getattr(result, "text", None) or getattr(result, "decomposition", None),
             fallback=getattr(result, "fallback", None), calls=1, latency_s=round(seconds / max(len(problems), 1), 4),
