@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["Reply", "OpenAICompatibleServer", "last_user_text", "output_fields", "input_field", "chat_reply",
+__all__ = ["Reply", "OpenAICompatibleServer", "CompletionsModel", "last_user_text", "output_fields", "input_field", "chat_reply",
            "request_format", "formatted_reply", "count_text_tokens", "count_prompt_tokens", "tokenizer_name"]
 
 
@@ -191,16 +191,21 @@ def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
 
 
 class OpenAICompatibleServer:
-    """Serve `/v1/chat/completions` (and `/v1/models`) from `responder`, on a free loopback port.
+    """Serve `/v1/chat/completions` from `responder`, `/v1/completions` from `completions`, and `/v1/models`, on a
+    free loopback port.
 
     Every request body is kept in `requests`, in arrival order. Use as a context manager; the server
     thread stops on exit. Bind to 127.0.0.1 only.
     """
 
-    def __init__(self, responder: Responder, *, delay: float = 0.0, model: str = "scripted"):
+    def __init__(self, responder: Responder | None = None, *, delay: float = 0.0, model: str = "scripted",
+                 completions: Callable[[dict[str, Any]], dict[str, Any] | Reply] | None = None,
+                 models: list[dict[str, Any]] | None = None):
         self.responder = responder
         self.delay = delay
         self.model = model
+        self.completions = completions  # answers /v1/completions (see CompletionsModel); None: 404
+        self.models = models  # what /v1/models lists; None: the one `model`
         self.requests: list[dict[str, Any]] = []
         self.authorizations: list[str | None] = []  # each request's Authorization header, to check which key came
         self._lock = threading.Lock()
@@ -244,6 +249,12 @@ class OpenAICompatibleServer:
             self.authorizations.append(authorization)
         reply = self.responder(request)
         return reply if isinstance(reply, Reply) else Reply(text=str(reply))
+
+    def _completion_for(self, request: dict[str, Any], authorization: str | None = None) -> dict[str, Any] | Reply:
+        with self._lock:
+            self.requests.append(request)
+            self.authorizations.append(authorization)
+        return self.completions(request)
 
 
 def _completion_body(server: OpenAICompatibleServer, request: dict[str, Any], reply: Reply) -> dict[str, Any]:
@@ -293,7 +304,7 @@ def _make_handler(server: OpenAICompatibleServer) -> type[BaseHTTPRequestHandler
 
         def do_GET(self):
             if self.path.rstrip("/").endswith("/models"):
-                body = {"object": "list", "data": [{"id": server.model, "object": "model"}]}
+                body = {"object": "list", "data": server.models or [{"id": server.model, "object": "model"}]}
                 self._send(200, json.dumps(body).encode())
             else:
                 self._send(404, b'{"error": {"message": "not found"}}')
@@ -305,8 +316,12 @@ def _make_handler(server: OpenAICompatibleServer) -> type[BaseHTTPRequestHandler
             except json.JSONDecodeError:
                 self._send(400, b'{"error": {"message": "request body is not JSON"}}')
                 return
-            if not self.path.rstrip("/").endswith("/chat/completions"):
-                self._send(404, b'{"error": {"message": "only /chat/completions is served"}}')
+            path = self.path.rstrip("/")
+            if path.endswith("/completions") and not path.endswith("/chat/completions"):
+                self._complete(request)
+                return
+            if not path.endswith("/chat/completions") or server.responder is None:
+                self._send(404, b'{"error": {"message": "not served here"}}')
                 return
             reply = server._reply_for(request, self.headers.get("Authorization"))
             wait = reply.delay or server.delay
@@ -322,6 +337,22 @@ def _make_handler(server: OpenAICompatibleServer) -> type[BaseHTTPRequestHandler
                 self._stream(_completion_body(server, request, reply), reply.headers)
             else:
                 self._send(200, json.dumps(_completion_body(server, request, reply)).encode(), reply.headers)
+
+        def _complete(self, request: dict[str, Any]) -> None:
+            if server.completions is None:
+                self._send(404, b'{"error": {"message": "only /chat/completions is served"}}')
+                return
+            reply = server._completion_for(request, self.headers.get("Authorization"))
+            if isinstance(reply, dict):
+                self._send(200, json.dumps(reply).encode())
+                return
+            if reply.delay or server.delay:
+                time.sleep(reply.delay or server.delay)
+            if reply.raw_body is not None:
+                self._send(reply.status, reply.raw_body, reply.headers)
+            else:
+                error = {"error": {"message": reply.text, "type": "BadRequestError", "code": reply.status}}
+                self._send(reply.status, json.dumps(error).encode(), reply.headers)
 
         def _stream(self, body: dict[str, Any], headers: dict[str, str]) -> None:
             """The reply as server-sent events, a few characters per chunk, as OpenAI streams it."""
@@ -350,3 +381,122 @@ def _make_handler(server: OpenAICompatibleServer) -> type[BaseHTTPRequestHandler
                 pass
 
     return Handler
+
+
+class CompletionsModel:
+    """A causal LM answering `/v1/completions` as vLLM does, for `OpenAICompatibleServer(completions=...)`.
+
+    Prompts come as token ids or text; `stop_token_ids` stop on a token and keep it in `token_ids` (EOS too), as
+    vLLM does; `return_token_ids` adds `token_ids` and `prompt_token_ids` to the choice; a prompt whose ids plus
+    `max_tokens` pass the context is a 400, as vLLM answers. Decoding is greedy at temperature 0 (one request at
+    a time, through the local engine's `Decoder`); else sampled with the request's seed. The prefix store counts
+    `usage.prompt_tokens_details.cached_tokens` in whole 16-token blocks of earlier prompts and replies, as vLLM's
+    prefix cache reuses them. `token_prompts=False` answers like `transformers serve`: a token-id prompt is a 400
+    and vLLM's extra fields are a 422. `requests` of the server keep every request body.
+    """
+
+    EXTRA_FIELDS = ("stop_token_ids", "return_token_ids", "skip_special_tokens", "include_stop_str_in_output")
+
+    def __init__(self, directory, *, name: str = "student", token_prompts: bool = True, cache_report: bool = True,
+                 block_size: int = 16):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from dd_prompting.local.decoding import context_limit
+
+        self.tokenizer = AutoTokenizer.from_pretrained(directory)
+        self.model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+        self.name = name
+        self.limit = context_limit(self.model)
+        self.token_prompts = token_prompts
+        self.cache_report = cache_report
+        self.block_size = block_size
+        self._blocks: set[tuple[int, ...]] = set()
+        self._lock = threading.Lock()
+        self.cached_tokens = 0
+
+    @property
+    def models(self) -> list[dict[str, Any]]:
+        """What `/v1/models` lists for this model (vLLM's fields)."""
+        return [{"id": self.name, "object": "model", "owned_by": "vllm", "max_model_len": self.limit}]
+
+    def __call__(self, request: dict[str, Any]) -> dict[str, Any] | Reply:
+        prompt = request.get("prompt")
+        if not self.token_prompts:
+            extra = [name for name in self.EXTRA_FIELDS if name in request]
+            if extra:
+                return Reply(status=422, text=f"Unexpected fields: {extra}")
+            if not isinstance(prompt, str):
+                return Reply(status=400, text="prompt must be a string")
+        if isinstance(prompt, list) and all(isinstance(i, int) for i in prompt):
+            ids = list(prompt)
+            if any(not 0 <= i < len(self.tokenizer) for i in ids):
+                return Reply(status=400, text=f"Token id out of vocabulary (size {len(self.tokenizer)})")
+        elif isinstance(prompt, str):
+            ids = self.tokenizer(prompt, add_special_tokens=request.get("add_special_tokens", True))["input_ids"]
+        else:
+            return Reply(status=400, text="prompt must be a string or a list of token ids")
+        max_tokens = int(request.get("max_tokens") or 16)
+        if len(ids) + max_tokens > self.limit:
+            return Reply(status=400, text=f"This model's maximum context length is {self.limit} tokens. However, "
+                                          f"you requested {len(ids) + max_tokens} tokens ({len(ids)} in the "
+                                          f"messages, {max_tokens} in the completion).")
+        with self._lock:
+            generated, finish, stop_reason = self._generate(ids, request, max_tokens)
+            cached = self._cached(ids)
+            self._remember(ids + generated)
+            self.cached_tokens += cached
+        text = self.tokenizer.decode(generated, skip_special_tokens=request.get("skip_special_tokens", True))
+        if isinstance(stop_reason, str):  # a stop string: cut there, without it (OpenAI's rule)
+            text = text[:text.index(stop_reason)]
+        choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish,
+                                  "stop_reason": stop_reason}
+        if request.get("return_token_ids"):
+            choice["token_ids"], choice["prompt_token_ids"] = generated, ids
+        usage: dict[str, Any] = {"prompt_tokens": len(ids), "completion_tokens": len(generated),
+                                 "total_tokens": len(ids) + len(generated)}
+        if self.cache_report:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
+        return {"id": f"cmpl-{id(request)}", "object": "text_completion", "created": int(time.time()),
+                "model": self.name, "choices": [choice], "usage": usage}
+
+    def _generate(self, ids: list[int], request: dict[str, Any], max_tokens: int):
+        import torch
+
+        from dd_prompting.local.decoding import Decoder
+
+        temperature = float(request.get("temperature", 1.0))  # vLLM's default when none is sent
+        generator = torch.Generator()
+        if request.get("seed") is not None:
+            generator.manual_seed(int(request["seed"]))
+        stop_ids = set(request.get("stop_token_ids") or [])
+        if not request.get("ignore_eos"):
+            stop_ids.add(self.tokenizer.eos_token_id)
+        stops = request.get("stop") or []
+        stops = [stops] if isinstance(stops, str) else list(stops)
+        decoder = Decoder(self.model, self.tokenizer, rows=1, temperature=temperature, generator=generator)
+        generated: list[int] = []
+        with torch.inference_mode():
+            logits = decoder.feed([ids])
+            while len(generated) < max_tokens:
+                token = int(decoder.next_tokens(logits)[0])
+                generated.append(token)
+                if token in stop_ids:
+                    return generated, "stop", None if token == self.tokenizer.eos_token_id else token
+                text = self.tokenizer.decode(generated)
+                hit = next((stop for stop in stops if stop in text), None)
+                if hit is not None:
+                    return generated, "stop", hit
+                logits = decoder.feed([[token]])
+        return generated, "length", None
+
+    def _cached(self, ids: list[int]) -> int:
+        blocks = 0
+        # At least the last prompt token is computed again, as vLLM does when every block hits.
+        while (blocks + 1) * self.block_size <= len(ids) - 1 and tuple(ids[:(blocks + 1) * self.block_size]) in self._blocks:
+            blocks += 1
+        return blocks * self.block_size
+
+    def _remember(self, ids: list[int]) -> None:
+        for end in range(self.block_size, len(ids) + 1, self.block_size):
+            self._blocks.add(tuple(ids[:end]))

@@ -47,11 +47,15 @@ class StudentModule(dspy.Module):
     8.0
     """
 
-    def __init__(self, *, student: StudentPipeline | CoTStudent | None = None, signature="question -> answer",
-                 temperature: float = 0.0, batch_size: int = 32):
+    def __init__(self, *, student=None, signature="question -> answer", temperature: float = 0.0,
+                 batch_size: int = 32):
+        from dd_prompting.distill.serving.served_students import ServedCoTStudent, ServedStudentPipeline
+
         super().__init__()
-        if student is not None and not isinstance(student, (StudentPipeline, CoTStudent)):
-            raise TypeError(f"student must be a StudentPipeline or a CoTStudent, got {type(student).__name__}.")
+        if student is not None and not isinstance(student, (StudentPipeline, CoTStudent, ServedStudentPipeline,
+                                                            ServedCoTStudent)):
+            raise TypeError(f"student must be a StudentPipeline or a CoTStudent (or one of them served), got "
+                            f"{type(student).__name__}.")
         self.signature = dspy.ensure_signature(signature)
         inputs, outputs = list(self.signature.input_fields), list(self.signature.output_fields)
         if len(inputs) != 1 or not outputs:
@@ -69,13 +73,25 @@ class StudentModule(dspy.Module):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, *, student: str = "pair", **kwargs) -> StudentModule:
-        """The students of a run directory (`dd-distill`'s or `DecompositionDistillation`'s): "pair" or "cot"."""
+    def from_run(cls, run_dir: str | Path, *, student: str = "pair", servers: dict | None = None,
+                 max_in_flight: int = 32, **kwargs) -> StudentModule:
+        """The students of a run directory (`dd-distill`'s or `DecompositionDistillation`'s): "pair" or "cot".
+
+        With `servers` (`{"decomposer": URL, "solver": URL}`, or `{"cot": URL}`; an entry may be `{"url": ...,
+        "model": ...}`), the students answer from those OpenAI-compatible servers (vLLM, SGLang) with the prompts
+        they see in this process, `max_in_flight` requests at a time per server; only their tokenizers load here.
+        """
         roles = student_roles(student)
         signature = dspy.ensure_signature(kwargs.pop("signature", "question -> answer"))
         answer_type = AnswerType.of(next(iter(signature.output_fields.values())).annotation)
-        students = _load_students({role: find_student(run_dir, role) for role in roles}, answer_type)
+        sources = {role: find_student(run_dir, role) for role in roles}
+        students = _load_students(sources, answer_type, servers=servers, max_in_flight=max_in_flight)
         return cls(student=students, signature=signature, **kwargs)
+
+    @property
+    def served(self) -> bool:
+        """True when the students answer from servers."""
+        return getattr(self.student, "servers", None) is not None
 
     def forward(self, **inputs) -> dspy.Prediction:
         if set(inputs) != {self._input}:
@@ -92,9 +108,12 @@ class StudentModule(dspy.Module):
         if self.student is None:
             raise RuntimeError(f"{type(self).__name__} has no students yet: load a saved program "
                                "(`.load(path)`) or build it with `from_run(run_dir)`.")
-        with self._lock:
-            results = self.student.solve([str(p) for p in problems], batch_size=self.batch_size,
-                                         temperature=self.temperature)
+        if self.served:  # servers take many problems at once; nothing here to serialise
+            results = self.student.solve([str(p) for p in problems], temperature=self.temperature)
+        else:
+            with self._lock:
+                results = self.student.solve([str(p) for p in problems], batch_size=self.batch_size,
+                                             temperature=self.temperature)
         return [self._prediction(result) for result in results]
 
     def _prediction(self, result: StudentResult | CoTResult) -> dspy.Prediction:
@@ -116,14 +135,19 @@ class StudentModule(dspy.Module):
         if self.student is not None and not sources:
             raise ValueError("These students were built in memory, not loaded from directories; save them with "
                              "distill.artifacts.save_student and load them with from_pretrained before saving the program.")
-        return {"students": {role: str(path) for role, path in sources.items()}, "temperature": self.temperature,
-                "batch_size": self.batch_size}
+        state = {"students": {role: str(path) for role, path in sources.items()}, "temperature": self.temperature,
+                 "batch_size": self.batch_size}
+        if self.served:  # a served module comes back served, never on local weights
+            state["servers"] = {role: spec.to_dict() for role, spec in self.student.servers.items()}
+            state["max_in_flight"] = self.student.max_in_flight
+        return state
 
     def load_state(self, state, **_ignored):
         students = state.get("students") or {}
         if not students:
             raise ValueError("The saved state names no student directories.")
-        self.student = _load_students({role: Path(path) for role, path in students.items()}, self.answer_type)
+        self.student = _load_students({role: Path(path) for role, path in students.items()}, self.answer_type,
+                                      servers=state.get("servers"), max_in_flight=state.get("max_in_flight", 32))
         self.temperature = state.get("temperature", self.temperature)
         self.batch_size = state.get("batch_size", self.batch_size)
         return self
@@ -135,12 +159,27 @@ class StudentModule(dspy.Module):
 
 
 
-def _load_students(sources: dict[str, Path], answer_type: AnswerType) -> StudentPipeline | CoTStudent:
+def _load_students(sources: dict[str, Path], answer_type: AnswerType, *, servers: dict | None = None,
+                   max_in_flight: int = 32):
+    if set(sources) not in ({"cot"}, {"decomposer", "solver"}):
+        raise ValueError(f"Students are a decomposer and a solver, or a CoT student; got {sorted(sources)}.")
+    if servers:
+        from dd_prompting.distill.serving.served_students import ServedCoTStudent, ServedStudentPipeline
+
+        if set(servers) != set(sources):
+            raise ValueError(f"servers names {sorted(servers)}; these students are {sorted(sources)}: give a server "
+                             "for each")
+        if set(sources) == {"cot"}:
+            served = ServedCoTStudent.from_directory(sources["cot"], servers=servers, answer_type=answer_type,
+                                                     max_in_flight=max_in_flight)
+        else:
+            served = ServedStudentPipeline.from_directories(sources["decomposer"], sources["solver"], servers=servers,
+                                                            answer_type=answer_type, max_in_flight=max_in_flight)
+        served.check()  # before any problem: a server down, or serving another model, is one sentence now
+        return served
     if set(sources) == {"cot"}:
         return CoTStudent.from_pretrained(sources["cot"], answer_type=answer_type)
-    if set(sources) == {"decomposer", "solver"}:
-        return StudentPipeline.from_pretrained(sources["decomposer"], sources["solver"], answer_type=answer_type)
-    raise ValueError(f"Students are a decomposer and a solver, or a CoT student; got {sorted(sources)}.")
+    return StudentPipeline.from_pretrained(sources["decomposer"], sources["solver"], answer_type=answer_type)
 
 
 

@@ -298,7 +298,7 @@ class StudentPipeline(_Student):
                 fallback = None
                 if not subquestions:
                     fallback = "the decomposer wrote no sub-questions; asked the problem's question instead"
-                    subquestions = [_question_sentence(question)]
+                    subquestions = [question_sentence(question)]
                 plans.append(subquestions)
                 fallbacks.append(fallback)
             answers, truncated = self.answer(
@@ -324,7 +324,7 @@ class StudentPipeline(_Student):
 
 
 
-def _question_sentence(question: str) -> str:
+def question_sentence(question: str) -> str:
     sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", question.strip()) if s.strip()]
     asked = [s for s in sentences if s.endswith("?")]
     return (asked or sentences or [question])[-1]
