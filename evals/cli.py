@@ -58,7 +58,7 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("dd_prompting").setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("dd_prompting.evals").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    for noisy in ("LiteLLM", "litellm", "httpx", "httpcore", "dspy"):
+    for noisy in ("LiteLLM", "litellm", "httpx", "httpx2", "httpcore", "openai", "dspy"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
 
 

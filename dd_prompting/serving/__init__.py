@@ -5,6 +5,6 @@ server's prefix cache reuses every block an earlier step computed; servers that 
 through the text path, said once in the log.
 """
 
-from dd_prompting.serving.client import Completion, ServedModel, ServerError
+from dd_prompting.serving.client import Completion, MalformedReply, ServedModel, ServerError
 
-__all__ = ["ServedModel", "Completion", "ServerError"]
+__all__ = ["ServedModel", "Completion", "ServerError", "MalformedReply"]

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ServedModel", "Completion", "ServerError"]
+__all__ = ["ServedModel", "Completion", "ServerError", "MalformedReply"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,10 @@ _TOKEN_FIELDS = ("stop_token_ids", "return_token_ids", "skip_special_tokens")
 
 class ServerError(RuntimeError):
     """A served model could not answer: the message names the server."""
+
+
+class MalformedReply(ServerError):
+    """The server answered, but not with a completion this client can read."""
 
 
 @dataclass
@@ -169,8 +173,11 @@ class ServedModel:
             if token_prompt and err.status_code in (400, 422) and not _is_length_error(err):
                 raise _TokenPromptsRejected(f"HTTP {err.status_code}: {_message(err)}") from err
             raise ServerError(f"{self.url}/completions answered HTTP {err.status_code}: {_message(err)}") from err
-        if not getattr(reply, "choices", None):
-            raise ServerError(f"{self.url}/completions sent a reply without choices")
+        except (openai.APIResponseValidationError, ValueError) as err:  # a body that is not a completion
+            raise MalformedReply(f"{self.url}/completions sent a reply that is not a completion: {err}") from err
+        choices = getattr(reply, "choices", None)
+        if not choices or not isinstance(getattr(choices[0], "text", None), (str, type(None))):
+            raise MalformedReply(f"{self.url}/completions sent a reply without a completion choice")
         return reply
 
     def _encode(self, text: str) -> list[int]:

@@ -45,24 +45,43 @@ def evaluate_heldout(run) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     evaluation: dict[str, Any] = {"problems": len(problems)}
 
-    pipeline = StudentPipeline.from_pretrained(
-        run.student("decomposer"), run.student("solver"),
-        max_subquestions=config.teacher.max_subquestions,
-        max_decomposition_tokens=config.eval.max_decomposition_tokens,
-        max_answer_tokens=config.eval.max_answer_tokens,
-        answer_type=config.data.answers,
-    )
+    pair_settings = dict(max_subquestions=config.teacher.max_subquestions,
+                         max_decomposition_tokens=config.eval.max_decomposition_tokens,
+                         max_answer_tokens=config.eval.max_answer_tokens, answer_type=config.data.answers)
+    cot_settings = dict(max_new_tokens=config.eval.max_cot_tokens, answer_type=config.data.answers)
+    pair_servers = config.servers.of(("decomposer", "solver"))
+    cot_servers = config.servers.of(("cot",)) if config.train_cot else None
+    if pair_servers:
+        from dd_prompting.distill.serving.served_students import ServedStudentPipeline
+
+        pipeline = ServedStudentPipeline.from_directories(run.student("decomposer"), run.student("solver"),
+                                                          servers=pair_servers,
+                                                          max_in_flight=config.servers.max_in_flight, **pair_settings)
+        pipeline.check()
+    else:
+        pipeline = StudentPipeline.from_pretrained(run.student("decomposer"), run.student("solver"), **pair_settings)
+    if cot_servers:
+        from dd_prompting.distill.serving.served_students import ServedCoTStudent
+
+        cot = ServedCoTStudent.from_directory(run.student("cot"), servers=cot_servers,
+                                              max_in_flight=config.servers.max_in_flight, **cot_settings)
+        cot.check()  # every server before the first problem
     started = time.monotonic()
     results = pipeline.solve(questions, batch_size=config.eval.batch_size, progress=True)
     evaluation["pair"], pair_rows = _score(run, "pair", problems, results, time.monotonic() - started)
     rows += pair_rows
     if config.train_cot:
-        cot = CoTStudent.from_pretrained(run.student("cot"), max_new_tokens=config.eval.max_cot_tokens,
-                                         answer_type=config.data.answers)
+        if not cot_servers:
+            cot = CoTStudent.from_pretrained(run.student("cot"), **cot_settings)
         started = time.monotonic()
         results = cot.solve(questions, batch_size=config.eval.batch_size, progress=True)
         evaluation["cot"], cot_rows = _score(run, "cot", problems, results, time.monotonic() - started)
         rows += cot_rows
+    serving = {**(pipeline.stats() if pair_servers else {}), **(cot.stats() if cot_servers else {})}
+    if serving:  # what each student's server did: requests, prompt tokens, and the share its prefix cache served
+        evaluation["serving"] = {"servers": {role: url for role, url in {**(pair_servers or {}),
+                                                                           **(cot_servers or {})}.items()},
+                                 "students": serving}
     evaluation["teacher"], teacher_rows = _teacher(run, problems)
     rows += teacher_rows
     paired = [test for test in paired_tests(rows) if test.model == STUDENTS_MODEL]

@@ -89,6 +89,11 @@ def evaluation_notes(evaluation: Mapping[str, Any]) -> list[str]:
     for key in ("pair", "cot"):
         if (evaluation.get(key) or {}).get("truncated"):
             notes.append(f"{_LABELS[key]}: {evaluation[key]['truncated']} outputs ran out of tokens.")
+    for role, served in ((evaluation.get("serving") or {}).get("students") or {}).items():
+        share = served.get("cached_share")
+        cached = "its prefix cache not reported" if share is None else f"{100 * share:.1f}% of them from its prefix cache"
+        notes.append(f"The {role} student ran on a server: {served['requests']} requests, {served['prompt_tokens']:,} "
+                     f"prompt tokens, {cached}.")
     teacher = evaluation.get("teacher") or {}
     if teacher.get("api_errors"):
         notes.append(f"The teacher's API failed on {teacher['api_errors']} problems (counted as wrong).")

@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for noisy in ("httpx", "httpx2", "httpcore", "openai"):  # a line per request to a teacher or student server
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     # Idle OpenMP threads spin and slow training ~10x on a busy shared CPU (see distill.train).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")

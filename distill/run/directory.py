@@ -34,7 +34,7 @@ STAGE_SETTINGS = {
     "traces": ("teacher", "data"),
     "build": ("teacher", "data"),
     "train": ("student", "decomposer", "solver", "cot", "train_cot"),
-    "evaluate": ("eval",),
+    "evaluate": ("eval", "servers"),
 }
 EXPENSIVE_STAGES = ("traces", "train")
 

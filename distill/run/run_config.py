@@ -48,6 +48,7 @@ __all__ = [
     "TeacherConfig",
     "DataConfig",
     "HeldOutConfig",
+    "ServersConfig",
     "RunConfig",
     "ROLES",
     "ConfigError",
@@ -315,6 +316,28 @@ class HeldOutConfig:
 
 
 @dataclass
+class ServersConfig:
+    """Servers the trained students are evaluated on (vLLM, SGLang: an OpenAI-compatible `/v1/completions`), instead
+    of in this process. A setting of the evaluation only: the students trained are the same."""
+
+    decomposer: str | None = field(default=None, metadata={"help": "The decomposer's server, e.g. "
+                                                                   "http://127.0.0.1:8000/v1 (with --servers.solver)."})
+    solver: str | None = field(default=None, metadata={"help": "The solver's server (with --servers.decomposer)."})
+    cot: str | None = field(default=None, metadata={"help": "The CoT student's server."})
+    max_in_flight: int = field(default=32, metadata={"help": "Requests open at once to each server."})
+
+    def __post_init__(self):
+        if (self.decomposer is None) != (self.solver is None):
+            raise ConfigError("servers.decomposer and servers.solver go together: the pair runs on servers or here")
+        _check_min("servers.max_in_flight", self.max_in_flight, 1)
+
+    def of(self, roles: tuple[str, ...]) -> dict[str, str] | None:
+        """The servers of these roles, or None when they run in this process."""
+        urls = {role: getattr(self, role) for role in roles}
+        return urls if all(urls.values()) else None
+
+
+@dataclass
 class RunConfig:
     """A whole `dd-distill` run: teacher -> traces -> rows -> students -> evaluation -> report."""
 
@@ -358,6 +381,8 @@ class RunConfig:
         default_factory=dict, metadata={"help": "Overrides of [student] for the CoT student.", "fields_of": TrainConfig}
     )
     eval: HeldOutConfig = field(default_factory=HeldOutConfig, metadata={"help": "Evaluation."})
+    servers: ServersConfig = field(default_factory=ServersConfig,
+                                   metadata={"help": "Evaluate the students on servers (vLLM, SGLang)."})
     skip_malformed: bool = field(
         default=False,
         metadata={"help": "Skip malformed lines of the data and trace files instead of stopping with an error; each "
@@ -365,7 +390,8 @@ class RunConfig:
     )
 
     def __post_init__(self):
-        for name, cls in (("teacher", TeacherConfig), ("data", DataConfig), ("student", TrainConfig), ("eval", HeldOutConfig)):
+        for name, cls in (("teacher", TeacherConfig), ("data", DataConfig), ("student", TrainConfig), ("eval", HeldOutConfig),
+                          ("servers", ServersConfig)):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, from_dict(cls, getattr(self, name), name))
         # The old teacher.skip_malformed (warned about by TeacherConfig) still counts; the teacher's copy is what
@@ -413,6 +439,8 @@ class RunConfig:
         """The config as written to the run directory: the teacher's api_base without credentials."""
         data = self.to_dict()
         data["teacher"]["api_base"] = safe_url(self.teacher.api_base)
+        for role in ROLES:
+            data["servers"][role] = safe_url(data["servers"][role])
         return data
 
     @classmethod

@@ -15,6 +15,7 @@ as its last one returns. Only the tokenizers, `config.json` and `student.json` a
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from dd_prompting.distill.rows.format import (
 from dd_prompting.distill.students.artifacts import read_student_metadata
 from dd_prompting.distill.students.pipelines import CoTResult, StudentResult, question_sentence
 from dd_prompting.distill.training.tokenization import encode
-from dd_prompting.serving import ServedModel, ServerError
+from dd_prompting.serving import MalformedReply, ServedModel, ServerError
 
 __all__ = ["ServerSpec", "ServedStudent", "ServedStudentPipeline", "ServedCoTStudent", "server_spec"]
 
@@ -88,18 +89,22 @@ class ServingStats:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     reported: int = 0  # requests whose reply said how many were cached
+    malformed: int = 0  # replies that were not a completion (failed steps)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, step: Step) -> None:
-        self.requests += 1
-        self.prompt_tokens += step.prompt_tokens
-        if step.cached_tokens is not None:
-            self.cached_tokens += step.cached_tokens
-            self.reported += 1
+        with self._lock:  # problems run in threads
+            self.requests += 1
+            self.prompt_tokens += step.prompt_tokens
+            if step.cached_tokens is not None:
+                self.cached_tokens += step.cached_tokens
+                self.reported += 1
 
     def to_dict(self) -> dict[str, Any]:
         share = self.cached_tokens / self.prompt_tokens if self.reported and self.prompt_tokens else None
         return {"requests": self.requests, "prompt_tokens": self.prompt_tokens,
-                "cached_tokens": self.cached_tokens if self.reported else None, "cached_share": share}
+                "cached_tokens": self.cached_tokens if self.reported else None, "cached_share": share,
+                "malformed": self.malformed}
 
 
 class ServedStudent:
@@ -148,8 +153,14 @@ class ServedStudent:
         # In process a row stops, truncated, once its next token would leave no room for a newline and one more.
         budget = max(1, min(max_new_tokens, room - len(self.newline)))
         stops = [*self.ends_line, self.eos] if stop_at_newline else [self.eos]
-        reply = self.client.complete(prompt, max_tokens=budget, temperature=temperature, top_p=top_p, seed=seed,
-                                     stop_token_ids=stops, stop=["\n"] if stop_at_newline else [])
+        try:
+            reply = self.client.complete(prompt, max_tokens=budget, temperature=temperature, top_p=top_p, seed=seed,
+                                         stop_token_ids=stops, stop=["\n"] if stop_at_newline else [])
+        except MalformedReply as err:  # a failed step, as a reply that ran out of room is in process
+            logger.warning("%s student: %s; the step is recorded as failed", self.role, err)
+            with self.stats._lock:
+                self.stats.malformed += 1
+            return Step(generated=[], pending=[], truncated=True)
         ids = list(reply.token_ids)
         if reply.from_text and stop_at_newline and reply.finish_reason == "stop" and reply.stop_reason == "\n":
             ids += self.newline  # a text server leaves the stop string out
