@@ -45,8 +45,10 @@ class Cell:
 
     @property
     def workers_cap(self) -> int | None:
-        if self.model.kind == "student":
+        if self.model.kind == "student" and not self.model.servers:
             return 1  # a student pipeline decodes the problems it is given as one batch, one call at a time
+        if self.model.kind == "student":
+            return None  # served students: as many problems in flight as the run has threads
         return self.model.threads  # a local model's engine decodes concurrent calls together
 
 

@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from dd_prompting.evals.config import EvalConfig, load_config
     from dd_prompting.evals.harness import Harness
     from dd_prompting.run_lock import RunLockError
+    from dd_prompting.serving import ServerError
 
     config_path = args.pop("config")
     try:
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except MalformedLineError as err:  # its way out names this command's option, not the Python keyword
         print(f"error: {err.with_remedy(CLI_REMEDY)}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, ImportError, RunLockError) as err:
+    except (ValueError, FileNotFoundError, ImportError, RunLockError, ServerError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from dd_prompting.evals.cell import Cell
 from dd_prompting.evals.config import EvalConfig, ModelConfig
 from dd_prompting.evals.strategies import load_student_decomposer, load_student_program, make_adapter
 from dd_prompting.models import CallCache, build_lm, identity_for
+from dd_prompting.serving import ServedModel
 
 __all__ = ["LMPool"]
 
@@ -34,13 +35,17 @@ class LMPool:
                 check_model_available(model.model, gguf_file=model.gguf_file)
             elif model.kind == "student":
                 check_run_students(model.run_dir, student=model.student)
+                for entry in (model.servers or {}).values():  # a server that is down is said before any call
+                    url, name = (entry, None) if isinstance(entry, str) else (entry.get("url"), entry.get("model"))
+                    ServedModel(url, model=name, retries=0, timeout=self.config.timeout or 30).models()
 
     def attach(self, cell: Cell) -> None:
         """Give the cell its LM and adapter (or its student program)."""
         model = cell.model
         if model.kind == "student":
             if model.name not in self.lms:
-                self.lms[model.name] = load_student_program(model.run_dir, student=model.student)
+                self.lms[model.name] = load_student_program(model.run_dir, student=model.student,
+                                                            servers=model.servers, max_in_flight=model.threads or 32)
             cell.program = self.lms[model.name]
             cell.memo = (self.cache, identity_for(model))
             return

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from dd_prompting.config import ConfigError
 from dd_prompting.models.secrets import safe_url, url_secrets
 
-__all__ = ["ModelConfig", "MODEL_KINDS", "ADAPTERS", "SERVING_FIELDS", "api_key_for", "secrets_for"]
+__all__ = ["ModelConfig", "MODEL_KINDS", "ADAPTERS", "SERVING_FIELDS", "api_key_for", "secrets_for", "public_servers"]
 
 MODEL_KINDS = ("api", "local", "student")
 ADAPTERS = ("chat", "json", "plain")
@@ -83,6 +83,10 @@ class ModelConfig:
     student: Literal["pair", "cot"] = field(
         default="pair", metadata={"help": "Which student of the run (kind='student'): 'pair' (decomposer + "
                                           "solver) or 'cot'."})
+    servers: dict[str, Any] | None = field(
+        default=None, metadata={"help": "Run the students on OpenAI-compatible servers (vLLM, SGLang; kind='student'): "
+                                        "{decomposer = URL, solver = URL} or {cot = URL}; an entry may be "
+                                        "{url = ..., model = ...}. Part of what identifies the results."})
 
     def __post_init__(self):
         self._check_model()
@@ -111,6 +115,15 @@ class ModelConfig:
                               "OPENAI_API_KEY), not the key itself")
         if self.kind == "student" and not self.run_dir:
             raise ConfigError(f"{section}: kind='student' needs run_dir, the dd-distill run directory")
+        if self.servers is not None:
+            roles = ["cot"] if self.student == "cot" else ["decomposer", "solver"]
+            if self.kind != "student":
+                raise ConfigError(f"{section}: servers are for kind='student' (a run's students on vLLM or SGLang); "
+                                  "an API model's server is its api_base")
+            if not isinstance(self.servers, dict) or sorted(self.servers) != sorted(roles):
+                got = sorted(self.servers) if isinstance(self.servers, dict) else self.servers
+                raise ConfigError(f"{section}: servers must name the {self.student!r} student's {' and '.join(roles)} "
+                                  f"(a URL or {{url, model}} each), got {got!r}")
         for name, minimum in (("threads", 1), ("max_batch_size", 1), ("max_batch_tokens", 1), ("retries", 0), ("retry_backoff", 0), ("max_new_tokens", 1),
                               ("max_tokens", 1), ("temperature", 0), ("input_cost_per_million", 0),
                               ("output_cost_per_million", 0)):
@@ -135,7 +148,20 @@ class ModelConfig:
         """The config as written to files and reports: `api_base` without credentials."""
         data = asdict(self)
         data["api_base"] = safe_url(self.api_base)
+        if self.servers is None:
+            del data["servers"]  # as before servers existed: a model's fingerprint and stage settings stay the same
+        else:
+            data["servers"] = public_servers(self.servers)
         return data
+
+
+def public_servers(servers: dict[str, Any]) -> dict[str, Any]:
+    """Each student's server as written to files and keys: `{"url": ..., "model": ...}`, the URL without credentials."""
+    entries = {}
+    for role, entry in sorted(servers.items()):
+        url, model = (entry, None) if isinstance(entry, str) else (entry.get("url"), entry.get("model"))
+        entries[role] = {"url": safe_url(url), "model": model}
+    return entries
 
 
 def _choice(section: str, name: str, value: Any, choices: tuple) -> None:

@@ -14,6 +14,7 @@ three times with the same request).
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,10 @@ def identity_for(config: ModelConfig) -> CallIdentity:
     else:
         settings = {"run_dir": str(Path(config.run_dir).resolve()), "student": config.student,
                     "weights": _weights_stamp(Path(config.run_dir))}
+        if config.servers is not None:  # served answers are never taken for in-process ones, or the other way
+            from dd_prompting.models.config import public_servers
+
+            settings["servers"] = json.dumps(public_servers(config.servers), sort_keys=True)
     return CallIdentity(model=f"{config.kind}:{config.model}", settings=tuple(sorted(settings.items())))
 
 

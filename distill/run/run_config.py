@@ -431,6 +431,8 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         del data["teacher"]["skip_malformed"]  # the run's skip_malformed; not a setting of the teacher's stages
+        if data["teacher"].get("servers") is None:
+            data["teacher"].pop("servers", None)  # students' servers: never a teacher's (see [servers])
         if data["teacher"]["name"] == data["teacher"]["model"]:
             del data["teacher"]["name"]  # derived from the model; a saved one would go stale when the model changes
         return data
