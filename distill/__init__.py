@@ -28,6 +28,8 @@ _PUBLIC = {
     "DecomposerStudent": "dd_prompting.distill.students.pipelines",
     "CoTStudent": "dd_prompting.distill.students.pipelines",
     "find_student": "dd_prompting.distill.students.lookup",
+    "ServedStudentPipeline": "dd_prompting.distill.serving.served_students",
+    "ServedCoTStudent": "dd_prompting.distill.serving.served_students",
     "train_student": "dd_prompting.distill.training.trainer",
     "TrainConfig": "dd_prompting.distill.training.train_config",
     "TransformersProvider": "dd_prompting.distill.training.provider",
