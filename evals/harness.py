@@ -326,8 +326,9 @@ class Harness:
             "parse_failures": summary.parse_failures, "stopped": summary.stopped,
             "wall_s": round(summary.wall_s, 3),
         }
+        serving = self._lm_pool.serving_stats() if self._lm_pool is not None else None
         write_eval_run_file(self.output_dir, self.config, self._plan, pricing=self.pricing, last_run=last_run,
-                            wall=wall, secrets=self.secrets)
+                            wall=wall, secrets=self.secrets, serving=serving)
 
     def _log_summary(self, summary: RunSummary) -> None:
         logger.info(

@@ -3,6 +3,8 @@ student programs, and the decomposers of hybrid strategies. Every model is check
 
 from __future__ import annotations
 
+from typing import Any
+
 import dspy
 
 from dd_prompting.evals.cell import Cell
@@ -21,6 +23,11 @@ class LMPool:
         self.config = config
         self.cache = cache
         self.lms: dict[str, dspy.BaseLM | dspy.Module] = {}
+
+    def serving_stats(self) -> dict[str, dict[str, Any]]:
+        """Each served student model's requests, prompt tokens and prefix-cache hits so far (this process)."""
+        return {name: program.student.stats() for name, program in self.lms.items()
+                if getattr(program, "served", False)}
 
     def check(self, cells: list[Cell]) -> None:
         """Every model the run will load, checked now, before any call: a local model that is neither on disk nor
@@ -44,8 +51,13 @@ class LMPool:
         model = cell.model
         if model.kind == "student":
             if model.name not in self.lms:
+                serving = {}
+                if model.servers:  # as an API model is called: the run's time-out and retries unless it has its own
+                    serving = {"max_in_flight": model.threads or self.config.threads,
+                               "timeout": model.timeout or self.config.timeout,
+                               "retries": self.config.retries if model.retries is None else model.retries}
                 self.lms[model.name] = load_student_program(model.run_dir, student=model.student,
-                                                            servers=model.servers, max_in_flight=model.threads or 32)
+                                                            servers=model.servers, **serving)
             cell.program = self.lms[model.name]
             cell.memo = (self.cache, identity_for(model))
             return

@@ -18,6 +18,7 @@ from typing import Any
 
 from dd_prompting.result_store import ResultStore
 from dd_prompting.results import CellSummary, PairedTest, paired_tests, summarize
+from dd_prompting.serving import describe_serving
 
 __all__ = ["write_report", "environment_versions"]
 
@@ -106,6 +107,10 @@ def _markdown(run: dict[str, Any], rows: list[dict[str, Any]], summaries: list[C
         if last.get("stopped"):
             lines.append(f"**Stopped early: {last['stopped']}.** Run again (with a larger --max-cost) to go on "
                          "where it stopped.")
+    for name, info in (run or {}).get("models", {}).items():
+        for role, served in (info.get("serving") or {}).items():
+            lines.append(f"{name}: the {role} student ran on a server in the last invocation: "
+                         f"{describe_serving(served)}.")
     if duplicates:
         lines.append(f"{duplicates} row(s) of results.jsonl repeat an example already finished (two runs wrote this "
                      "directory at once, before dd-evals locked it); each example is counted once.")

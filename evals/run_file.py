@@ -13,6 +13,7 @@ from typing import Any
 from dd_prompting.evals.config import EvalConfig, ModelConfig
 from dd_prompting.evals.plan import Plan, all_models
 from dd_prompting.models import Pricing, safe_url
+from dd_prompting.models.config import public_servers
 from dd_prompting.result_store import write_run_file
 
 __all__ = ["write_eval_run_file", "load_wall_times"]
@@ -20,7 +21,8 @@ __all__ = ["write_eval_run_file", "load_wall_times"]
 
 def write_eval_run_file(output_dir: Path, config: EvalConfig, plan: Plan | None, *,
                         pricing: Callable[[ModelConfig], Pricing], last_run: dict[str, Any],
-                        wall: dict[str, float], secrets: list[str]) -> None:
+                        wall: dict[str, float], secrets: list[str],
+                        serving: dict[str, dict[str, Any]] | None = None) -> None:
     from dd_prompting.evals.report import environment_versions
 
     models = {}
@@ -34,6 +36,10 @@ def write_eval_run_file(output_dir: Path, config: EvalConfig, plan: Plan | None,
             "input_cost_per_million": None if price.input_per_token is None else price.input_per_token * 1e6,
             "output_cost_per_million": None if price.output_per_token is None else price.output_per_token * 1e6,
         }
+        if model.servers:
+            models[model.name]["servers"] = public_servers(model.servers)
+        if serving and model.name in serving:  # this invocation's requests and prefix-cache hits, per student
+            models[model.name]["serving"] = serving[model.name]
     cells = plan.cells if plan is not None else []
     datasets = plan.datasets if plan is not None else {}
     record = {

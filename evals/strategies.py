@@ -184,16 +184,16 @@ def program_fingerprint(description: list[dict[str, Any]]) -> str:
 
 
 def load_student_program(run_dir: str | Path, *, student: str = "pair", servers: dict | None = None,
-                         max_in_flight: int = 32) -> dspy.Module:
+                         **serving) -> dspy.Module:
     """A dd-distill run's students as one DSPy module: the decomposer + solver pair, or the CoT student.
 
     The students are looked for in `run_dir/<role>` (and `run_dir/students/<role>`); with `servers`, they answer
-    from those servers. `distill` is imported only here, so evaluating API models never needs it.
+    from those servers (`serving`: `max_in_flight`, `timeout`, `retries`). `distill` is imported only here, so
+    evaluating API models never needs it.
     """
     from dd_prompting.distill.students.modules import StudentModule
 
-    return StudentModule.from_run(run_dir, student="cot" if student == "cot" else "pair", servers=servers,
-                                  max_in_flight=max_in_flight)
+    return StudentModule.from_run(run_dir, student="cot" if student == "cot" else "pair", servers=servers, **serving)
 
 
 def load_student_decomposer(run_dir: str | Path) -> dspy.Module:

@@ -5,7 +5,15 @@ server's prefix cache reuses every block an earlier step computed; servers that 
 through the text path, said once in the log.
 """
 
-from dd_prompting.serving.client import Completion, MalformedReply, ServedModel, ServerError
+from dd_prompting.serving.client import (
+    Completion,
+    MalformedReply,
+    ServedModel,
+    ServerError,
+    ServingStats,
+    describe_serving,
+)
 from dd_prompting.serving.engine import AsyncServedEngine, ServedEngine
 
-__all__ = ["ServedModel", "ServedEngine", "AsyncServedEngine", "Completion", "ServerError", "MalformedReply"]
+__all__ = ["ServedModel", "ServedEngine", "AsyncServedEngine", "Completion", "ServerError", "MalformedReply",
+           "ServingStats", "describe_serving"]

@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ServedModel", "Completion", "ServerError", "MalformedReply"]
+__all__ = ["ServedModel", "Completion", "ServerError", "MalformedReply", "ServingStats", "describe_serving"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,43 @@ class Completion:
     completion_tokens: int
     cached_tokens: int | None
     from_text: bool = False
+
+
+@dataclass
+class ServingStats:
+    """Prompt tokens sent to a server, and how many of them its prefix cache served (where it says)."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    reported: int = 0  # requests whose reply said how many were cached
+    malformed: int = 0  # replies that were not a completion
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, prompt_tokens: int, cached_tokens: int | None) -> None:
+        with self._lock:  # requests come from many threads
+            self.requests += 1
+            self.prompt_tokens += prompt_tokens
+            if cached_tokens is not None:
+                self.cached_tokens += cached_tokens
+                self.reported += 1
+
+    def add_malformed(self) -> None:
+        with self._lock:
+            self.malformed += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        share = self.cached_tokens / self.prompt_tokens if self.reported and self.prompt_tokens else None
+        return {"requests": self.requests, "prompt_tokens": self.prompt_tokens,
+                "cached_tokens": self.cached_tokens if self.reported else None, "cached_share": share,
+                "malformed": self.malformed}
+
+
+def describe_serving(stats: dict[str, Any]) -> str:
+    """`ServingStats.to_dict()` in words, for reports: requests, prompt tokens and the prefix cache's share."""
+    share = stats.get("cached_share")
+    cached = "its prefix cache not reported" if share is None else f"{100 * share:.1f}% of them from its prefix cache"
+    return f"{stats['requests']} requests, {stats['prompt_tokens']:,} prompt tokens, {cached}"
 
 
 class ServedModel:

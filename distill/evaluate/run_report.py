@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dd_prompting.serving import describe_serving
 from dd_prompting.stats import wilson_interval
 
 __all__ = [
@@ -90,10 +91,7 @@ def evaluation_notes(evaluation: Mapping[str, Any]) -> list[str]:
         if (evaluation.get(key) or {}).get("truncated"):
             notes.append(f"{_LABELS[key]}: {evaluation[key]['truncated']} outputs ran out of tokens.")
     for role, served in ((evaluation.get("serving") or {}).get("students") or {}).items():
-        share = served.get("cached_share")
-        cached = "its prefix cache not reported" if share is None else f"{100 * share:.1f}% of them from its prefix cache"
-        notes.append(f"The {role} student ran on a server: {served['requests']} requests, {served['prompt_tokens']:,} "
-                     f"prompt tokens, {cached}.")
+        notes.append(f"The {role} student ran on a server: {describe_serving(served)}.")
     teacher = evaluation.get("teacher") or {}
     if teacher.get("api_errors"):
         notes.append(f"The teacher's API failed on {teacher['api_errors']} problems (counted as wrong).")

@@ -15,7 +15,6 @@ as its last one returns. Only the tokenizers, `config.json` and `student.json` a
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from dd_prompting.distill.rows.format import (
 from dd_prompting.distill.students.artifacts import read_student_metadata
 from dd_prompting.distill.students.pipelines import CoTResult, StudentResult, question_sentence
 from dd_prompting.distill.training.tokenization import encode
-from dd_prompting.serving import MalformedReply, ServedModel, ServerError
+from dd_prompting.serving import MalformedReply, ServedModel, ServerError, ServingStats
 
 __all__ = ["ServerSpec", "ServedStudent", "ServedStudentPipeline", "ServedCoTStudent", "server_spec"]
 
@@ -79,32 +78,6 @@ class Step:
     truncated: bool
     prompt_tokens: int = 0
     cached_tokens: int | None = None
-
-
-@dataclass
-class ServingStats:
-    """Prompt tokens sent to a student's server, and how many of them its prefix cache served."""
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    reported: int = 0  # requests whose reply said how many were cached
-    malformed: int = 0  # replies that were not a completion (failed steps)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, step: Step) -> None:
-        with self._lock:  # problems run in threads
-            self.requests += 1
-            self.prompt_tokens += step.prompt_tokens
-            if step.cached_tokens is not None:
-                self.cached_tokens += step.cached_tokens
-                self.reported += 1
-
-    def to_dict(self) -> dict[str, Any]:
-        share = self.cached_tokens / self.prompt_tokens if self.reported and self.prompt_tokens else None
-        return {"requests": self.requests, "prompt_tokens": self.prompt_tokens,
-                "cached_tokens": self.cached_tokens if self.reported else None, "cached_share": share,
-                "malformed": self.malformed}
 
 
 class ServedStudent:
@@ -158,15 +131,14 @@ class ServedStudent:
                                          stop_token_ids=stops, text_stop=["\n"] if stop_at_newline else [])
         except MalformedReply as err:  # a failed step, as a reply that ran out of room is in process
             logger.warning("%s student: %s; the step is recorded as failed", self.role, err)
-            with self.stats._lock:
-                self.stats.malformed += 1
+            self.stats.add_malformed()
             return Step(generated=[], pending=[], truncated=True)
         ids = list(reply.token_ids)
         if reply.from_text and stop_at_newline and reply.finish_reason == "stop" and reply.stop_reason == "\n":
             ids += self.newline  # a text server leaves the stop string out
         step = self._end(ids, stop_at_newline=stop_at_newline, stopped=reply.finish_reason == "stop")
         step.prompt_tokens, step.cached_tokens = reply.prompt_tokens or len(prompt), reply.cached_tokens
-        self.stats.add(step)
+        self.stats.add(step.prompt_tokens, step.cached_tokens)
         return step
 
     def _end(self, ids: list[int], *, stop_at_newline: bool, stopped: bool) -> Step:

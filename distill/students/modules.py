@@ -74,18 +74,20 @@ class StudentModule(dspy.Module):
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, student: str = "pair", servers: dict | None = None,
-                 max_in_flight: int = 32, **kwargs) -> StudentModule:
+                 max_in_flight: int = 32, timeout: float = 120.0, retries: int = 3, **kwargs) -> StudentModule:
         """The students of a run directory (`dd-distill`'s or `DecompositionDistillation`'s): "pair" or "cot".
 
         With `servers` (`{"decomposer": URL, "solver": URL}`, or `{"cot": URL}`; an entry may be `{"url": ...,
         "model": ...}`), the students answer from those OpenAI-compatible servers (vLLM, SGLang) with the prompts
-        they see in this process, `max_in_flight` requests at a time per server; only their tokenizers load here.
+        they see in this process, `max_in_flight` requests at a time per server, each given `timeout` seconds and
+        `retries` retries (429, 5xx, dropped connections); only their tokenizers load here.
         """
         roles = student_roles(student)
         signature = dspy.ensure_signature(kwargs.pop("signature", "question -> answer"))
         answer_type = AnswerType.of(next(iter(signature.output_fields.values())).annotation)
         sources = {role: find_student(run_dir, role) for role in roles}
-        students = _load_students(sources, answer_type, servers=servers, max_in_flight=max_in_flight)
+        students = _load_students(sources, answer_type, servers=servers, max_in_flight=max_in_flight,
+                                  timeout=timeout, retries=retries)
         return cls(student=students, signature=signature, **kwargs)
 
     @property
@@ -160,7 +162,7 @@ class StudentModule(dspy.Module):
 
 
 def _load_students(sources: dict[str, Path], answer_type: AnswerType, *, servers: dict | None = None,
-                   max_in_flight: int = 32):
+                   max_in_flight: int = 32, timeout: float = 120.0, retries: int = 3):
     if set(sources) not in ({"cot"}, {"decomposer", "solver"}):
         raise ValueError(f"Students are a decomposer and a solver, or a CoT student; got {sorted(sources)}.")
     if servers:
@@ -171,10 +173,11 @@ def _load_students(sources: dict[str, Path], answer_type: AnswerType, *, servers
                              "for each")
         if set(sources) == {"cot"}:
             served = ServedCoTStudent.from_directory(sources["cot"], servers=servers, answer_type=answer_type,
-                                                     max_in_flight=max_in_flight)
+                                                     max_in_flight=max_in_flight, timeout=timeout, retries=retries)
         else:
             served = ServedStudentPipeline.from_directories(sources["decomposer"], sources["solver"], servers=servers,
-                                                            answer_type=answer_type, max_in_flight=max_in_flight)
+                                                            answer_type=answer_type, max_in_flight=max_in_flight,
+                                                            timeout=timeout, retries=retries)
         served.check()  # before any problem: a server down, or serving another model, is one sentence now
         return served
     if set(sources) == {"cot"}:
