@@ -37,7 +37,10 @@ def restore_logger_levels():
     each test starts with the levels the one before it found, so `caplog` sees what it asks for in any order."""
     loggers = [logging.getLogger(), *(logger for logger in logging.root.manager.loggerDict.values()
                                       if isinstance(logger, logging.Logger))]
-    levels = [(logger, logger.level) for logger in loggers]
+    levels = {logger: logger.level for logger in loggers}
     yield
-    for logger, level in levels:
+    for logger, level in levels.items():
         logger.setLevel(level)
+    for logger in list(logging.root.manager.loggerDict.values()):  # made during the test (`dd_prompting` itself,
+        if isinstance(logger, logging.Logger) and logger not in levels:  # when only its children existed before)
+            logger.setLevel(logging.NOTSET)
