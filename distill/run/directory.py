@@ -139,6 +139,9 @@ def saved_settings(directory: Path) -> dict[str, Any] | None:
     if not saved.is_file():
         return None
     settings = json.loads(saved.read_text(encoding="utf-8"))
+    # Servers are the invocation's that names them (config.json records the last ones used): a later `dd-distill
+    # evaluate` without --servers.* runs the students here, and one server gone never blocks the run.
+    settings.pop("servers", None)
     # Written by an older dd-distill: retries are per call now, so its nested-retry setting means nothing.
     (settings.get("teacher") or {}).pop("lm_retries", None)
     # Written by an older dd-distill: skip_malformed was the teacher's; it is the run's now (no warning: our file).

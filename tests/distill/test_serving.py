@@ -141,3 +141,29 @@ def test_retries_after_a_server_error_and_records_a_malformed_reply_as_a_failed_
     assert (first.reasoning, first.parse_failures) == ("", ["no number in the final answer"])
     assert second.reasoning
     assert module.student.stats()["cot"]["malformed"] == 1
+
+
+def test_dd_distill_evaluate_on_servers_writes_the_in_process_rows_and_forgets_the_servers(distilled, tmp_path):
+    import json
+    import shutil
+
+    from dd_prompting.distill.run.cli import main
+    from dd_prompting.distill.run.directory import saved_settings
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(distilled.run_dir, run_dir)  # evaluated in process by compile (its valset)
+    key = lambda row: (row["strategy"], row["example_id"], row["prediction"], row["subanswers"])  # noqa: E731
+    read = lambda: sorted(key(json.loads(line)) for line in (run_dir / "eval" / "results.jsonl").open()  # noqa: E731
+                          if json.loads(line)["model"] == "students")
+    in_process = read()
+    assert {row[0] for row in in_process} == {"pair", "cot"}
+    (decomposer, _), (solver, _) = serve(run_dir, "decomposer"), serve(run_dir, "solver")
+    with decomposer, solver:  # the pair on servers; the CoT student stays here
+        url = solver.base_url
+        assert main(["evaluate", "--run-dir", str(run_dir), "--quiet", f"--servers.decomposer={decomposer.base_url}",
+                     f"--servers.solver={url}"]) == 0
+    assert read() == in_process and len(decomposer.requests) == len(in_process) // 2
+    report = (run_dir / "report.md").read_text()
+    assert "The solver student ran on a server" in report and "from its prefix cache" in report
+    assert json.loads((run_dir / "config.json").read_text())["servers"]["solver"] == url
+    assert "servers" not in saved_settings(run_dir)  # the next `dd-distill evaluate` runs here unless told again
