@@ -74,17 +74,6 @@ def _check_directory(path: Path, setting: str) -> None:
             return
 
 
-def _check_directory(path: Path, setting: str) -> None:
-    """Fail before any call when `path` cannot be a directory: it, or a folder it would be made in, is a file."""
-    for place in (path, *path.parents):
-        if place.exists():
-            if not place.is_dir():
-                what = f"{setting} {path}" + ("" if place == path else f" cannot be made: {place}")
-                raise ValueError(f"{what} is a file, not a directory; choose another {setting} "
-                                 f"(--{setting.replace('_', '-')}) or move the file away")
-            return
-
-
 class Harness:
     """Plans, estimates and runs an `EvalConfig`.
 

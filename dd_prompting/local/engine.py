@@ -27,7 +27,7 @@ from dd_prompting.model_loading import MODEL_LOCK
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["TransformersEngine", "AsyncTransformersEngine", "default_device"]
+__all__ = ["TransformersEngine", "AsyncTransformersEngine", "AsyncTwin", "default_device"]
 
 
 class TransformersEngine:
@@ -195,14 +195,11 @@ class TransformersEngine:
         self.scheduler.close()
 
 
-class AsyncTransformersEngine:
-    """The async twin of a `TransformersEngine` (`engine.async_twin`): the same model and scheduler.
+class AsyncTwin:
+    """An engine's async face (`engine.async_twin`), DSPy's `async_engine`: the same engine and state; a subclass
+    says how `complete` awaits it."""
 
-    A call queues its request and awaits the scheduler's future, so the event loop stays free and an
-    `asyncio.gather` of many calls is decoded together, with no thread pool capping the batch.
-    """
-
-    def __init__(self, engine: TransformersEngine):
+    def __init__(self, engine):
         self.engine = engine
 
     @property
@@ -210,7 +207,7 @@ class AsyncTransformersEngine:
         return self.engine.prefers_plain_text
 
     async def complete(self, request) -> Response:
-        return self.engine._response(await asyncio.wrap_future(self.engine._submit_request(request)))
+        raise NotImplementedError
 
     async def stream(self, request):
         for event in response_to_events(await self.complete(request)):
@@ -221,6 +218,17 @@ class AsyncTransformersEngine:
 
     def dump_state(self) -> dict[str, Any]:
         return self.engine.dump_state()
+
+
+class AsyncTransformersEngine(AsyncTwin):
+    """The async twin of a `TransformersEngine` (`engine.async_twin`): the same model and scheduler.
+
+    A call queues its request and awaits the scheduler's future, so the event loop stays free and an
+    `asyncio.gather` of many calls is decoded together, with no thread pool capping the batch.
+    """
+
+    async def complete(self, request) -> Response:
+        return self.engine._response(await asyncio.wrap_future(self.engine._submit_request(request)))
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> AsyncTransformersEngine:

@@ -16,6 +16,7 @@ from typing import Any
 
 from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 
+from dd_prompting.local.engine import AsyncTwin
 from dd_prompting.local.prompts import render_prompt, trained_on_dspy_chat
 from dd_prompting.serving.client import ServedModel
 
@@ -92,28 +93,11 @@ class ServedEngine:
         return cls(state.pop("model_name_or_path"), state.pop("url"), **state)
 
 
-class AsyncServedEngine:
+class AsyncServedEngine(AsyncTwin):
     """The async twin: the same engine, its blocking HTTP call run off the event loop."""
-
-    def __init__(self, engine: ServedEngine):
-        self.engine = engine
-
-    @property
-    def prefers_plain_text(self) -> bool:
-        return self.engine.prefers_plain_text
 
     async def complete(self, request) -> Response:
         return await asyncio.to_thread(self.engine.complete, request)
-
-    async def stream(self, request):
-        for event in response_to_events(await self.complete(request)):
-            yield event
-
-    async def aclose(self) -> None:
-        pass
-
-    def dump_state(self) -> dict[str, Any]:
-        return self.engine.dump_state()
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> AsyncServedEngine:
