@@ -108,6 +108,7 @@ class Run:
         config = self.config.to_public_dict()  # what stages.json records: never a URL's credentials
         for name in SERVING_FIELDS:  # how the teacher is served decides nothing about its traces
             (config.get("teacher") or {}).pop(name, None)
+        (config.get("servers") or {}).pop("max_in_flight", None)  # nor how many requests a student's server takes
         return {name: config[name] for name in STAGE_SETTINGS[stage]}
 
     def mark_done(self, stage: str, seconds: float) -> None:
@@ -130,6 +131,10 @@ class Run:
         settings = done["settings"]
         # Recorded by an older dd-distill: skip_malformed was a teacher setting then; it is the run's now.
         (settings.get("teacher") or {}).pop("skip_malformed", None)
+        # A section an older dd-distill did not record (servers, 0.2.0) ran with that section's defaults.
+        for name in STAGE_SETTINGS[stage]:
+            if name not in settings:
+                settings[name] = Run(self.dir, RunConfig()).settings(stage)[name]
         return _diff(settings, self.settings(stage))
 
 

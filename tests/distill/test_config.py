@@ -260,3 +260,21 @@ def test_how_the_teacher_is_served_is_not_a_stage_setting(tmp_path):
     assert run.changed_settings("traces") == []  # a rerun served otherwise resumes; it is not refused
     config.teacher.max_new_tokens = 7
     assert run.changed_settings("traces") == ["teacher.max_new_tokens"]
+
+
+def test_an_evaluate_stage_recorded_before_servers_existed_is_still_finished(tmp_path):
+    import json
+
+    from dd_prompting.distill.run.directory import Run
+    from dd_prompting.distill.run.run_config import RunConfig
+
+    run = Run(tmp_path / "run", RunConfig())
+    run.mark_done("evaluate", 1.0)
+    stages = json.loads((run.dir / "stages.json").read_text())
+    del stages["evaluate"]["settings"]["servers"]  # as 0.1.0 recorded it
+    (run.dir / "stages.json").write_text(json.dumps(stages))
+    assert run.changed_settings("evaluate") == []  # a rerun skips it
+    run.config.servers.max_in_flight = 4
+    assert run.changed_settings("evaluate") == []  # how many requests a server takes decides nothing
+    run.config.servers.cot = "http://127.0.0.1:8000/v1"
+    assert run.changed_settings("evaluate") == ["servers.cot"]
