@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["Reply", "OpenAICompatibleServer", "CompletionsModel", "last_user_text", "output_fields", "input_field", "chat_reply",
+__all__ = ["Reply", "OpenAICompatibleServer", "CompletionsModel", "BatchDesk", "last_user_text", "output_fields", "input_field", "chat_reply",
            "request_format", "formatted_reply", "count_text_tokens", "count_prompt_tokens", "tokenizer_name"]
 
 
@@ -206,6 +206,7 @@ class OpenAICompatibleServer:
         self.model = model
         self.completions = completions  # answers /v1/completions (see CompletionsModel); None: 404
         self.models = models  # what /v1/models lists; None: the one `model`
+        self.batches = BatchDesk(self)  # OpenAI's /v1/files and /v1/batches, lines answered by `responder`
         self.requests: list[dict[str, Any]] = []
         self.authorizations: list[str | None] = []  # each request's Authorization header, to check which key came
         self._lock = threading.Lock()
@@ -303,20 +304,33 @@ def _make_handler(server: OpenAICompatibleServer) -> type[BaseHTTPRequestHandler
                 pass  # the client gave up (a time-out test); nothing left to tell it
 
         def do_GET(self):
-            if self.path.rstrip("/").endswith("/models"):
+            path = self.path.split("?")[0].rstrip("/")
+            if path.endswith("/models"):
                 body = {"object": "list", "data": server.models or [{"id": server.model, "object": "model"}]}
                 self._send(200, json.dumps(body).encode())
+            elif "/files/" in path or "/batches" in path:
+                self._reply(*server.batches.get(path))
             else:
                 self._send(404, b'{"error": {"message": "not found"}}')
 
+        def _reply(self, status: int, body: bytes | dict[str, Any]) -> None:
+            self._send(status, body if isinstance(body, bytes) else json.dumps(body).encode())
+
         def do_POST(self):
             length = int(self.headers.get("Content-Length") or 0)
+            data = self.rfile.read(length)
+            path = self.path.split("?")[0].rstrip("/")
+            if path.endswith("/files"):  # multipart: the batch's input file
+                self._reply(*server.batches.upload(self.headers.get("Content-Type", ""), data))
+                return
             try:
-                request = json.loads(self.rfile.read(length) or b"{}")
+                request = json.loads(data or b"{}")
             except json.JSONDecodeError:
                 self._send(400, b'{"error": {"message": "request body is not JSON"}}')
                 return
-            path = self.path.rstrip("/")
+            if "/batches" in path:
+                self._reply(*server.batches.post(path, request))
+                return
             if path.endswith("/completions") and not path.endswith("/chat/completions"):
                 self._complete(request)
                 return
@@ -381,6 +395,133 @@ def _make_handler(server: OpenAICompatibleServer) -> type[BaseHTTPRequestHandler
                 pass
 
     return Handler
+
+
+class BatchDesk:
+    """OpenAI's Files and Batch APIs on an `OpenAICompatibleServer` (`server.batches`), for offline tests.
+
+    `POST /v1/files` keeps an uploaded JSONL file; `POST /v1/batches` checks it (every line's `custom_id` once,
+    its `url` the batch's `endpoint`) and creates a batch; each `GET /v1/batches/{id}` moves it one step along
+    `statuses` (a scripted sequence, default validating -> in_progress -> finalizing -> completed). On
+    completing, every line is answered as the server answers that request synchronously (its responder, the same
+    body a synchronous call gets), 200s into the output file and other statuses into the error file, as OpenAI
+    writes them; custom ids in `expire` are left unanswered and the batch ends "expired". `POST
+    /v1/batches/{id}/cancel` cancels; `GET /v1/batches` lists. `lines` keeps every line received, in order, so
+    a test can count what was ever sent.
+    """
+
+    STATUSES = ("validating", "in_progress", "finalizing", "completed")
+
+    def __init__(self, server: OpenAICompatibleServer):
+        self.server = server
+        self.statuses: tuple[str, ...] = self.STATUSES
+        self.expire: set[str] = set()
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.lines: list[dict[str, Any]] = []
+        self._steps: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def upload(self, content_type: str, data: bytes) -> tuple[int, dict[str, Any]]:
+        from email import policy
+        from email.parser import BytesParser
+
+        message = BytesParser(policy=policy.default).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + data)
+        parts = {part.get_param("name", header="content-disposition"): part for part in message.iter_parts()} \
+            if message.is_multipart() else {}
+        if "file" not in parts:
+            return 400, {"error": {"message": "a multipart upload with a `file` part is expected"}}
+        content = parts["file"].get_payload(decode=True) or b""
+        purpose = (parts["purpose"].get_payload(decode=True) or b"").decode() if "purpose" in parts else ""
+        with self._lock:
+            file_id = f"file-{len(self.files) + 1}"
+            self.files[file_id] = content
+        return 200, {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                     "filename": parts["file"].get_filename() or "batch.jsonl", "purpose": purpose}
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if path.endswith("/cancel"):
+            batch = self.batches.get(path.split("/")[-2])
+            if batch is None:
+                return 404, {"error": {"message": "no such batch"}}
+            batch["status"] = "cancelled"
+            return 200, batch
+        content = self.files.get(body.get("input_file_id", ""))
+        if content is None:
+            return 400, {"error": {"message": f"no file {body.get('input_file_id')!r}"}}
+        requests, errors, seen = [], [], set()
+        for number, line in enumerate(content.decode().splitlines(), 1):
+            if not line.strip():
+                continue
+            request = json.loads(line)
+            self.lines.append(request)
+            if request.get("custom_id") in seen:
+                errors.append({"code": "duplicate_custom_id", "line": number,
+                               "message": f"The custom_id {request.get('custom_id')!r} is not unique"})
+            if request.get("url") != body.get("endpoint"):
+                errors.append({"code": "invalid_url", "line": number, "message": "url differs from the endpoint"})
+            seen.add(request.get("custom_id"))
+            requests.append(request)
+        with self._lock:
+            batch_id = f"batch_{len(self.batches) + 1}"
+            batch = {"id": batch_id, "object": "batch", "endpoint": body.get("endpoint"), "errors": None,
+                     "input_file_id": body["input_file_id"], "completion_window": body.get("completion_window"),
+                     "status": "failed" if errors else self.statuses[0], "output_file_id": None,
+                     "error_file_id": None, "created_at": int(time.time()), "metadata": body.get("metadata"),
+                     "request_counts": {"total": len(requests), "completed": 0, "failed": 0}}
+            if errors:
+                batch["errors"] = {"object": "list", "data": errors}
+            self.batches[batch_id] = batch
+            self._steps[batch_id] = 0
+        return 200, batch
+
+    def get(self, path: str) -> tuple[int, dict[str, Any] | bytes]:
+        parts = path.split("/")
+        if parts[-1] == "content" and parts[-3] == "files":
+            content = self.files.get(parts[-2])
+            return (200, content) if content is not None else (404, {"error": {"message": "no such file"}})
+        if parts[-1] == "batches":
+            return 200, {"object": "list", "data": list(self.batches.values()), "has_more": False}
+        batch = self.batches.get(parts[-1])
+        if batch is None:
+            return 404, {"error": {"message": "no such batch"}}
+        self._advance(batch)
+        return 200, batch
+
+    def _advance(self, batch: dict[str, Any]) -> None:
+        with self._lock:
+            if batch["status"] in ("failed", "cancelled", "completed", "expired"):
+                return
+            step = self._steps[batch["id"]] = min(self._steps[batch["id"]] + 1, len(self.statuses) - 1)
+            status = self.statuses[step]
+            if status not in ("completed", "expired"):
+                batch["status"] = status
+                return
+        self._answer(batch)
+
+    def _answer(self, batch: dict[str, Any]) -> None:
+        outputs, failures = [], []
+        requests = [json.loads(line) for line in self.files[batch["input_file_id"]].decode().splitlines() if line]
+        for request in requests:
+            if request["custom_id"] in self.expire:
+                continue
+            reply = self.server.responder(request["body"])  # not in `server.requests`: those are synchronous calls
+            reply = reply if isinstance(reply, Reply) else Reply(text=str(reply))
+            if reply.status == 200:
+                body = _completion_body(self.server, request["body"], reply)
+            else:
+                body = {"error": {"message": reply.text or f"scripted status {reply.status}", "code": reply.status}}
+            line = {"id": f"batch_req_{len(outputs) + len(failures) + 1}", "custom_id": request["custom_id"],
+                    "response": {"status_code": reply.status, "request_id": "", "body": body}, "error": None}
+            (outputs if reply.status == 200 else failures).append(line)
+        with self._lock:
+            for key, lines in (("output_file_id", outputs), ("error_file_id", failures)):
+                if lines:
+                    file_id = f"file-{len(self.files) + 1}"
+                    self.files[file_id] = "".join(json.dumps(line) + "\n" for line in lines).encode()
+                    batch[key] = file_id
+            batch["request_counts"] = {"total": len(requests), "completed": len(outputs), "failed": len(failures)}
+            batch["status"] = "expired" if any(r["custom_id"] in self.expire for r in requests) else "completed"
 
 
 class CompletionsModel:
