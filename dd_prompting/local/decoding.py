@@ -19,8 +19,9 @@ __all__ = ["Decoder", "context_limit"]
 
 
 def context_limit(model) -> int:
-    """The number of positions the model can attend over (2048 when its config does not say)."""
-    config = model.config
+    """The number of positions a model (or its config, read without the weights) can attend over (2048 when the
+    config does not say)."""
+    config = getattr(model, "config", model)
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
 
 

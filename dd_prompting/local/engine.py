@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING, Any
 from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 
 from dd_prompting.local.prefix_cache import PrefixCache
-from dd_prompting.local.prompts import render_prompt, trained_on_dspy_chat
+from dd_prompting.local.prompts import (
+    chooses_chat_template,
+    render_prompt,
+    request_turns,
+    trained_on_dspy_chat,
+)
 from dd_prompting.local.scheduler import BatchScheduler
 from dd_prompting.model_loading import MODEL_LOCK
 
@@ -70,10 +75,7 @@ class TransformersEngine:
         self.max_new_tokens = max_new_tokens
         self.prefers_plain_text = prefers_plain_text
         self.source = source
-        has_template = bool(getattr(tokenizer, "chat_template", None))
-        if use_chat_template and not has_template:
-            raise ValueError(f"use_chat_template=True, but the tokenizer of {name!r} has no chat template.")
-        self.use_chat_template = has_template if use_chat_template is None else use_chat_template
+        self.use_chat_template = chooses_chat_template(tokenizer, name, use_chat_template)
         self.prefixes = PrefixCache(size=prefix_cache_size)
         self.scheduler = BatchScheduler(self.model, tokenizer, max_batch_size=max_batch_size,
                                         max_batch_tokens=max_batch_tokens, prefix_cache=self.prefixes,
@@ -164,10 +166,7 @@ class TransformersEngine:
         return self._response(self._submit_request(request).result())
 
     def _submit_request(self, request) -> Future:
-        system = request.system if isinstance(request.system, str) or request.system is None else "".join(
-            part.text for part in request.system
-        )
-        messages = [(message.role, message.text or "") for message in request.messages]
+        system, messages = request_turns(request)
         config = request.config
         return self.submit(
             self.render_prompt(system, messages),

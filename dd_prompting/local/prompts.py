@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["render_prompt", "DSPY_CHAT_FORMAT", "trained_on_dspy_chat"]
+__all__ = ["render_prompt", "request_turns", "chooses_chat_template", "DSPY_CHAT_FORMAT", "trained_on_dspy_chat"]
 
 
 def render_prompt(tokenizer, system: str | None, messages: list[tuple[str, str]], *,
@@ -40,6 +40,21 @@ def render_prompt(tokenizer, system: str | None, messages: list[tuple[str, str]]
     if turn:
         parts.append("\n".join(turn) + "\n")
     return "\n\n".join(parts)
+
+
+def request_turns(request) -> tuple[str | None, list[tuple[str, str]]]:
+    """A DSPy request's system text and (role, text) turns, as `render_prompt` takes them."""
+    system = request.system if isinstance(request.system, str) or request.system is None else "".join(
+        part.text for part in request.system)
+    return system, [(message.role, message.text or "") for message in request.messages]
+
+
+def chooses_chat_template(tokenizer, name: str, use_chat_template: bool | None) -> bool:
+    """Whether prompts go through the tokenizer's chat template: as asked, else when it has one."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if use_chat_template and not has_template:
+        raise ValueError(f"use_chat_template=True, but the tokenizer of {name!r} has no chat template.")
+    return has_template if use_chat_template is None else use_chat_template
 
 
 # What `student.json` says when a model was fine-tuned on DSPy's chat format (dd_prompting.distill.training.provider).

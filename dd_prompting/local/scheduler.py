@@ -317,10 +317,10 @@ class BatchScheduler:
         if not request.stop:
             return False
         text = self.tokenizer.decode(request.generated, skip_special_tokens=True)
-        cut = min((text.find(stop) for stop in request.stop if stop in text), default=-1)
-        if cut < 0:
+        cut = cut_at_stop(text, request.stop)
+        if cut is None:
             return False
-        self._finish(request, "stop", text=text[:cut])
+        self._finish(request, "stop", text=cut)
         return True
 
     def _finish(self, request: _Request, reason: str, *, text: str | None = None) -> None:
@@ -328,6 +328,12 @@ class BatchScheduler:
             text = self.tokenizer.decode(request.generated, skip_special_tokens=True)
         with contextlib.suppress(InvalidStateError):  # its caller cancelled it meanwhile
             request.future.set_result(Generation(text, len(request.ids), len(request.generated), reason))
+
+
+def cut_at_stop(text: str, stop) -> str | None:
+    """`text` up to its first stop sequence, or None when it holds none."""
+    cut = min((text.find(sequence) for sequence in stop if sequence in text), default=-1)
+    return text[:cut] if cut >= 0 else None
 
 
 # Workers are stopped before the interpreter tears down (a daemon thread left inside torch can abort it).

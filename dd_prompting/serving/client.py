@@ -148,12 +148,13 @@ class ServedModel:
 
     def max_model_len(self) -> int | None:
         """The context the server allows its model (vLLM and SGLang say it in `/models`), or None."""
-        for entry in self.models():
+        entries = self.models()
+        for entry in entries:
             if entry["id"] == self.model:
                 value = entry.get("max_model_len")
                 return int(value) if value else None
         raise ServerError(f"{self.url} does not serve {self.model!r} (it serves "
-                          f"{', '.join(entry['id'] for entry in self.models())})")
+                          f"{', '.join(entry['id'] for entry in entries)})")
 
     # ---------------------------------------------------------------- completing
     def complete(self, prompt_ids: Sequence[int], *, max_tokens: int, temperature: float = 0.0,

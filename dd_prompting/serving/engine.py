@@ -16,8 +16,15 @@ from typing import Any
 
 from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 
+from dd_prompting.local.decoding import context_limit
 from dd_prompting.local.engine import AsyncTwin
-from dd_prompting.local.prompts import render_prompt, trained_on_dspy_chat
+from dd_prompting.local.prompts import (
+    chooses_chat_template,
+    render_prompt,
+    request_turns,
+    trained_on_dspy_chat,
+)
+from dd_prompting.local.scheduler import cut_at_stop
 from dd_prompting.serving.client import ServedModel
 
 __all__ = ["ServedEngine", "AsyncServedEngine"]
@@ -38,12 +45,8 @@ class ServedEngine:
                        "max_in_flight": max_in_flight, "timeout": timeout, "retries": retries}
         self.name = Path(str(model_name_or_path)).name or str(model_name_or_path)
         self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-        config = AutoConfig.from_pretrained(model_name_or_path)
-        self.limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
-        has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        if use_chat_template and not has_template:
-            raise ValueError(f"use_chat_template=True, but the tokenizer of {self.name!r} has no chat template.")
-        self.use_chat_template = has_template if use_chat_template is None else use_chat_template
+        self.limit = context_limit(AutoConfig.from_pretrained(model_name_or_path))
+        self.use_chat_template = chooses_chat_template(self.tokenizer, self.name, use_chat_template)
         self.prefers_plain_text = not trained_on_dspy_chat(model_name_or_path)
         self.max_new_tokens = max_new_tokens
         self.client = ServedModel(url, tokenizer=self.tokenizer, model=model, max_in_flight=max_in_flight,
@@ -54,10 +57,7 @@ class ServedEngine:
         return render_prompt(self.tokenizer, system, messages, use_chat_template=self.use_chat_template)
 
     def complete(self, request) -> Response:
-        system = request.system if isinstance(request.system, str) or request.system is None else "".join(
-            part.text for part in request.system)
-        ids = self.tokenizer(self.render_prompt(system, [(m.role, m.text or "") for m in request.messages]),
-                             add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(self.render_prompt(*request_turns(request)), add_special_tokens=False)["input_ids"]
         if len(ids) >= self.limit:
             raise ValueError(f"{self.name}: the prompt is {len(ids)} tokens; the model's context is {self.limit}")
         config = request.config
@@ -69,10 +69,10 @@ class ServedEngine:
                                      stop_token_ids=[self.tokenizer.eos_token_id])
         # The reply's text as the in-process engine writes it: decoded without special tokens, cut at a stop.
         text = self.tokenizer.decode(reply.token_ids, skip_special_tokens=True)
-        cut = min((text.find(s) for s in stop if s in text), default=-1)
+        cut = cut_at_stop(text, stop)
         return Response(
             id=f"served-{time.time_ns()}", model=self.name,
-            message=Message.assistant([TextPart(text[:cut] if cut >= 0 else text)]),
+            message=Message.assistant([TextPart(text if cut is None else cut)]),
             finish_reason=reply.finish_reason or "stop",
             usage=Usage(input_tokens=reply.prompt_tokens or len(ids), output_tokens=len(reply.token_ids)),
         )

@@ -79,9 +79,7 @@ def evaluate_heldout(run) -> dict[str, Any]:
         rows += cot_rows
     serving = {**(pipeline.stats() if pair_servers else {}), **(cot.stats() if cot_servers else {})}
     if serving:  # what each student's server did: requests, prompt tokens, and the share its prefix cache served
-        evaluation["serving"] = {"servers": {role: url for role, url in {**(pair_servers or {}),
-                                                                           **(cot_servers or {})}.items()},
-                                 "students": serving}
+        evaluation["serving"] = {"servers": {**(pair_servers or {}), **(cot_servers or {})}, "students": serving}
     evaluation["teacher"], teacher_rows = _teacher(run, problems)
     rows += teacher_rows
     paired = [test for test in paired_tests(rows) if test.model == STUDENTS_MODEL]

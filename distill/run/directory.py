@@ -132,9 +132,10 @@ class Run:
         # Recorded by an older dd-distill: skip_malformed was a teacher setting then; it is the run's now.
         (settings.get("teacher") or {}).pop("skip_malformed", None)
         # A section an older dd-distill did not record (servers, 0.2.0) ran with that section's defaults.
-        for name in STAGE_SETTINGS[stage]:
-            if name not in settings:
-                settings[name] = Run(self.dir, RunConfig()).settings(stage)[name]
+        missing = [name for name in STAGE_SETTINGS[stage] if name not in settings]
+        if missing:
+            defaults = Run(self.dir, RunConfig()).settings(stage)
+            settings.update({name: defaults[name] for name in missing})
         return _diff(settings, self.settings(stage))
 
 

@@ -33,6 +33,7 @@ from dd_prompting.distill.rows.format import (
     solver_start,
 )
 from dd_prompting.distill.students.artifacts import read_student_metadata
+from dd_prompting.distill.students.generation import Vocab, context_limit
 from dd_prompting.distill.students.pipelines import CoTResult, StudentResult, question_sentence
 from dd_prompting.distill.training.tokenization import encode
 from dd_prompting.serving import MalformedReply, ServedModel, ServerError, ServingStats
@@ -90,13 +91,10 @@ class ServedStudent:
         self.directory, self.role, self.server = Path(directory), role, server
         read_student_metadata(directory, role=role)  # role and row format checked, as for a loaded student
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
-        config = AutoConfig.from_pretrained(directory)
-        self.limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
-        texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
-        self.ends_line = [i for i, text in enumerate(texts) if "\n" in text]
-        self._ends_line = set(self.ends_line)
-        self.newline = encode(self.tokenizer, "\n", first=False)
-        self.eos = self.tokenizer.eos_token_id
+        self.limit = context_limit(AutoConfig.from_pretrained(directory))
+        self.vocab = Vocab(self.tokenizer)  # the in-process decoder's line ends, newline and EOS
+        self.newline, self.eos = self.vocab.newline, self.vocab.eos
+        self.ends_line = [token for token, ends in enumerate(self.vocab.ends_line) if ends]
         self.client = ServedModel(server.url, tokenizer=self.tokenizer, model=server.model,
                                   max_in_flight=max_in_flight, timeout=timeout, retries=retries)
         self.stats = ServingStats()
@@ -146,7 +144,7 @@ class ServedStudent:
             return Step(generated=ids[:ids.index(self.eos)], pending=list(self.newline), truncated=False)
         if stop_at_newline:
             for at, token in enumerate(ids):
-                if token in self._ends_line:  # kept, as in process: it already ends the line
+                if self.vocab.ends_line[token]:  # kept, as in process: it already ends the line
                     return Step(generated=ids[:at + 1], pending=[], truncated=False)
         if stopped:  # the server stopped on its own (an EOS it did not return): as an EOS
             return Step(generated=ids, pending=list(self.newline), truncated=False)
