@@ -279,3 +279,23 @@ class CostModel:
         sd = math.sqrt((structural_total * ratio_se) ** 2 + remaining * variance)
         half = t_quantile_90(n - 1) * sd
         return max(0.0, value - half), value + half
+
+
+# A batch round's calls are reserved before they are known: each line's prompt as sent, and a reply as long as a
+# typical decomposition or chain of thought (the estimate's prior), or the line's max_tokens if that is less.
+ROUND_REPLY_TOKENS = 150
+
+
+def round_cost(lines: list[dict[str, Any]], model: str, pricing: Any) -> float:
+    """About what a batch round's lines will cost at `pricing` (batch prices): what the budget reserves."""
+    from dd_prompting.evals.estimate import count_tokens
+
+    if not pricing.known:
+        return 0.0
+    total = 0.0
+    for line in lines:
+        body = line["body"]
+        reply = min(ROUND_REPLY_TOKENS, body.get("max_tokens") or body.get("max_completion_tokens")
+                    or ROUND_REPLY_TOKENS)
+        total += pricing.cost(count_tokens(model, body.get("messages") or []), reply)
+    return total

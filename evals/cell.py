@@ -75,9 +75,14 @@ def _run_program(cell: Cell, problem: Problem, log: CallLog) -> Any:
     return prediction
 
 
-def evaluate_example(cell: Cell, problem: Problem, *, secrets: list[str] = ()) -> dict[str, Any]:
-    """Run one problem through a cell's program and score it; never raises for model or API faults."""
+def evaluate_example(cell: Cell, problem: Problem, *, secrets: list[str] = ()) -> dict[str, Any] | None:
+    """Run one problem through a cell's program and score it; never raises for model or API faults.
+
+    None when the program stopped at a call a batch will answer (a batch round): the problem has no row yet.
+    """
     from dspy.utils.exceptions import AdapterParseError
+
+    from dd_prompting.batches import is_pending
 
     prediction = None
     error = None
@@ -89,6 +94,8 @@ def evaluate_example(cell: Cell, problem: Problem, *, secrets: list[str] = ()) -
         except AdapterParseError:
             unparsed = True
         except Exception as err:  # API errors after retries, time-outs, malformed replies: recorded, not raised
+            if is_pending(err):
+                return None
             error = f"{type(err).__name__}: {err}"
     latency = time.perf_counter() - started
     if error is None and log.errors:

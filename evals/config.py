@@ -261,9 +261,13 @@ class EvalConfig:
 
     def check_runnable(self) -> None:
         """Fail early when there is nothing to run."""
+        from dd_prompting.batches import check_batchable
+
         for section in ("models", "strategies", "datasets"):
             if not getattr(self, section):
                 raise ConfigError(f"The config lists no {section}; add at least one [[{section}]] section.")
+        for model in self.models:  # a model called in batches: its provider has a batch API and its key is set
+            check_batchable(model, cache=True)
 
 
 def _only(items: list, names: str | None, flag: str) -> list:

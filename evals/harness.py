@@ -5,6 +5,10 @@ model, in the call cache), `dry_run` (estimates and the budget's cost model) and
 example runs in a worker thread under `dspy.context(lm=..., adapter=...)`. When it ends, its row is appended to
 results.jsonl and flushed, so a killed run loses at most the examples in flight, and their calls are already in
 the call cache. A rerun skips finished rows and retries rows that ended in an API error.
+
+A model with `batch = true` runs in batch rounds (`dd_prompting.batches.BatchRounds`): each pass runs all its
+cells' unfinished problems with the calls answered from the cache, writes the rows that finished, and the calls
+it could not answer go out as one batch; the next pass runs when the batch has answered.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ from dd_prompting.evals.lm_pool import LMPool
 from dd_prompting.evals.plan import Plan, all_models, plan_cells
 from dd_prompting.evals.run_file import load_wall_times, write_eval_run_file
 from dd_prompting.models import CallCache, Pricing, environment_secrets, lookup_pricing, url_secrets
+from dd_prompting.models.pricing import batch_pricing
 from dd_prompting.result_store import RESULTS_FILE, RUN_FILE, ResultStore
 from dd_prompting.results import PARSE_FAILURES
 from dd_prompting.run_lock import RunLock, RunLockHolder
@@ -95,6 +100,7 @@ class Harness:
         self._lm_pool: LMPool | None = None
         self._estimator: Estimator | None = None
         self._pricing: dict[str, Pricing] = {}
+        self._batches: dict[str, Any] = {}  # each batched model's RoundsSummary, this invocation
 
     @property
     def cache(self) -> CallCache:
@@ -115,8 +121,9 @@ class Harness:
         return self._estimator
 
     def pricing(self, model: ModelConfig) -> Pricing:
+        """What the model's calls cost in this run: batch prices for a model called in batches."""
         if model.name not in self._pricing:
-            self._pricing[model.name] = lookup_pricing(model)
+            self._pricing[model.name] = batch_pricing(model) if model.batch else lookup_pricing(model)
         return self._pricing[model.name]
 
     def cells(self) -> list[Cell]:
@@ -164,21 +171,18 @@ class Harness:
         started = time.perf_counter()
         try:
             for cell in cells:
-                todo = [p for p in cell.dataset.problems if (cell.fingerprint, p.id) not in done]
-                summary.examples_skipped += len(cell.dataset.problems) - len(todo)
-                if self.config.dry_run:  # a pilot
-                    pilot = self.estimator.pilot_ids(cell)
-                    todo = [problem for problem in todo if problem.id in pilot]
-                if not todo:
-                    logger.info("%s: all %d examples done already", cell.label, len(cell.dataset.problems))
-                    continue
-                cell_started = time.perf_counter()
-                try:
-                    self._run_cell(cell, todo, store, budget, summary, done)
-                finally:
-                    wall[cell.fingerprint] = wall.get(cell.fingerprint, 0.0) + time.perf_counter() - cell_started
+                if cell.model.batch:
+                    continue  # below, in rounds
+                todo = self._todo(cell, done, summary)
+                if todo:
+                    self._timed(cell, wall, self._run_cell, cell, todo, store, budget, summary, done)
                 if summary.stopped:
                     break
+            for model in {cell.model.name: cell.model for cell in cells if cell.model.batch}.values():
+                if summary.stopped:
+                    break
+                group = [cell for cell in cells if cell.model.name == model.name]
+                self._run_batched(model, group, store, budget, summary, done, wall)
         except KeyboardInterrupt:
             summary.stopped = "interrupted"
             raise
@@ -198,6 +202,69 @@ class Harness:
             self._write_estimate(summary)
         return summary
 
+    def _todo(self, cell: Cell, done: dict, summary: RunSummary) -> list[Problem]:
+        todo = [p for p in cell.dataset.problems if (cell.fingerprint, p.id) not in done]
+        summary.examples_skipped += len(cell.dataset.problems) - len(todo)
+        if self.config.dry_run:  # a pilot
+            pilot = self.estimator.pilot_ids(cell)
+            todo = [problem for problem in todo if problem.id in pilot]
+        if not todo:
+            logger.info("%s: all %d examples done already", cell.label, len(cell.dataset.problems))
+        return todo
+
+    @staticmethod
+    def _timed(cell: Cell, wall: dict[str, float], run: Callable, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return run(*args, **kwargs)
+        finally:
+            wall[cell.fingerprint] = wall.get(cell.fingerprint, 0.0) + time.perf_counter() - started
+
+    def _run_batched(self, model: ModelConfig, cells: list[Cell], store: ResultStore, budget: Budget,
+                     summary: RunSummary, done: dict, wall: dict[str, float]) -> None:
+        """Every cell of a model called in batches, in rounds until all their problems have rows."""
+        from dd_prompting.batches import MANIFEST_FILE, BatchManifest, BatchRounds
+        from dd_prompting.evals.budget import round_cost
+
+        todo = {cell.fingerprint: self._todo(cell, done, summary) for cell in cells}
+        if not any(todo.values()):
+            return
+        for cell in cells:
+            self.lm_pool.attach(cell)
+        reserved = 0.0
+
+        def one_pass() -> None:
+            for cell in cells:
+                if todo[cell.fingerprint]:
+                    todo[cell.fingerprint] = self._timed(cell, wall, self._run_cell, cell, todo[cell.fingerprint],
+                                                         store, budget, summary, done, batched=True)
+
+        def before_submit(lines: list[dict[str, Any]]) -> str | None:
+            nonlocal reserved
+            cost = round_cost(lines, model.model, self.pricing(model))
+            if not budget.try_reserve(cost):
+                return (f"budget: ${budget.spent:.4f} spent; the next round of {model.name} ({len(lines)} calls, "
+                        f"about ${cost:.4f} at batch prices) would pass max_cost ${budget.limit:.4f}, so it was not "
+                        "submitted")
+            reserved += cost
+            return None
+
+        def on_billed(billed: float) -> None:
+            nonlocal reserved
+            budget.settle(reserved, billed)
+            reserved = 0.0
+
+        engine = self.lm_pool.lm(model).engine
+        rounds = BatchRounds(engine, model, BatchManifest(self.output_dir / MANIFEST_FILE),
+                             before_submit=before_submit, on_billed=on_billed, progress=self.config.progress)
+        result = rounds.run(one_pass)
+        self._batches[model.name] = result
+        logger.info("%s: %d passes, %d batch(es), %d calls sent, %d answered, %d sent again, %d failed for good; "
+                    "$%.4f billed", model.name, result.passes, len(result.batches), result.lines_sent, result.answered,
+                    result.resent, result.given_up, result.billed)
+        if result.stopped:
+            summary.stopped = result.stopped
+
     def _check_budget_prices(self, cells: list[Cell], done: dict) -> None:
         if self.config.max_cost is None:
             return
@@ -210,7 +277,10 @@ class Harness:
             )
 
     def _run_cell(self, cell: Cell, todo: list[Problem], store: ResultStore, budget: Budget,
-                  summary: RunSummary, done: dict) -> None:
+                  summary: RunSummary, done: dict, *, batched: bool = False) -> list[Problem]:
+        """Run `todo` through the cell; returns the problems still waiting on a batch (in a batch round).
+
+        In a batch round nothing is spent per example: the budget reserves and settles a round's batch."""
         from tqdm.auto import tqdm
 
         self.lm_pool.attach(cell)
@@ -220,7 +290,7 @@ class Harness:
         correct = sum(bool(row.get("correct")) for row in previous)
         finished = len(previous)
         # The guard reserves by the same model the dry run estimates with, and it goes on learning as rows come.
-        model = self.estimator.cost_model(cell, done) if budget.limit is not None else None
+        model = self.estimator.cost_model(cell, done) if budget.limit is not None and not batched else None
         progress = tqdm(total=total, initial=total - len(todo), desc=cell.label, unit="ex",
                         disable=not self.config.progress, dynamic_ncols=True)
         logger.info("%s: %d examples to run (%d done already), %d at a time", cell.label, len(todo),
@@ -229,13 +299,18 @@ class Harness:
         pending: dict[Future, tuple[Problem, float, Estimate | None]] = {}
         queue = iter(todo)
         exhausted = False
+        waiting: list[Problem] = []
 
         def record(future: Future) -> None:
             nonlocal correct, finished
             problem, reserve, estimate = pending.pop(future)
             row = future.result()
+            if row is None:  # waits on a batch: no row this round
+                waiting.append(problem)
+                budget.settle(reserve, 0.0)
+                return
             store.append(row)
-            budget.settle(reserve, row["new_cost"])
+            budget.settle(reserve, 0.0 if batched else row["new_cost"])
             if model is not None:
                 model.observe_row(problem, row)
             tally.add(row)
@@ -305,6 +380,9 @@ class Harness:
             progress.close()
             tally.log(cell.label)
         pool.shutdown(wait=True)
+        if waiting:
+            logger.info("%s: %d examples wait on a batch", cell.label, len(waiting))
+        return waiting
 
     # ---------------------------------------------------------------- records
     def _write_run_file(self, summary: RunSummary, wall: dict[str, float]) -> None:
@@ -315,9 +393,15 @@ class Harness:
             "parse_failures": summary.parse_failures, "stopped": summary.stopped,
             "wall_s": round(summary.wall_s, 3),
         }
+        from dd_prompting.batches import MANIFEST_FILE, BatchManifest
+
         serving = self._lm_pool.serving_stats() if self._lm_pool is not None else None
+        manifest = BatchManifest(self.output_dir / MANIFEST_FILE)
+        batches = manifest.batches if manifest.path.is_file() else None
+        if self._batches:
+            last_run["batch_rounds"] = {name: asdict(result) for name, result in self._batches.items()}
         write_eval_run_file(self.output_dir, self.config, self._plan, pricing=self.pricing, last_run=last_run,
-                            wall=wall, secrets=self.secrets, serving=serving)
+                            wall=wall, secrets=self.secrets, serving=serving, batches=batches)
 
     def _log_summary(self, summary: RunSummary) -> None:
         logger.info(

@@ -14,7 +14,7 @@ from dd_prompting.evals.cell import Cell
 from dd_prompting.evals.config import EvalConfig, ModelConfig, StrategyConfig
 from dd_prompting.evals.datasets import Dataset, load_dataset, load_demo_pool
 from dd_prompting.evals.strategies import build_program, choose_demos, describe_program, program_fingerprint
-from dd_prompting.models.config import SERVING_FIELDS
+from dd_prompting.models.config import BATCH_FIELDS, SERVING_FIELDS
 
 __all__ = ["Plan", "plan_cells", "cell_fingerprint", "all_models"]
 
@@ -99,10 +99,11 @@ def cell_fingerprint(config: EvalConfig, cell: Cell) -> str:
 
 
 def _public_model(model: ModelConfig) -> dict[str, Any]:
-    # What makes a model's replies what they are; not its concurrency, key variable, prices or retries.
+    # What makes a model's replies what they are; not its concurrency, key variable, prices, retries, nor whether
+    # its calls went through a batch API (the same requests get the same replies).
     return {key: value for key, value in model.to_public_dict().items()
             if key not in ("threads", "api_key_env", "input_cost_per_million", "output_cost_per_million",
-                           "retries", "retry_backoff", "timeout", *SERVING_FIELDS)}
+                           "retries", "retry_backoff", "timeout", *SERVING_FIELDS, *BATCH_FIELDS)}
 
 
 def _hash(payload: Any) -> str:

@@ -22,7 +22,8 @@ __all__ = ["write_eval_run_file", "load_wall_times"]
 def write_eval_run_file(output_dir: Path, config: EvalConfig, plan: Plan | None, *,
                         pricing: Callable[[ModelConfig], Pricing], last_run: dict[str, Any],
                         wall: dict[str, float], secrets: list[str],
-                        serving: dict[str, dict[str, Any]] | None = None) -> None:
+                        serving: dict[str, dict[str, Any]] | None = None,
+                        batches: dict[str, dict[str, Any]] | None = None) -> None:
     from dd_prompting.evals.report import environment_versions
 
     models = {}
@@ -36,6 +37,8 @@ def write_eval_run_file(output_dir: Path, config: EvalConfig, plan: Plan | None,
             "input_cost_per_million": None if price.input_per_token is None else price.input_per_token * 1e6,
             "output_cost_per_million": None if price.output_per_token is None else price.output_per_token * 1e6,
         }
+        if model.batch:
+            models[model.name]["batch"] = True
         if model.servers:
             models[model.name]["servers"] = public_servers(model.servers)
         if serving and model.name in serving:  # this invocation's requests and prefix-cache hits, per student
@@ -69,6 +72,9 @@ def write_eval_run_file(output_dir: Path, config: EvalConfig, plan: Plan | None,
         },
         "last_run": last_run,
     }
+    if batches:  # every batch the run sent: id, model, server, requests, state, answered (batches.json has the keys)
+        record["batches"] = {batch_id: {name: value for name, value in entry.items() if name != "keys"}
+                             for batch_id, entry in batches.items()}
     write_run_file(output_dir, record, secrets=secrets)
 
 

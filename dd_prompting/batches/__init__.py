@@ -1,13 +1,19 @@
 """Provider batch APIs: many model calls answered within hours at half the price.
 
-`OpenAIBatches` speaks OpenAI's Files and Batch APIs (and the compatible ones: Azure, a litellm proxy in front of
-vLLM), `BatchManifest` records the batches a run has pending so a restarted run re-attaches to them, and
-`BodyCapture` gives the exact body a model's synchronous route would send, for a batch line. The rounds
-that turn a run's uncached calls into batches (issue 27) are built on these.
+`BatchRounds` runs a job in rounds over the call cache: a pass collects the calls the cache cannot answer
+(`Round`), they go out as one batch, and the replies come back into the cache for the next pass. `OpenAIBatches`
+speaks OpenAI's Files and Batch APIs (and the compatible ones: Azure, a litellm proxy in front of vLLM),
+`BatchManifest` records the batches a run has pending so a restarted run re-attaches to them, and `BodyCapture`
+gives the exact body a model's synchronous route would send, for a batch line.
 """
 
 from dd_prompting.batches.capture import BodyCapture, CapturedCall
-from dd_prompting.batches.manifest import BatchManifest
+from dd_prompting.batches.manifest import MANIFEST_FILE, BatchManifest
 from dd_prompting.batches.openai_batches import BatchResults, BatchStatus, OpenAIBatches
+from dd_prompting.batches.providers import batch_api_for, check_batchable
+from dd_prompting.batches.round import BatchLineFailed, CallPending, Round, is_pending
+from dd_prompting.batches.rounds import DEFAULT_POLL_SECONDS, BatchRounds, RoundsSummary
 
-__all__ = ["OpenAIBatches", "BatchStatus", "BatchResults", "BatchManifest", "BodyCapture", "CapturedCall"]
+__all__ = ["BatchRounds", "RoundsSummary", "Round", "CallPending", "BatchLineFailed", "is_pending", "OpenAIBatches",
+           "BatchStatus", "BatchResults", "BatchManifest", "MANIFEST_FILE", "BodyCapture", "CapturedCall",
+           "batch_api_for", "check_batchable", "DEFAULT_POLL_SECONDS"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,8 +87,10 @@ class OpenAIBatches:
             size += len(encoded)
         return [file for file in files if file]
 
-    def submit(self, lines: Iterable[Mapping[str, Any]], *, metadata: Mapping[str, str]) -> list[str]:
-        """Upload and create one batch per file of `lines`; returns their ids (write them down before waiting)."""
+    def submit(self, lines: Iterable[Mapping[str, Any]], *, metadata: Mapping[str, str],
+               on_created: Callable[[str, list[str]], None] | None = None) -> list[str]:
+        """Upload and create one batch per file of `lines`; returns their ids. `on_created(batch_id, custom_ids)`
+        runs as each batch is created, before the next file goes: write the id down there."""
         ids = []
         for number, encoded in enumerate(self.split(lines)):
             upload = self._client.files.create(file=("batch.jsonl", io.BytesIO(b"".join(encoded))), purpose="batch")
@@ -96,6 +98,8 @@ class OpenAIBatches:
                                                 completion_window=self.completion_window,
                                                 metadata={**metadata, "part": str(number)})
             ids.append(batch.id)
+            if on_created is not None:
+                on_created(batch.id, [json.loads(line)["custom_id"] for line in encoded])
         return ids
 
     def status(self, batch_id: str) -> BatchStatus:

@@ -108,6 +108,9 @@ class _NotJSON(OSError):
                        "Entries are JSON and are never unpickled.", what)
 
 
+_CREDIT = "credit:"
+
+
 class CallCache:
     """A thread- and process-safe cache of call records (JSON objects) by `call_key`, in one directory."""
 
@@ -131,6 +134,15 @@ class CallCache:
 
     def __contains__(self, key: str) -> bool:
         return key in self._cache
+
+    # A batch's reply is paid once, by the batch; the first task that reads it (and finishes) carries its bill.
+    def owe(self, key: str) -> None:
+        """Mark the entry `key` as paid for but not yet credited to any task."""
+        self._cache.set(_CREDIT + key, {"owed": True})
+
+    def claim(self, key: str) -> bool:
+        """Take the credit for `key`'s bill: True for exactly one caller, over threads and processes."""
+        return self._cache.pop(_CREDIT + key, default=None) is not None
 
     def __len__(self) -> int:
         return len(self._cache)

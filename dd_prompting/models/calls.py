@@ -29,6 +29,7 @@ class CallRecord:
     latency_s: float
     cached: bool
     attempts: int = 1
+    credit: str | None = None  # the cache key of a batch reply whose bill this task carries (cached=False)
 
 
 @dataclass

@@ -17,7 +17,8 @@ from typing import Any, Literal
 from dd_prompting.config import ConfigError
 from dd_prompting.models.secrets import safe_url, url_secrets
 
-__all__ = ["ModelConfig", "MODEL_KINDS", "ADAPTERS", "SERVING_FIELDS", "api_key_for", "secrets_for", "public_servers"]
+__all__ = ["ModelConfig", "MODEL_KINDS", "ADAPTERS", "SERVING_FIELDS", "BATCH_FIELDS", "api_key_for", "secrets_for",
+           "public_servers"]
 
 MODEL_KINDS = ("api", "local", "student")
 ADAPTERS = ("chat", "json", "plain")
@@ -28,6 +29,8 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # How a model is served, not what it answers: left out of a result's identity, a cache key and dd-distill's
 # stage settings (a rerun with other values resumes), as `threads` is.
 SERVING_FIELDS = ("device", "max_batch_size", "max_batch_tokens")
+# Whether calls go through a provider's batch API: the same requests, the same replies, half the price, later.
+BATCH_FIELDS = ("batch", "batch_poll_seconds")
 
 
 @dataclass
@@ -87,6 +90,12 @@ class ModelConfig:
         default=None, metadata={"help": "Run the students on OpenAI-compatible servers (vLLM, SGLang; kind='student'): "
                                         "{decomposer = URL, solver = URL} or {cot = URL}; an entry may be "
                                         "{url = ..., model = ...}. Part of what identifies the results."})
+    batch: bool = field(
+        default=False, metadata={"help": "kind='api': send the calls the call cache cannot answer through the "
+                                         "provider's batch API (half the price, answered within 24 hours), in "
+                                         "rounds; needs a call cache. Not part of what identifies the results."})
+    batch_poll_seconds: float | None = field(
+        default=None, metadata={"help": "With batch: seconds between two looks at a pending batch (default 30)."})
 
     def __post_init__(self):
         self._check_model()
@@ -132,6 +141,11 @@ class ModelConfig:
                 raise ConfigError(f"{section}: {name} must be at least {minimum}, got {value}")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"{section}: timeout must be positive seconds, got {self.timeout}")
+        if self.batch and self.kind != "api":
+            raise ConfigError(f"{section}: batch = true is for API models (kind='api'), whose provider answers a batch "
+                              f"API; a {self.kind} model is called directly")
+        if self.batch_poll_seconds is not None and self.batch_poll_seconds <= 0:
+            raise ConfigError(f"{section}: batch_poll_seconds must be positive seconds, got {self.batch_poll_seconds}")
         if (self.input_cost_per_million is None) != (self.output_cost_per_million is None):
             raise ConfigError(f"{section}: set both input_cost_per_million and output_cost_per_million, or neither")
 
@@ -152,6 +166,9 @@ class ModelConfig:
             del data["servers"]  # as before servers existed: a model's fingerprint and stage settings stay the same
         else:
             data["servers"] = public_servers(self.servers)
+        for name in BATCH_FIELDS:
+            if data[name] == ModelConfig.__dataclass_fields__[name].default:
+                del data[name]  # as before batches existed: fingerprints and stage settings stay the same
         return data
 
 

@@ -13,7 +13,10 @@ For each request:
   back-off with jitter; the LM around this engine runs with `num_retries=0`, so a failed call is
   never retried by two loops, and no caller reruns a whole program;
 - the reply is stored as JSON (never pickled) and reported to the `CallLog` of the task being
-  recorded (`recording()`).
+  recorded (`recording()`);
+- while a batch round is open (`engine.round`, `dd_prompting.batches`), a miss is not sent: the round
+  collects it and the call raises `CallPending`; the batch's replies come back through `store_batch_reply`,
+  and the first task that reads one and finishes carries its bill.
 
 What makes a sample distinct reaches the engine through `CachingLM`'s call scope (`sample_scope`),
 since DSPy hands an engine neither `rollout_id` nor the index of a repeated request.
@@ -39,7 +42,7 @@ from dd_prompting.models.cache import CallCache
 from dd_prompting.models.calls import CallRecord, current_log
 from dd_prompting.models.config import ModelConfig, secrets_for
 from dd_prompting.models.identity import CallIdentity, identity_for
-from dd_prompting.models.pricing import Pricing, lookup_pricing
+from dd_prompting.models.pricing import Pricing, batch_pricing, lookup_pricing
 from dd_prompting.models.routes import open_route
 from dd_prompting.models.sampling import current_call
 from dd_prompting.models.secrets import safe_url
@@ -74,12 +77,14 @@ class CachingEngine:
             directory and the run's retry defaults); None: the engine cannot be saved.
         model, settings: The model name an LM on this engine is called by, and the sampling settings it
             sends (what `from_config` read off the route; `build_lm` builds the LM with them).
+        batch_pricing: What the model's tokens cost through its batch API, for a model called in batches
+            (`ModelConfig.batch`); None: it is called synchronously only.
     """
 
     def __init__(self, route: Any, *, async_route: Any = None, cache: CallCache | None, pricing: Pricing,
                  identity: CallIdentity, retries: int = DEFAULT_RETRIES, backoff: float = DEFAULT_RETRY_BACKOFF,
                  secrets: tuple[str, ...] = (), source: dict[str, Any] | None = None, model: str | None = None,
-                 settings: dict[str, Any] | None = None):
+                 settings: dict[str, Any] | None = None, batch_pricing: Pricing | None = None):
         self.route = route
         self.model = model
         self.settings = dict(settings or {})
@@ -91,8 +96,11 @@ class CachingEngine:
         self.backoff = backoff
         self.secrets = tuple(secrets)
         self.source = source
+        self.batch_pricing = batch_pricing
+        self.round = None  # a batch round collecting this engine's misses (dd_prompting.batches.Round)
         self.calls_made = 0
         self._count_lock = threading.Lock()
+        self._said_synchronous = False
 
     @classmethod
     def from_config(cls, config: ModelConfig, *, cache: CallCache | None, retries: int | None = None,
@@ -105,7 +113,7 @@ class CachingEngine:
                    identity=identity_for(config), retries=_first(config.retries, retries, DEFAULT_RETRIES),
                    backoff=_first(config.retry_backoff, retry_backoff, DEFAULT_RETRY_BACKOFF),
                    secrets=secrets_for(config), source=_source(config, cache, defaults), model=opened.model,
-                   settings=opened.settings)
+                   settings=opened.settings, batch_pricing=batch_pricing(config) if config.batch else None)
 
     # --- what adapters read to plan a call -------------------------------------------------------------
     @property
@@ -133,6 +141,7 @@ class CachingEngine:
         keys = self._keys(request)
         if (hit := self._lookup(keys)) is not None:
             return hit
+        self._unless_in_round(keys, request)
         response, latency, attempts = self._send(lambda: self.route.complete(request))
         return self._store(keys, response, latency, attempts)
 
@@ -157,6 +166,56 @@ class CachingEngine:
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> CachingEngine:
         return _shared_engine(state)
+
+    # --- batches ---------------------------------------------------------------------------------------
+    def store_batch_reply(self, key: str, body: dict[str, Any], *, batch_id: str) -> float | None:
+        """Store a batch line's reply (a chat completion body, read as the synchronous route reads one) under its
+        call key, at batch prices, owed to the first task that reads it; returns what it cost. A key answered
+        meanwhile keeps its entry (and nothing is owed)."""
+        from dspy.lm15 import response_from_openai_chat
+
+        response = response_from_openai_chat(body, model=self.identity.model)
+        prompt_tokens = int(getattr(response.usage, "input_tokens", 0) or 0)
+        completion_tokens = int(getattr(response.usage, "output_tokens", 0) or 0)
+        cost = (self.batch_pricing or self.pricing).cost(prompt_tokens, completion_tokens)
+        if key in self.cache:
+            return cost
+        self.cache.put(key, {
+            "outputs": [_output_of(response)], "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "cost": cost, "latency_s": 0.0, "model": response.model or self.identity.model,
+            "finish_reason": response.finish_reason, "batch": batch_id,
+        })
+        self.cache.owe(key)
+        return cost
+
+    def _unless_in_round(self, keys: _Keys | None, request) -> None:
+        """In a batch round, collect the call and raise instead of sending it."""
+        batch_round = self.round
+        if batch_round is None:
+            if self.batch_pricing is not None and not self._said_synchronous:
+                self._said_synchronous = True
+                logger.warning("%s is set to batch = true, but this call is outside a batch round (dd-evals run, "
+                               "dd-distill traces): it is sent synchronously, at the synchronous price",
+                               self.identity.model)
+            return
+        if keys is None:
+            raise RuntimeError(f"{self.identity.model}: a batch round needs the call cache, and this engine has none")
+        err = batch_round.collect(keys.key, request)
+        from dd_prompting.batches.round import CallPending
+
+        if isinstance(err, CallPending):
+            self._release_credits()  # the task writes nothing this round: its bills go to whoever finishes
+        else:
+            _log_error(err, 1)
+        raise err
+
+    def _release_credits(self) -> None:
+        """Give back the batch bills the current task took: it stops this round and writes nothing."""
+        log = current_log()
+        for record in log.calls if log is not None else ():
+            if record.credit is not None:
+                self.cache.owe(record.credit)
+                record.credit = None
 
     # --- the steps -------------------------------------------------------------------------------------
     def _keys(self, request) -> _Keys | None:
@@ -191,9 +250,12 @@ class CachingEngine:
         # An entry that paid for several samples charges each its share.
         share = max(1, len(record.get("outputs") or []))
         cost = record.get("cost")
+        # A batch's reply was paid by no task yet: the first to read it carries the bill, as if it had sent it.
+        credit = keys.key if record.get("batch") and self.cache.claim(keys.key) else None
         _log(CallRecord(output=_output_text(output), prompt_tokens=int(record.get("prompt_tokens") or 0) // share,
                         completion_tokens=int(record.get("completion_tokens") or 0) // share,
-                        cost=cost / share if isinstance(cost, (int, float)) else cost, latency_s=0.0, cached=True))
+                        cost=cost / share if isinstance(cost, (int, float)) else cost, latency_s=0.0,
+                        cached=credit is None, credit=credit))
         return _response_from_output(output, model=record.get("model") or self.identity.model,
                                      finish_reason=record.get("finish_reason", "stop"))
 
@@ -279,6 +341,11 @@ class AsyncCachingEngine:
         hit = await asyncio.to_thread(engine._lookup, keys) if keys is not None else None
         if hit is not None:
             return hit
+        if engine.round is not None:
+            # The loopback capture blocks; the call log is this task's, which a worker thread sees as a copy.
+            await asyncio.to_thread(engine._unless_in_round, keys, request)
+        else:
+            engine._unless_in_round(keys, request)
         if engine.async_route is not None:
             response, latency, attempts = await engine._asend(lambda: engine.async_route.complete(request))
         else:

@@ -21,7 +21,7 @@ from typing import Any
 
 from dd_prompting.distill.run.run_config import ROLES, RunConfig
 from dd_prompting.distill.training.distributed import is_main_process
-from dd_prompting.models.config import SERVING_FIELDS
+from dd_prompting.models.config import BATCH_FIELDS, SERVING_FIELDS
 from dd_prompting.run_lock import RunLock
 
 __all__ = ["Run", "STAGES", "STAGE_SETTINGS", "EXPENSIVE_STAGES", "saved_settings", "write_json"]
@@ -106,7 +106,7 @@ class Run:
 
     def settings(self, stage: str) -> dict[str, Any]:
         config = self.config.to_public_dict()  # what stages.json records: never a URL's credentials
-        for name in SERVING_FIELDS:  # how the teacher is served decides nothing about its traces
+        for name in (*SERVING_FIELDS, *BATCH_FIELDS):  # how the teacher is served decides nothing about its traces
             (config.get("teacher") or {}).pop(name, None)
         (config.get("servers") or {}).pop("max_in_flight", None)  # nor how many requests a student's server takes
         return {name: config[name] for name in STAGE_SETTINGS[stage]}

@@ -57,13 +57,19 @@ def test_lines_are_split_at_the_limits_and_a_key_is_sent_once(server):
         small.split(lines[:1])
 
 
-def test_the_manifest_keeps_pending_batches_across_a_restart(tmp_path):
+def test_the_manifest_keeps_pending_batches_and_intents_across_a_restart(tmp_path):
     manifest = BatchManifest(tmp_path / "batches.json")
-    manifest.add("batch_1", url="http://127.0.0.1:1/v1", keys=["a", "b"])
-    manifest.add("batch_2", url="http://127.0.0.1:1/v1", keys=["c"])
-    manifest.finish("batch_1")
+    token = manifest.intend(model="m", url="http://127.0.0.1:1/v1", keys=["a", "b", "c"])
+    manifest.add("batch_1", model="m", url="http://127.0.0.1:1/v1", keys=["a", "b"], round_token=token)
+    manifest.add("batch_2", model="other", url="http://127.0.0.1:1/v1", keys=["c"])
+    manifest.finish("batch_1", "completed", answered=2)
     again = BatchManifest(tmp_path / "batches.json")  # what a restarted run reads
-    assert list(again.pending()) == ["batch_2"] and again.read()["batch_1"]["state"] == "done"
+    assert list(again.pending()) == ["batch_2"] and again.pending("m") == {}
+    assert again.batches["batch_1"]["state"] == "completed" and again.batches["batch_1"]["answered"] == 2
+    assert list(again.intents("m")) == [token] and again.intents("other") == {}
+    again.drop_intent(token)
+    assert BatchManifest(tmp_path / "batches.json").intents("m") == {}
+    assert again.run_id() == BatchManifest(tmp_path / "batches.json").run_id()  # made once, then kept
     assert not (tmp_path / "batches.json.tmp").exists()
     (tmp_path / "batches.json").write_text("{not json")
     with pytest.raises(ValueError, match="batches.json is not a batch manifest"):
