@@ -407,7 +407,8 @@ class BatchDesk:
     body a synchronous call gets), 200s into the output file and other statuses into the error file, as OpenAI
     writes them; custom ids in `expire` are left unanswered and the batch ends "expired". `POST
     /v1/batches/{id}/cancel` cancels; `GET /v1/batches` lists. `lines` keeps every line received, in order, so
-    a test can count what was ever sent.
+    a test can count what was ever sent. While `hold` is set, batches stay where they are; `outage` polls in a row
+    are answered 503, as a dropped connection or an overloaded server would.
     """
 
     STATUSES = ("validating", "in_progress", "finalizing", "completed")
@@ -416,6 +417,8 @@ class BatchDesk:
         self.server = server
         self.statuses: tuple[str, ...] = self.STATUSES
         self.expire: set[str] = set()
+        self.hold = False
+        self.outage = 0
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.lines: list[dict[str, Any]] = []
@@ -485,7 +488,12 @@ class BatchDesk:
         batch = self.batches.get(parts[-1])
         if batch is None:
             return 404, {"error": {"message": "no such batch"}}
-        self._advance(batch)
+        with self._lock:
+            if self.outage > 0:
+                self.outage -= 1
+                return 503, {"error": {"message": "service unavailable (scripted outage)"}}
+        if not self.hold:
+            self._advance(batch)
         return 200, batch
 
     def _advance(self, batch: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 __all__ = ["main", "make_parser", "print_estimate"]
 
@@ -49,7 +50,29 @@ def make_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="Rebuild summary.md, CSVs and plots from a run's output directory.")
     report.add_argument("output_dir", help="The run's output directory (holding results.jsonl and run.json).")
     report.add_argument("--no-plots", dest="plots", action="store_false", help="Skip the PNG plots.")
+    cancel = commands.add_parser(
+        "cancel-batches", help="Cancel the batches a run (batch = true) left pending at the provider.",
+        description="Cancel every batch OUTPUT_DIR/batches.json lists as pending (a run interrupted while it "
+                    "waited). Replies already stored stay in the call cache; a later run sends the rest again.")
+    cancel.add_argument("output_dir", help="The run's output directory (holding batches.json).")
     return parser
+
+
+def _cancel_batches(output_dir: str) -> int:
+    from dd_prompting.batches import MANIFEST_FILE, BatchManifest, cancel_pending
+    from dd_prompting.run_lock import RunLock, RunLockError
+
+    manifest = BatchManifest(Path(output_dir) / MANIFEST_FILE)
+    try:
+        with RunLock(output_dir, command="dd-evals cancel-batches"):  # not under a run that is waiting on them
+            cancelled = cancel_pending(manifest)
+    except (ValueError, RunLockError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for batch_id, status in cancelled.items():
+        print(f"{batch_id}: {status}")
+    print(f"{len(cancelled)} pending batch(es) cancelled" if cancelled else f"{manifest.path}: no pending batch")
+    return EXIT_OK
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -123,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in write_report(args["output_dir"], plots=args["plots"]):
             print(path)
         return EXIT_OK
+    if command == "cancel-batches":
+        return _cancel_batches(args["output_dir"])
 
     # litellm (imported for prices and token counts) fetches its price map from the network unless told not to.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")

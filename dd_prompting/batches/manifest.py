@@ -72,10 +72,13 @@ class BatchManifest:
         if data["intents"].pop(token, None) is not None:
             self._write(data)
 
-    def add(self, batch_id: str, *, model: str, url: str, keys: list[str], round_token: str | None = None) -> None:
+    def add(self, batch_id: str, *, model: str, url: str, keys: list[str], round_token: str | None = None,
+            key_env: str | None = None) -> None:
+        """Record a created batch: `key_env` names the variable holding its server's key (never the key)."""
         data = self.read()
-        data["batches"][batch_id] = {"model": model, "url": url, "round": round_token, "requests": len(keys),
-                                     "keys": list(keys), "state": "pending", "submitted": _now()}
+        data["batches"][batch_id] = {"model": model, "url": url, "key_env": key_env, "round": round_token,
+                                     "requests": len(keys), "keys": list(keys), "state": "pending",
+                                     "submitted": _now()}
         self._write(data)
 
     def finish(self, batch_id: str, state: str, **counts: int) -> None:

@@ -9,7 +9,7 @@ from dd_prompting.config import ConfigError
 from dd_prompting.models.config import ModelConfig, api_key_for
 from dd_prompting.models.secrets import PLACEHOLDER_KEY
 
-__all__ = ["batch_api_for", "check_batchable"]
+__all__ = ["batch_api_for", "check_batchable", "key_variable", "cancel_pending"]
 
 OPENAI_URL = "https://api.openai.com/v1"
 
@@ -28,6 +28,28 @@ def batch_api_for(config: ModelConfig, *, timeout: float = 120.0) -> OpenAIBatch
     """The batch API of the server `config` calls synchronously, with the key that server gets."""
     url, key = _place(config)
     return OpenAIBatches(url, key, timeout=timeout)
+
+
+def key_variable(config: ModelConfig) -> str | None:
+    """The name of the variable holding the batch API's key (None: the server takes a placeholder)."""
+    if config.api_key_env:
+        return config.api_key_env
+    return None if config.api_base else "OPENAI_API_KEY"
+
+
+def cancel_pending(manifest) -> dict[str, str]:
+    """Cancel every batch a run's manifest lists as pending, at the server that holds it; returns each one's
+    status after the cancel. Answers already in the call cache stay there."""
+    cancelled = {}
+    for batch_id, entry in manifest.pending().items():
+        variable = entry.get("key_env")
+        key = os.environ.get(variable) if variable else PLACEHOLDER_KEY
+        if not key:
+            raise ConfigError(f"{manifest.path}: batch {batch_id} at {entry['url']} needs the key in {variable} "
+                              "to be cancelled; export it and run again")
+        cancelled[batch_id] = OpenAIBatches(entry["url"], key).cancel(batch_id)
+        manifest.finish(batch_id, "cancelled")
+    return cancelled
 
 
 def _place(config: ModelConfig) -> tuple[str, str]:

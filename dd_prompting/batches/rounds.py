@@ -23,7 +23,7 @@ from typing import Any
 from dd_prompting.batches.capture import BodyCapture
 from dd_prompting.batches.manifest import BatchManifest
 from dd_prompting.batches.openai_batches import BatchStatus, OpenAIBatches
-from dd_prompting.batches.providers import batch_api_for
+from dd_prompting.batches.providers import batch_api_for, key_variable
 from dd_prompting.batches.round import Round
 from dd_prompting.models.config import ModelConfig
 from dd_prompting.models.secrets import safe_url
@@ -65,12 +65,13 @@ class BatchRounds:
         on_billed: Called with what each ended batch billed.
         api: The batch API (default: the one `config` calls, `batch_api_for`).
         progress: Show a progress line while waiting.
+        cancel_hint: The command that cancels the run's pending batches, said when a wait is interrupted.
     """
 
     def __init__(self, engine: Any, config: ModelConfig, manifest: BatchManifest, *,
                  before_submit: Callable[[list[dict[str, Any]]], str | None] | None = None,
                  on_billed: Callable[[float], None] | None = None, api: OpenAIBatches | None = None,
-                 progress: bool = True):
+                 progress: bool = True, cancel_hint: str | None = None):
         if engine.cache is None:
             raise ValueError(f"{config.section}: batch rounds need the call cache")
         self.engine = engine
@@ -82,6 +83,7 @@ class BatchRounds:
         self.poll_seconds = config.batch_poll_seconds or DEFAULT_POLL_SECONDS
         self.retries = engine.retries  # the model's own, else the run's: as a synchronous call is retried
         self.progress = progress
+        self.cancel_hint = cancel_hint or f"`dd-evals cancel-batches {manifest.path.parent}`"
         self.summary = RoundsSummary()
         self._attempts: Counter[str] = Counter()
         self._given_up: dict[str, str] = {}
@@ -125,7 +127,8 @@ class BatchRounds:
         ids: list[str] = []
 
         def created(batch_id: str, batch_keys: list[str]) -> None:
-            self.manifest.add(batch_id, model=self.config.name, url=url, keys=batch_keys, round_token=token)
+            self.manifest.add(batch_id, model=self.config.name, url=url, keys=batch_keys, round_token=token,
+                              key_env=key_variable(self.config))
             ids.append(batch_id)
 
         self.api.submit(lines, metadata={"dd_prompting_run": self.manifest.run_id(), "dd_prompting_round": token,
@@ -145,7 +148,7 @@ class BatchRounds:
             for batch_id in found:
                 if batch_id not in known:
                     self.manifest.add(batch_id, model=self.config.name, url=intent["url"], keys=intent["keys"],
-                                      round_token=token)
+                                      round_token=token, key_env=key_variable(self.config))
             logger.warning("%s: a round was being submitted when the last run stopped: %s", self.config.name,
                            f"re-attached to {', '.join(found)}" if found else
                            "the provider has no batch of it; its calls go in the next round")
@@ -188,9 +191,9 @@ class BatchRounds:
                     time.sleep(backoff or self.poll_seconds)
         except KeyboardInterrupt:
             logger.warning("Interrupted while waiting: %s still run(s) at %s and %s recorded in %s. Run the same "
-                           "command again to re-attach (nothing is sent twice), or cancel them with `dd-evals "
-                           "cancel-batches %s`.", ", ".join(pending), safe_url(self.api.base_url),
-                           "is" if len(pending) == 1 else "are", self.manifest.path, self.manifest.path.parent)
+                           "command again to re-attach (nothing is sent twice), or cancel with %s.",
+                           ", ".join(pending), safe_url(self.api.base_url), "is" if len(pending) == 1 else "are",
+                           self.manifest.path, self.cancel_hint)
             raise
         finally:
             bar.close()

@@ -196,7 +196,7 @@ class CachingEngine:
                 self._said_synchronous = True
                 logger.warning("%s is set to batch = true, but this call is outside a batch round (dd-evals run, "
                                "dd-distill traces): it is sent synchronously, at the synchronous price",
-                               self.identity.model)
+                               self.model or self.identity.model)
             return
         if keys is None:
             raise RuntimeError(f"{self.identity.model}: a batch round needs the call cache, and this engine has none")

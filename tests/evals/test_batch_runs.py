@@ -134,3 +134,39 @@ def test_expired_and_failed_lines_go_again_and_a_line_that_keeps_failing_is_an_e
     assert all("went 2 times without an answer" in row["error"] and "overloaded" in row["error"] for row in failed)
     assert max(sent.values()) == 2  # retries = 1: a line goes at most twice
     assert all(row["correct"] == (row["question"] in model.right) for row in rows if not row["error"])
+
+
+def test_a_run_killed_while_its_batch_is_pending_reattaches_and_sends_nothing_twice(
+        tmp_path, problems_file, gold, model):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    output_dir = tmp_path / "batch"
+    manifest = output_dir / "batches.json"
+    with OpenAICompatibleServer(model) as server:
+        config = write_config(tmp_path / "batch.toml", server.base_url, problems_file, output_dir, batch=True)
+        server.batches.hold = True  # the first batch stays in progress until the run is killed
+        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        process = subprocess.Popen([sys.executable, "-m", "dd_prompting.evals", "run", str(config), "--no-progress"],
+                                   cwd=Path(__file__).resolve().parents[2], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if manifest.exists() and '"pending"' in manifest.read_text():
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        process.stderr.close()
+        assert len(server.batches.batches) == 1 and not (output_dir / "results.jsonl").exists()
+        server.batches.hold = False
+        summary, rows = run(config)
+        sent = Counter(line["custom_id"] for line in server.batches.lines)
+        assert server.requests == []
+    assert len(rows) == 30 and summary.rows_written == 30 and summary.failed == 0
+    assert set(sent.values()) == {1}  # the restarted run re-attached to batch_1 rather than sending it again
+    assert json.loads(manifest.read_text())["batches"]["batch_1"]["state"] == "completed"
