@@ -250,5 +250,6 @@ class BatchRounds:
 
 
 def _describe(statuses, age: float) -> str:
-    return "; ".join(f"{s.id} {s.status} {s.completed}/{s.total} done {s.failed} failed" for s in statuses) + \
-        f"; waiting {age / 60:.0f} min"
+    """Each pending batch: id, status, lines done and failed of its requests; and how long the wait has been."""
+    shown = [f"{s.id} {s.status} {s.completed}/{s.total} done {s.failed} failed" for s in statuses]
+    return "; ".join([*shown, f"waiting {age / 60:.0f} min"] if shown else ["all ended"])

@@ -152,6 +152,7 @@ class DSPyTeacher(Teacher):
         progress: bool = True,
         metric: Any | None = None,
         answer_type: AnswerType | None = None,
+        batch: Any | None = None,
     ):
         import dspy
 
@@ -201,6 +202,8 @@ class DSPyTeacher(Teacher):
         self.metric = metric
         self.answer_type = answer_type or AnswerType()
         self.name = name or f"dspy:{lm.model}:{self.mode}"
+        # The teacher's ModelConfig when its calls go through a batch API, in rounds (`collect_traces`).
+        self.batch = batch if batch is not None and getattr(batch, "batch", False) else None
 
     # -- public -------------------------------------------------------------------------------------
 
@@ -229,12 +232,15 @@ class DSPyTeacher(Teacher):
     # -- one problem --------------------------------------------------------------------------------
 
     def _problem_traces(self, problem: Problem) -> list[Trace]:
-        return [self._sample_trace(problem, sample) for sample in range(self.samples)]
+        # In a batch round a sample waiting on a batch has no trace yet (None); the others are written.
+        traces = [self._sample_trace(problem, sample) for sample in range(self.samples)]
+        return [trace for trace in traces if trace is not None]
 
-    def _sample_trace(self, problem: Problem, sample: int) -> Trace:
+    def _sample_trace(self, problem: Problem, sample: int) -> Trace | None:
         import dspy
         from dspy.utils.exceptions import LMError
 
+        from dd_prompting.batches import is_pending
         from dd_prompting.models import recording, redact
 
         settings: dict[str, Any] = {}
@@ -248,12 +254,13 @@ class DSPyTeacher(Teacher):
             try:
                 with dspy.context(lm=lm):
                     prediction = program(**{self._input: problem.question})
-            except LMError as err:
-                message = redact(f"{type(err).__name__}: {err}".splitlines()[0][:500], self.lm.secrets)
-                logger.warning("Teacher call failed for %s (sample %d): %s", problem.id, sample, message)
-                return self._failed(problem, sample, f"{API_ERROR}: {message}")
             except Exception as err:  # noqa: BLE001 - one bad problem must not end the run; it is recorded
+                if is_pending(err):  # a batch round: the call waits on a batch, and the sample on the next round
+                    return None
                 message = redact(f"{type(err).__name__}: {err}".splitlines()[0][:500], self.lm.secrets)
+                if isinstance(err, LMError):
+                    logger.warning("Teacher call failed for %s (sample %d): %s", problem.id, sample, message)
+                    return self._failed(problem, sample, f"{API_ERROR}: {message}")
                 logger.warning("Unexpected error while the teacher solved %s (sample %d): %s", problem.id, sample,
                                message)
                 return self._failed(problem, sample, f"{TEACHER_ERROR}: {message}")
@@ -336,6 +343,11 @@ def collect_traces(
     `retry_failed`, problems whose last record is an API error are asked again, and the new
     record replaces the old one (the last record of an `(id, sample)` wins).
 
+    A teacher called in batches (`DSPyTeacher(batch=...)`, `batch = true`) runs in rounds
+    (`dd_prompting.batches.BatchRounds`): each pass writes the traces that finished from the cache,
+    and the calls it could not answer go out as one batch; the round's manifest (`batches.json`) is
+    kept beside `path`, so a killed run re-attaches to its pending batch.
+
     Returns the latest trace of each `(id, sample)` of `problems`, as now in the file.
     """
     ids = [problem.id for problem in problems]
@@ -351,13 +363,32 @@ def collect_traces(
         logger.info("%s: %d of %d problems already have traces; asking the teacher for %d",
                     path, len(problems) - len(todo), len(problems), len(todo))
     with TraceWriter(path) as writer:
-        for trace in teacher.traces(todo):
-            if trace.key in done:
-                continue
-            writer.write(trace)
-            done.add(trace.key)
+        def one_pass() -> None:
+            nonlocal todo
+            for trace in teacher.traces(todo):
+                if trace.key in done:
+                    continue
+                writer.write(trace)
+                done.add(trace.key)
+            todo = [problem for problem in todo if any((problem.id, s) not in done for s in range(teacher.samples))]
+
+        if getattr(teacher, "batch", None) is not None:
+            _in_batch_rounds(teacher, path, one_pass)
+        else:
+            one_pass()
     wanted = set(ids)
     return [trace for trace in latest_traces(read_traces(path)) if trace.id in wanted]
+
+
+def _in_batch_rounds(teacher: DSPyTeacher, path: Path, one_pass) -> None:
+    from dd_prompting.batches import MANIFEST_FILE, BatchManifest, BatchRounds
+
+    rounds = BatchRounds(teacher.lm.engine, teacher.batch, BatchManifest(path.parent / MANIFEST_FILE),
+                         progress=teacher.progress, cancel_hint=f"`dd-evals cancel-batches {path.parent}`")
+    summary = rounds.run(one_pass)
+    logger.info("%s: %d passes, %d batch(es), %d calls sent, %d answered, %d sent again, %d failed for good; "
+                "$%.4f billed", teacher.name, summary.passes, len(summary.batches), summary.lines_sent,
+                summary.answered, summary.resent, summary.given_up, summary.billed)
 
 
 def make_teacher(config: RunConfig) -> Teacher:
@@ -376,8 +407,11 @@ def make_teacher(config: RunConfig) -> Teacher:
             "this run's teacher is a DSPy program given in Python (teacher.kind = 'program'): its traces come from "
             "DecompositionDistillation.compile(...), which resumes them; dd-distill can build, train and evaluate it"
         )
+    from dd_prompting.batches import check_batchable
+
     # The one model factory and call cache that dd-evals uses: every call cached as it returns, retried on its own.
     cache = None if teacher.cache_dir in (None, "", "none") else CallCache(teacher.cache_dir)
+    check_batchable(teacher, cache=cache is not None)  # before any call
     return DSPyTeacher(
         lm=build_lm(teacher, cache=cache),
         mode=teacher.mode,
@@ -386,4 +420,5 @@ def make_teacher(config: RunConfig) -> Teacher:
         temperature=teacher.temperature,
         threads=teacher.threads,
         answer_type=config.data.answers,
+        batch=teacher if teacher.batch else None,
     )
