@@ -96,6 +96,7 @@ class CellEstimate:
     basis: str  # "prior", "pilot" or "cache"
     basis_text: str  # "prior", "8-problem pilot", "from 40 cached calls"
     done: int = 0
+    rounds: int | None = None  # a model called in batches: about how many batch rounds its problems take
 
     @property
     def examples(self) -> int:

@@ -112,6 +112,12 @@ def print_estimate(estimates: dict, *, max_cost: float | None, pilot_rows: int, 
           f"problems' spread (a pilot's or earlier runs'); for 'prior', the prior's measured error (x{PRIOR_RANGE[0]}"
           f" to x{PRIOR_RANGE[1]}). Seconds: the calls one after another. "
           + ("" if pilot_rows else "No model was called. ") + f"Written to {output_dir}/estimate.json.")
+    batched = {label: estimate.rounds for label, estimate in estimates.items() if estimate.rounds is not None}
+    if batched:
+        print("Models with batch = true are priced at batch prices (litellm's, else half the synchronous price) and "
+              "answered in rounds, each up to the provider's window (24 h for OpenAI): "
+              + "; ".join(f"{label}: about {rounds} round{'s' if rounds != 1 else ''}" for label, rounds in
+                          batched.items()) + ". Cells of one model share their rounds.")
     if max_cost is not None and totals["cost"] is not None and totals["cost"] + spent > max_cost:
         print(f"The estimate passes --max-cost ${max_cost:.4f}: the run would stop before finishing.")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -57,8 +58,12 @@ class Estimator:
         if len(model.observations) > before:
             model.fit()
             predictions.update({problem.id: model.predict(problem) for problem in todo if not replayed(problem)})
-        return model.summarize(list(predictions.values()), dataset=cell.dataset.name, model=cell.model.name,
-                               strategy=cell.strategy.name, done=len(cell.dataset.problems) - len(todo))
+        estimate = model.summarize(list(predictions.values()), dataset=cell.dataset.name, model=cell.model.name,
+                                   strategy=cell.strategy.name, done=len(cell.dataset.problems) - len(todo))
+        if cell.model.batch and estimate.problems:
+            # A problem's program makes its calls one after another, each answered by the next round's batch.
+            estimate.rounds = math.ceil(max(0.0, estimate.calls - estimate.cached_calls) / estimate.problems - 1e-9)
+        return estimate
 
     def cost_model(self, cell: Cell, done: dict) -> CostModel:
         """The cell's cost model, fitted on its finished rows (the pilot's first, at most MAX_OBSERVATIONS)."""

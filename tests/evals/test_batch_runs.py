@@ -170,3 +170,33 @@ def test_a_run_killed_while_its_batch_is_pending_reattaches_and_sends_nothing_tw
     assert len(rows) == 30 and summary.rows_written == 30 and summary.failed == 0
     assert set(sent.values()) == {1}  # the restarted run re-attached to batch_1 rather than sending it again
     assert json.loads(manifest.read_text())["batches"]["batch_1"]["state"] == "completed"
+
+
+def test_the_dry_run_prices_batches_at_half_and_counts_rounds(tmp_path, problems_file, gold, model, capsys):
+    from dd_prompting.evals.cli import main
+
+    with OpenAICompatibleServer(model) as server:
+        estimates = {}
+        for batch in (False, True):
+            config = write_config(tmp_path / f"{batch}.toml", server.base_url, problems_file, tmp_path / f"{batch}",
+                                  batch=batch)
+            estimates[batch] = Harness(load_config(config, overrides={"progress": False, "dry_run": True})).run() \
+                .estimates
+            assert main(["run", str(config), "--dry-run"]) == 0
+        printed = capsys.readouterr().out
+        assert server.call_count == 0 and server.batches.lines == []
+    for label, estimate in estimates[True].items():
+        assert estimate.cost == pytest.approx(estimates[False][label].cost / 2)
+        assert estimates[False][label].rounds is None
+    rounds = {label.rsplit(" | ", 1)[1]: estimate.rounds for label, estimate in estimates[True].items()}
+    assert rounds["cot"] == 1 and rounds["decomposed-joint"] == 2 and rounds["decomposed-iterative"] >= 3
+    assert "apples | scripted | cot: about 1 round;" in printed and "at batch prices" in printed
+
+
+def test_a_round_that_would_pass_max_cost_is_not_submitted(tmp_path, problems_file, gold, model):
+    with OpenAICompatibleServer(model) as server:
+        config = write_config(tmp_path / "batch.toml", server.base_url, problems_file, tmp_path / "batch", batch=True)
+        summary, rows = run(config, max_cost=0.0001)
+        assert server.batches.batches == {} and server.requests == []
+    assert rows == [] and "the next round of scripted (20 calls" in summary.stopped
+    assert "so it was not submitted" in summary.stopped
