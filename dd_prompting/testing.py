@@ -513,7 +513,10 @@ class BatchDesk:
         for request in requests:
             if request["custom_id"] in self.expire:
                 continue
-            reply = self.server.responder(request["body"])  # not in `server.requests`: those are synchronous calls
+            try:  # not in `server.requests`: those are synchronous calls
+                reply = self.server.responder(request["body"])
+            except Exception as err:  # noqa: BLE001 - a line the responder cannot answer fails, as a server's would
+                reply = Reply(status=500, text=f"the responder failed: {type(err).__name__}: {err}")
             reply = reply if isinstance(reply, Reply) else Reply(text=str(reply))
             if reply.status == 200:
                 body = _completion_body(self.server, request["body"], reply)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import queue
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -32,17 +33,44 @@ class CapturedCall:
 
 
 class BodyCapture:
-    """Opens a model's route against a loopback capture server; `capture(request)` returns the `CapturedCall`.
+    """Opens a model's route against loopback capture servers; `capture(request)` returns the `CapturedCall`.
 
-    Calls are captured one at a time (a lock): a capture costs a loopback round trip, no model is called.
-    Use as a context manager, or `close()` it.
+    A capture costs a loopback round trip, no model is called. `parallel` captures run at once, each on its own
+    server and route (a pass's worker threads capture side by side). Use as a context manager, or `close()` it.
     """
 
-    def __init__(self, config: ModelConfig, *, timeout: float = 30.0):
-        from dd_prompting.models.routes import LMRoute, _api_lm
-
+    def __init__(self, config: ModelConfig, *, timeout: float = 30.0, parallel: int = 1):
         if config.kind != "api":
             raise ValueError(f"{config.section}: only API models are called in batches, not kind={config.kind!r}")
+        self._free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
+        self._slots = [_Slot(config, timeout) for _ in range(max(1, parallel))]
+        for slot in self._slots:
+            self._free.put(slot)
+
+    def capture(self, request) -> CapturedCall:
+        slot = self._free.get()
+        try:
+            return slot.capture(request)
+        finally:
+            self._free.put(slot)
+
+    def close(self) -> None:
+        for slot in self._slots:
+            slot.close()
+
+    def __enter__(self) -> BodyCapture:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Slot:
+    """One capture server and the route pointed at it, used by one capture at a time."""
+
+    def __init__(self, config: ModelConfig, timeout: float):
+        from dd_prompting.models.routes import LMRoute, _api_lm
+
         self._captured: list[CapturedCall] = []
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self._captured))
         self._httpd.daemon_threads = True
@@ -50,28 +78,20 @@ class BodyCapture:
         host, port = self._httpd.server_address[:2]
         capture = dataclasses.replace(config, api_base=f"http://{host}:{port}/v1", api_key_env=None, retries=0)
         self._route = LMRoute(_api_lm(capture, timeout))
-        self._lock = threading.Lock()
 
     def capture(self, request) -> CapturedCall:
-        with self._lock:
-            self._captured.clear()
-            try:
-                self._route.complete(request)
-            except Exception:  # the capture server's refusal: expected
-                pass
-            if not self._captured:
-                raise RuntimeError("the route sent nothing to the capture server: it does not speak OpenAI's API")
-            return self._captured[-1]
+        self._captured.clear()
+        try:
+            self._route.complete(request)
+        except Exception:  # the capture server's refusal: expected
+            pass
+        if not self._captured:
+            raise RuntimeError("the route sent nothing to the capture server: it does not speak OpenAI's API")
+        return self._captured[-1]
 
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
-
-    def __enter__(self) -> BodyCapture:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _handler(captured: list[CapturedCall]) -> type[BaseHTTPRequestHandler]:

@@ -92,7 +92,8 @@ class BatchRounds:
     def run(self, one_pass: Callable[[], None]) -> RoundsSummary:
         """Run `one_pass` until it collects no call (every problem finished) or a budget stops it."""
         self._reattach()
-        with BodyCapture(self.config) as capture:
+        # As many captures at once as the job runs problems at once (a run's threads, 8 by default).
+        with BodyCapture(self.config, parallel=self.config.threads or 8) as capture:
             while True:
                 batch_round = Round(capture, given_up=self._given_up)
                 self.engine.round = batch_round
