@@ -192,7 +192,8 @@ def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
 
 class OpenAICompatibleServer:
     """Serve `/v1/chat/completions` from `responder`, `/v1/completions` from `completions`, and `/v1/models`, on a
-    free loopback port.
+    free loopback port. Anthropic's `/v1/messages` is answered by `responder` too (its request seen as a chat
+    completion request: the system prompt first, each message's text), as an Anthropic message.
 
     Every request body is kept in `requests`, in arrival order. Use as a context manager; the server
     thread stops on exit. Bind to 127.0.0.1 only.
@@ -207,6 +208,7 @@ class OpenAICompatibleServer:
         self.completions = completions  # answers /v1/completions (see CompletionsModel); None: 404
         self.models = models  # what /v1/models lists; None: the one `model`
         self.batches = BatchDesk(self)  # OpenAI's /v1/files and /v1/batches, lines answered by `responder`
+        self.message_batches = MessageBatchDesk(self)  # Anthropic's /v1/messages/batches, the same way
         self.requests: list[dict[str, Any]] = []
         self.authorizations: list[str | None] = []  # each request's Authorization header, to check which key came
         self._lock = threading.Lock()
@@ -244,11 +246,12 @@ class OpenAICompatibleServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _reply_for(self, request: dict[str, Any], authorization: str | None = None) -> Reply:
+    def _reply_for(self, request: dict[str, Any], authorization: str | None = None, *,
+                   chat: dict[str, Any] | None = None) -> Reply:
         with self._lock:
             self.requests.append(request)
             self.authorizations.append(authorization)
-        reply = self.responder(request)
+        reply = self.responder(chat if chat is not None else request)
         return reply if isinstance(reply, Reply) else Reply(text=str(reply))
 
     def _completion_for(self, request: dict[str, Any], authorization: str | None = None) -> dict[str, Any] | Reply:
@@ -308,6 +311,8 @@ def _make_handler(server: OpenAICompatibleServer) -> type[BaseHTTPRequestHandler
             if path.endswith("/models"):
                 body = {"object": "list", "data": server.models or [{"id": server.model, "object": "model"}]}
                 self._send(200, json.dumps(body).encode())
+            elif "/messages/batches" in path:
+                self._reply(*server.message_batches.get(path))
             elif "/files/" in path or "/batches" in path:
                 self._reply(*server.batches.get(path))
             else:
@@ -328,8 +333,19 @@ def _make_handler(server: OpenAICompatibleServer) -> type[BaseHTTPRequestHandler
             except json.JSONDecodeError:
                 self._send(400, b'{"error": {"message": "request body is not JSON"}}')
                 return
+            if "/messages/batches" in path:
+                self._reply(*server.message_batches.post(path, request))
+                return
             if "/batches" in path:
                 self._reply(*server.batches.post(path, request))
+                return
+            if path.endswith("/messages") and server.responder is not None:
+                reply = server._reply_for(request, self.headers.get("x-api-key"), chat=as_chat_request(request))
+                if reply.status != 200:
+                    error = {"type": "error", "error": {"type": "api_error", "message": reply.text}}
+                    self._send(reply.status, json.dumps(error).encode(), reply.headers)
+                else:
+                    self._send(200, json.dumps(_message_body(request, reply)).encode(), reply.headers)
                 return
             if path.endswith("/completions") and not path.endswith("/chat/completions"):
                 self._complete(request)
@@ -533,6 +549,140 @@ class BatchDesk:
                     batch[key] = file_id
             batch["request_counts"] = {"total": len(requests), "completed": len(outputs), "failed": len(failures)}
             batch["status"] = "expired" if any(r["custom_id"] in self.expire for r in requests) else "completed"
+
+
+def as_chat_request(params: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic Messages request as the chat completion request a responder reads: the system prompt as the
+    first message, each message's content as its text."""
+    def text(content: Any) -> str:
+        if isinstance(content, str):
+            return content
+        return "".join(block.get("text", "") for block in content or [] if isinstance(block, dict))
+
+    system = params.get("system")
+    messages = [{"role": "system", "content": text(system)}] if system else []
+    messages += [{"role": message.get("role"), "content": text(message.get("content"))}
+                 for message in params.get("messages") or []]
+    return {**{key: value for key, value in params.items() if key not in ("system", "messages")},
+            "messages": messages}
+
+
+def _message_body(params: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    chat = as_chat_request(params)
+    input_tokens, output_tokens = count_prompt_tokens(chat["messages"]), count_text_tokens(reply.text)
+    return {"id": f"msg_{abs(hash(reply.text)) % 10**12}", "type": "message", "role": "assistant",
+            "model": params.get("model"), "content": [{"type": "text", "text": reply.text}],
+            "stop_reason": "max_tokens" if reply.finish_reason == "length" else "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}}
+
+
+class MessageBatchDesk:
+    """Anthropic's Message Batches API on an `OpenAICompatibleServer` (`server.message_batches`), for offline tests.
+
+    `POST /v1/messages/batches` takes `requests` (`custom_id` once each, `params` a Messages request) and creates a
+    batch; each `GET /v1/messages/batches/{id}` moves it one step along `statuses` (in_progress ... ended); on
+    ending, every request is answered as `/v1/messages` answers it, and `GET .../{id}/results` gives one line per
+    request: succeeded (the message), errored, or expired (custom ids in `expire`). `POST .../{id}/cancel`
+    cancels; `GET /v1/messages/batches` lists. `requests` keeps every request received, and `api_keys` each
+    call's x-api-key header; `hold` and `outage` work as `BatchDesk`'s.
+    """
+
+    STATUSES = ("in_progress", "in_progress", "ended")
+
+    def __init__(self, server: OpenAICompatibleServer):
+        self.server = server
+        self.statuses: tuple[str, ...] = self.STATUSES
+        self.expire: set[str] = set()
+        self.hold = False
+        self.outage = 0
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.requests: list[dict[str, Any]] = []
+        self._inputs: dict[str, list[dict[str, Any]]] = {}
+        self._results: dict[str, bytes] = {}
+        self._steps: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if path.endswith("/cancel"):
+            batch = self.batches.get(path.split("/")[-2])
+            if batch is None:
+                return 404, {"type": "error", "error": {"type": "not_found_error", "message": "no such batch"}}
+            batch["processing_status"] = "canceling"
+            return 200, batch
+        requests = body.get("requests") or []
+        ids = [request.get("custom_id") for request in requests]
+        if len(set(ids)) != len(ids):
+            return 400, {"type": "error", "error": {"type": "invalid_request_error",
+                                                    "message": "custom_id values must be unique within a batch"}}
+        with self._lock:
+            self.requests.extend(requests)
+            batch_id = f"msgbatch_{len(self.batches) + 1:04d}"
+            batch = {"id": batch_id, "type": "message_batch", "processing_status": self.statuses[0],
+                     "request_counts": {"processing": len(requests), "succeeded": 0, "errored": 0, "canceled": 0,
+                                        "expired": 0},
+                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ended_at": None,
+                     "results_url": None}
+            self.batches[batch_id] = batch
+            self._inputs[batch_id] = requests
+            self._steps[batch_id] = 0
+        return 200, batch
+
+    def get(self, path: str) -> tuple[int, dict[str, Any] | bytes]:
+        parts = path.split("/")
+        if parts[-1] == "batches":
+            return 200, {"data": list(self.batches.values()), "has_more": False}
+        if parts[-1] == "results":
+            content = self._results.get(parts[-2])
+            return (200, content) if content is not None else (404, {"type": "error", "error": {
+                "type": "not_found_error", "message": "no results yet"}})
+        batch = self.batches.get(parts[-1])
+        if batch is None:
+            return 404, {"type": "error", "error": {"type": "not_found_error", "message": "no such batch"}}
+        with self._lock:
+            if self.outage > 0:
+                self.outage -= 1
+                return 529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        if not self.hold:
+            self._advance(batch)
+        return 200, batch
+
+    def _advance(self, batch: dict[str, Any]) -> None:
+        with self._lock:
+            if batch["processing_status"] == "ended":
+                return
+            cancelled = batch["processing_status"] == "canceling"
+            step = self._steps[batch["id"]] = min(self._steps[batch["id"]] + 1, len(self.statuses) - 1)
+            if not cancelled and self.statuses[step] != "ended":
+                batch["processing_status"] = self.statuses[step]
+                return
+        self._answer(batch, cancelled=cancelled)
+
+    def _answer(self, batch: dict[str, Any], *, cancelled: bool) -> None:
+        lines, counts = [], {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        for request in self._inputs[batch["id"]]:
+            custom_id = request["custom_id"]
+            if cancelled or custom_id in self.expire:
+                kind = "canceled" if cancelled else "expired"
+                result = {"type": kind}
+            else:
+                try:
+                    reply = self.server.responder(as_chat_request(request["params"]))
+                except Exception as err:  # noqa: BLE001 - a request the responder cannot answer errors
+                    reply = Reply(status=500, text=f"the responder failed: {type(err).__name__}: {err}")
+                reply = reply if isinstance(reply, Reply) else Reply(text=str(reply))
+                if reply.status == 200:
+                    kind, result = "succeeded", {"type": "succeeded",
+                                                 "message": _message_body(request["params"], reply)}
+                else:
+                    kind, result = "errored", {"type": "errored", "error": {"type": "error", "error": {
+                        "type": "api_error", "message": reply.text}}}
+            counts[kind] += 1
+            lines.append(json.dumps({"custom_id": custom_id, "result": result}))
+        with self._lock:
+            self._results[batch["id"]] = ("\n".join(lines) + "\n").encode()
+            batch.update(processing_status="ended", request_counts=counts,
+                         ended_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         results_url=f"{self.server.base_url}/messages/batches/{batch['id']}/results")
 
 
 class CompletionsModel:

@@ -25,7 +25,7 @@ __all__ = ["BodyCapture", "CapturedCall"]
 @dataclasses.dataclass(frozen=True)
 class CapturedCall:
     """What the route posted: the path under its base URL (e.g. "/chat/completions"), the JSON body, and the
-    Authorization header it came with (a placeholder: the capture route never has the key)."""
+    key it came with (Authorization or x-api-key: a placeholder, the capture route never has the key)."""
 
     path: str
     body: dict[str, Any]
@@ -106,7 +106,8 @@ def _handler(captured: list[CapturedCall]) -> type[BaseHTTPRequestHandler]:
             body = json.loads(self.rfile.read(length) or b"{}")
             path = self.path.split("?")[0]
             captured.append(CapturedCall(path=path[path.index("/v1") + 3:] if "/v1" in path else path, body=body,
-                                         authorization=self.headers.get("Authorization")))
+                                         authorization=self.headers.get("Authorization")
+                                         or self.headers.get("x-api-key")))
             reply = b'{"error": {"message": "captured, not sent", "type": "invalid_request_error", "code": 400}}'
             self.send_response(400)  # not retried by any client
             self.send_header("Content-Type", "application/json")

@@ -73,10 +73,11 @@ class BatchManifest:
             self._write(data)
 
     def add(self, batch_id: str, *, model: str, url: str, keys: list[str], round_token: str | None = None,
-            key_env: str | None = None) -> None:
-        """Record a created batch: `key_env` names the variable holding its server's key (never the key)."""
+            key_env: str | None = None, api: str = "openai") -> None:
+        """Record a created batch: `api` is its batch API ("openai", "anthropic"), `key_env` names the variable
+        holding its server's key (never the key)."""
         data = self.read()
-        data["batches"][batch_id] = {"model": model, "url": url, "key_env": key_env, "round": round_token,
+        data["batches"][batch_id] = {"model": model, "api": api, "url": url, "key_env": key_env, "round": round_token,
                                      "requests": len(keys), "keys": list(keys), "state": "pending",
                                      "submitted": _now()}
         self._write(data)

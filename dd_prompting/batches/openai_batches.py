@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["OpenAIBatches", "BatchStatus", "BatchResults"]
+__all__ = ["OpenAIBatches", "BatchStatus", "BatchResults", "split_lines"]
 
-FINAL = ("completed", "failed", "expired", "cancelled")
+FINAL = ("completed", "failed", "expired", "cancelled", "ended")  # "ended": Anthropic's one final status
 
 
 @dataclass
@@ -68,24 +68,8 @@ class OpenAIBatches:
         return {"custom_id": custom_id, "method": "POST", "url": self.endpoint, "body": dict(body)}
 
     def split(self, lines: Iterable[Mapping[str, Any]]) -> list[list[bytes]]:
-        """The lines as encoded JSONL, in files within the limits; a custom_id given twice is an error here, not
-        a failed batch there."""
-        files: list[list[bytes]] = [[]]
-        size, seen = 0, set()
-        for line in lines:
-            if line["custom_id"] in seen:
-                raise ValueError(f"custom_id {line['custom_id']!r} twice in one round: each call is sent once")
-            seen.add(line["custom_id"])
-            encoded = (json.dumps(line, ensure_ascii=False) + "\n").encode()
-            if len(encoded) > self.max_bytes:
-                raise ValueError(f"the request {line['custom_id']!r} is {len(encoded):,} bytes, more than a batch "
-                                 f"file may hold ({self.max_bytes:,} at {self.base_url})")
-            if files[-1] and (len(files[-1]) >= self.max_requests or size + len(encoded) > self.max_bytes):
-                files.append([])
-                size = 0
-            files[-1].append(encoded)
-            size += len(encoded)
-        return [file for file in files if file]
+        """The lines as encoded JSONL, in files within the limits."""
+        return split_lines(lines, max_requests=self.max_requests, max_bytes=self.max_bytes, where=self.base_url)
 
     def submit(self, lines: Iterable[Mapping[str, Any]], *, metadata: Mapping[str, str],
                on_created: Callable[[str, list[str]], None] | None = None) -> list[str]:
@@ -136,3 +120,39 @@ class OpenAIBatches:
 
     def cancel(self, batch_id: str) -> str:
         return self._client.batches.cancel(batch_id).status
+
+    def response(self, body: dict[str, Any]):
+        """A line's reply (a chat completion body) as the `Response` the synchronous route reads from it."""
+        from dspy.lm15 import response_from_openai_chat
+
+        return response_from_openai_chat(body)
+
+    @staticmethod
+    def transient(err: Exception) -> bool:
+        """Whether `err` from polling is the network or an overloaded server, worth waiting out."""
+        import openai
+
+        return isinstance(err, (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
+                                openai.RateLimitError))
+
+
+def split_lines(lines: Iterable[Mapping[str, Any]], *, max_requests: int, max_bytes: int,
+                where: str) -> list[list[bytes]]:
+    """`lines` as encoded JSON lines, in groups within a provider's limits (requests and bytes per batch); a
+    custom_id given twice is an error here, not a failed batch there."""
+    files: list[list[bytes]] = [[]]
+    size, seen = 0, set()
+    for line in lines:
+        if line["custom_id"] in seen:
+            raise ValueError(f"custom_id {line['custom_id']!r} twice in one round: each call is sent once")
+        seen.add(line["custom_id"])
+        encoded = (json.dumps(line, ensure_ascii=False) + "\n").encode()
+        if len(encoded) > max_bytes:
+            raise ValueError(f"the request {line['custom_id']!r} is {len(encoded):,} bytes, more than a batch "
+                             f"file may hold ({max_bytes:,} at {where})")
+        if files[-1] and (len(files[-1]) >= max_requests or size + len(encoded) > max_bytes):
+            files.append([])
+            size = 0
+        files[-1].append(encoded)
+        size += len(encoded)
+    return [file for file in files if file]

@@ -1,17 +1,25 @@
-"""Which batch API a model's calls go to, and with which key: checked before any call is made."""
+"""Which batch API a model's calls go to, and with which key: checked before any call is made.
+
+OpenAI models ('openai/...') and OpenAI-compatible servers (an api_base: a litellm proxy, Azure's OpenAI
+endpoint, vLLM's batch runner) take OpenAI's Batch API; Anthropic models ('anthropic/...') take Message Batches.
+"""
 
 from __future__ import annotations
 
 import os
 
+from dd_prompting.batches.anthropic_batches import ANTHROPIC_URL, AnthropicBatches
 from dd_prompting.batches.openai_batches import OpenAIBatches
 from dd_prompting.config import ConfigError
 from dd_prompting.models.config import ModelConfig, api_key_for
 from dd_prompting.models.secrets import PLACEHOLDER_KEY
 
-__all__ = ["batch_api_for", "check_batchable", "key_variable", "cancel_pending"]
+__all__ = ["batch_api_for", "check_batchable", "key_variable", "cancel_pending", "BATCH_APIS"]
 
 OPENAI_URL = "https://api.openai.com/v1"
+BATCH_APIS = {"openai": OpenAIBatches, "anthropic": AnthropicBatches}
+_PROVIDER_URLS = {"openai": OPENAI_URL, "anthropic": ANTHROPIC_URL}
+_PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 
 def check_batchable(config: ModelConfig, *, cache: bool) -> None:
@@ -24,17 +32,22 @@ def check_batchable(config: ModelConfig, *, cache: bool) -> None:
     _place(config)
 
 
-def batch_api_for(config: ModelConfig, *, timeout: float = 120.0) -> OpenAIBatches:
+def batch_api_for(config: ModelConfig, *, timeout: float = 120.0) -> OpenAIBatches | AnthropicBatches:
     """The batch API of the server `config` calls synchronously, with the key that server gets."""
-    url, key = _place(config)
-    return OpenAIBatches(url, key, timeout=timeout)
+    api, url, key = _place(config)
+    return BATCH_APIS[api](url, key, timeout=timeout)
+
+
+def api_name(config: ModelConfig) -> str:
+    return "anthropic" if _provider(config) == "anthropic" else "openai"
 
 
 def key_variable(config: ModelConfig) -> str | None:
     """The name of the variable holding the batch API's key (None: the server takes a placeholder)."""
     if config.api_key_env:
         return config.api_key_env
-    return None if config.api_base else "OPENAI_API_KEY"
+    provider = _provider(config)
+    return None if config.api_base and provider != "anthropic" else _PROVIDER_KEYS.get(provider)
 
 
 def cancel_pending(manifest) -> dict[str, str]:
@@ -47,23 +60,30 @@ def cancel_pending(manifest) -> dict[str, str]:
         if not key:
             raise ConfigError(f"{manifest.path}: batch {batch_id} at {entry['url']} needs the key in {variable} "
                               "to be cancelled; export it and run again")
-        cancelled[batch_id] = OpenAIBatches(entry["url"], key).cancel(batch_id)
+        cancelled[batch_id] = BATCH_APIS[entry.get("api") or "openai"](entry["url"], key).cancel(batch_id)
         manifest.finish(batch_id, "cancelled")
     return cancelled
 
 
-def _place(config: ModelConfig) -> tuple[str, str]:
-    """The server's base URL and key: the model's api_base (an OpenAI-compatible server: a litellm proxy, vLLM's
-    batch runner, Azure's OpenAI endpoint) or OpenAI's own for an 'openai/' model."""
-    if config.api_base:
-        return config.api_base, api_key_for(config) or PLACEHOLDER_KEY
-    provider = config.model.split("/", 1)[0] if "/" in config.model else "openai"
-    if provider != "openai":
-        raise ConfigError(f"{config.section}: batch = true is supported for OpenAI models ('openai/...') and "
-                          f"OpenAI-compatible servers (api_base) so far, not {provider!r}; drop batch to call "
-                          "it synchronously")
-    key = api_key_for(config) or os.environ.get("OPENAI_API_KEY")
+def _provider(config: ModelConfig) -> str:
+    return config.model.split("/", 1)[0] if "/" in config.model else "openai"
+
+
+def _place(config: ModelConfig) -> tuple[str, str, str]:
+    """The batch API's kind, base URL and key."""
+    provider = _provider(config)
+    if provider == "anthropic":
+        api = "anthropic"
+    elif provider == "openai" or config.api_base:
+        api = "openai"
+    else:
+        raise ConfigError(f"{config.section}: batch = true is supported for OpenAI ('openai/...') and Anthropic "
+                          f"('anthropic/...') models and OpenAI-compatible servers (api_base), not {provider!r}; "
+                          "drop batch to call it synchronously")
+    url = config.api_base or _PROVIDER_URLS[api]
+    variable = key_variable(config)
+    key = api_key_for(config) or (os.environ.get(variable) if variable else PLACEHOLDER_KEY)
     if not key:
-        raise ConfigError(f"{config.section}: batch = true calls OpenAI's Batch API, which needs a key: export "
-                          "OPENAI_API_KEY (or name another variable in api_key_env)")
-    return OPENAI_URL, key
+        raise ConfigError(f"{config.section}: batch = true calls {api}'s batch API, which needs a key: export "
+                          f"{variable} (or name another variable in api_key_env)")
+    return api, url, key

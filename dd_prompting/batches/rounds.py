@@ -23,7 +23,7 @@ from typing import Any
 from dd_prompting.batches.capture import BodyCapture
 from dd_prompting.batches.manifest import BatchManifest
 from dd_prompting.batches.openai_batches import BatchStatus, OpenAIBatches
-from dd_prompting.batches.providers import batch_api_for, key_variable
+from dd_prompting.batches.providers import api_name, batch_api_for, key_variable
 from dd_prompting.batches.round import Round
 from dd_prompting.models.config import ModelConfig
 from dd_prompting.models.secrets import safe_url
@@ -111,12 +111,12 @@ class BatchRounds:
                 self._wait(self._submit(lines))
 
     def _lines(self, batch_round: Round) -> list[dict[str, Any]]:
-        endpoint = self.api.endpoint.removeprefix("/v1")
+        endpoint = _route_path(self.api.endpoint)
         lines = []
         for key, call in batch_round.calls.items():
-            if call.path != endpoint:
-                raise ValueError(f"{self.config.section}: its route posts to {call.path}, and batches here carry "
-                                 f"{endpoint} requests; set engine = 'auto' or 'litellm' to call chat completions")
+            if _route_path(call.path) != endpoint:
+                raise ValueError(f"{self.config.section}: its route posts to {call.path}, and its batch API takes "
+                                 f"{self.api.endpoint} requests; try the other engine ('auto' or 'litellm')")
             lines.append(self.api.line(key, call.body))
         return lines
 
@@ -129,7 +129,7 @@ class BatchRounds:
 
         def created(batch_id: str, batch_keys: list[str]) -> None:
             self.manifest.add(batch_id, model=self.config.name, url=url, keys=batch_keys, round_token=token,
-                              key_env=key_variable(self.config))
+                              key_env=key_variable(self.config), api=api_name(self.config))
             ids.append(batch_id)
 
         self.api.submit(lines, metadata={"dd_prompting_run": self.manifest.run_id(), "dd_prompting_round": token,
@@ -149,7 +149,8 @@ class BatchRounds:
             for batch_id in found:
                 if batch_id not in known:
                     self.manifest.add(batch_id, model=self.config.name, url=intent["url"], keys=intent["keys"],
-                                      round_token=token, key_env=key_variable(self.config))
+                                      round_token=token, key_env=key_variable(self.config),
+                                      api=api_name(self.config))
             logger.warning("%s: a round was being submitted when the last run stopped: %s", self.config.name,
                            f"re-attached to {', '.join(found)}" if found else
                            "the provider has no batch of it; its calls go in the next round")
@@ -201,10 +202,7 @@ class BatchRounds:
             self.summary.waited_s += time.monotonic() - started
 
     def _backoff(self, err: Exception, backoff: float) -> float:
-        import openai
-
-        if not isinstance(err, (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
-                                openai.RateLimitError)):
+        if not self.api.transient(err):
             raise err
         backoff = min(max(backoff * 2, self.poll_seconds), MAX_POLL_BACKOFF)
         logger.warning("%s: could not reach %s (%s); trying again in %.0f s", self.config.name,
@@ -220,7 +218,7 @@ class BatchRounds:
         stored = 0
         for key, body in answered.items():
             try:
-                cost = self.engine.store_batch_reply(key, body, batch_id=status.id)
+                cost = self.engine.store_batch_reply(key, self.api.response(body), batch_id=status.id)
             except Exception as err:  # noqa: BLE001 - a malformed reply is a failed line, as synchronously
                 failed[key] = f"malformed reply: {type(err).__name__}: {err}"[:500]
                 continue
@@ -248,6 +246,14 @@ class BatchRounds:
                            "round, %d failed too often", self.config.name, status.id, status.status, unanswered,
                            len(keys), why if not failed else next(iter(failed.values())), unanswered - given_up,
                            given_up)
+
+
+def _route_path(path: str) -> str:
+    """A route's path without its version prefixes: "/v1/v1/messages" (litellm on a base URL ending in /v1),
+    "/messages" and "/v1/messages" are one endpoint."""
+    while path.startswith("/v1/"):
+        path = path[3:]
+    return path
 
 
 def _describe(statuses, age: float) -> str:

@@ -168,13 +168,10 @@ class CachingEngine:
         return _shared_engine(state)
 
     # --- batches ---------------------------------------------------------------------------------------
-    def store_batch_reply(self, key: str, body: dict[str, Any], *, batch_id: str) -> float | None:
-        """Store a batch line's reply (a chat completion body, read as the synchronous route reads one) under its
-        call key, at batch prices, owed to the first task that reads it; returns what it cost. A key answered
-        meanwhile keeps its entry (and nothing is owed)."""
-        from dspy.lm15 import response_from_openai_chat
-
-        response = response_from_openai_chat(body, model=self.identity.model)
+    def store_batch_reply(self, key: str, response: Response, *, batch_id: str) -> float | None:
+        """Store a batch line's reply (read as the synchronous route reads one) under its call key, at batch
+        prices, owed to the first task that reads it; returns what it cost. A key answered meanwhile keeps its
+        entry (and nothing is owed)."""
         prompt_tokens = int(getattr(response.usage, "input_tokens", 0) or 0)
         completion_tokens = int(getattr(response.usage, "output_tokens", 0) or 0)
         cost = (self.batch_pricing or self.pricing).cost(prompt_tokens, completion_tokens)

@@ -165,12 +165,15 @@ def test_cancel_pending_cancels_at_the_server_and_a_later_run_sends_the_calls_ag
     assert len(job.answers) == 4
 
 
-def test_a_model_that_cannot_be_batched_is_refused_in_one_sentence(tmp_path):
+def test_a_model_that_cannot_be_batched_is_refused_in_one_sentence(monkeypatch):
     with pytest.raises(ConfigError, match="batch = true is for API models"):
         ModelConfig(model="smollm2", kind="local", batch=True)
     with pytest.raises(ConfigError, match="needs the call cache"):
         check_batchable(ModelConfig(model="openai/gpt-4o-mini", batch=True), cache=False)
-    with pytest.raises(ConfigError, match="not 'anthropic'"):
+    with pytest.raises(ConfigError, match="not 'ollama_chat'"):
+        check_batchable(ModelConfig(model="ollama_chat/llama3", batch=True), cache=True)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="needs a key: export ANTHROPIC_API_KEY"):
         check_batchable(ModelConfig(model="anthropic/claude-3-5-haiku-latest", batch=True), cache=True)
 
 
@@ -180,3 +183,26 @@ def test_batch_settings_stay_out_of_a_models_public_record():
     assert json.dumps(plain, sort_keys=True) == json.dumps(
         {k: v for k, v in ModelConfig(model="openai/gpt-4o-mini", batch=True).to_public_dict().items()
          if k != "batch"}, sort_keys=True)
+
+
+def test_a_malformed_line_is_a_failed_line_and_goes_again(server, tmp_path, caplog):
+    config, lm = batched(server, tmp_path)
+    answer = server.batches._answer
+    broken = []
+
+    def break_the_first_reply(batch):
+        answer(batch)
+        if not broken and batch.get("output_file_id"):
+            lines = server.batches.files[batch["output_file_id"]].decode().splitlines()
+            first = json.loads(lines[0])
+            first["response"]["body"] = {"object": "chat.completion", "choices": "not a list"}
+            broken.append(first["custom_id"])
+            server.batches.files[batch["output_file_id"]] = "\n".join([json.dumps(first), *lines[1:]]).encode()
+
+    server.batches._answer = break_the_first_reply
+    job = Job(lm)
+    with caplog.at_level(logging.WARNING, logger="dd_prompting.batches.rounds"):
+        summary = rounds(lm, config, tmp_path).run(job)
+    assert len(job.answers) == 4 and summary.resent == 1
+    assert Counter(line["custom_id"] for line in server.batches.lines)[broken[0]] == 2
+    assert any("malformed reply" in record.getMessage() for record in caplog.records)
