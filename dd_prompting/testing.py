@@ -529,11 +529,7 @@ class BatchDesk:
         for request in requests:
             if request["custom_id"] in self.expire:
                 continue
-            try:  # not in `server.requests`: those are synchronous calls
-                reply = self.server.responder(request["body"])
-            except Exception as err:  # noqa: BLE001 - a line the responder cannot answer fails, as a server's would
-                reply = Reply(status=500, text=f"the responder failed: {type(err).__name__}: {err}")
-            reply = reply if isinstance(reply, Reply) else Reply(text=str(reply))
+            reply = _batch_reply(self.server, request["body"])  # not in `server.requests`: those are synchronous
             if reply.status == 200:
                 body = _completion_body(self.server, request["body"], reply)
             else:
@@ -549,6 +545,15 @@ class BatchDesk:
                     batch[key] = file_id
             batch["request_counts"] = {"total": len(requests), "completed": len(outputs), "failed": len(failures)}
             batch["status"] = "expired" if any(r["custom_id"] in self.expire for r in requests) else "completed"
+
+
+def _batch_reply(server: OpenAICompatibleServer, request: dict[str, Any]) -> Reply:
+    """The responder's reply to one batch line; a line it cannot answer fails (500), as a server's would."""
+    try:
+        reply = server.responder(request)
+    except Exception as err:  # noqa: BLE001 - one bad line must not leave the batch unanswered
+        return Reply(status=500, text=f"the responder failed: {type(err).__name__}: {err}")
+    return reply if isinstance(reply, Reply) else Reply(text=str(reply))
 
 
 def as_chat_request(params: dict[str, Any]) -> dict[str, Any]:
@@ -583,8 +588,8 @@ class MessageBatchDesk:
     batch; each `GET /v1/messages/batches/{id}` moves it one step along `statuses` (in_progress ... ended); on
     ending, every request is answered as `/v1/messages` answers it, and `GET .../{id}/results` gives one line per
     request: succeeded (the message), errored, or expired (custom ids in `expire`). `POST .../{id}/cancel`
-    cancels; `GET /v1/messages/batches` lists. `requests` keeps every request received, and `api_keys` each
-    call's x-api-key header; `hold` and `outage` work as `BatchDesk`'s.
+    cancels; `GET /v1/messages/batches` lists. `requests` keeps every request received; `hold` and `outage` work
+    as `BatchDesk`'s.
     """
 
     STATUSES = ("in_progress", "in_progress", "ended")
@@ -665,11 +670,7 @@ class MessageBatchDesk:
                 kind = "canceled" if cancelled else "expired"
                 result = {"type": kind}
             else:
-                try:
-                    reply = self.server.responder(as_chat_request(request["params"]))
-                except Exception as err:  # noqa: BLE001 - a request the responder cannot answer errors
-                    reply = Reply(status=500, text=f"the responder failed: {type(err).__name__}: {err}")
-                reply = reply if isinstance(reply, Reply) else Reply(text=str(reply))
+                reply = _batch_reply(self.server, as_chat_request(request["params"]))
                 if reply.status == 200:
                     kind, result = "succeeded", {"type": "succeeded",
                                                  "message": _message_body(request["params"], reply)}

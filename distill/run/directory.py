@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dd_prompting.distill.run.run_config import ROLES, RunConfig
+from dd_prompting.distill.run.run_config import ROLES, ConfigError, RunConfig
 from dd_prompting.distill.training.distributed import is_main_process
 from dd_prompting.models.config import BATCH_FIELDS, SERVING_FIELDS
 from dd_prompting.run_lock import RunLock
@@ -144,7 +144,11 @@ def saved_settings(directory: Path) -> dict[str, Any] | None:
     saved = Path(directory) / "config.json"
     if not saved.is_file():
         return None
-    settings = json.loads(saved.read_text(encoding="utf-8"))
+    try:
+        settings = json.loads(saved.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{saved} is not valid JSON ({err}): restore it, or remove the run directory to "
+                          "start the run over") from err
     # Servers are the invocation's that names them (config.json records the last ones used): a later `dd-distill
     # evaluate` without --servers.* runs the students here, and one server gone never blocks the run.
     settings.pop("servers", None)

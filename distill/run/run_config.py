@@ -457,8 +457,14 @@ class RunConfig:
         return load(cls, path, base=base, overrides=overrides)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the resolved config as JSON (loadable with `RunConfig.load`), without URL credentials."""
-        Path(path).write_text(json.dumps(self.to_public_dict(), indent=2) + "\n", encoding="utf-8")
+        """Write the resolved config as JSON (loadable with `RunConfig.load`), without URL credentials.
+
+        Atomically: a run killed while saving leaves the old file or the new one, never an empty one (which the
+        next run could not read)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_public_dict(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
 
 
 # --- command-line flags ----------------------------------------------------------------------------

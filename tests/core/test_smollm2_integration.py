@@ -5,8 +5,11 @@ sub-questions and a numeric answer, with every parse failure recorded instead of
 
 DSPy's response cache stays on (in the test run's temporary cache directory): both modes send the
 same decomposition prompts, so the second mode reuses them, as it would in a user's program, and only
-its solving calls run the model (about 15 s a problem on 2 CPU cores).
+its solving calls run the model. The problems run from 8 threads, as a user's `dspy.Evaluate` would, so the
+local engine decodes them in batches (greedy answers are the ones one at a time gives).
 """
+
+from concurrent.futures import ThreadPoolExecutor
 
 import dspy
 import pytest
@@ -28,13 +31,18 @@ def smollm2():
 @pytest.mark.parametrize("mode", ["joint", "iterative"])
 def test_smollm2_decomposes_and_answers_most_gsm8k_problems(smollm2, mode):
     solver = DecomposedSolver("question -> answer", mode=mode, demos="math")  # a str answer holding a number
+
+    def solve(example):
+        with dspy.context(lm=smollm2):
+            return solver(question=example.question)  # must not raise
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        predictions = list(pool.map(solve, load_gsm8k("test", limit=PROBLEMS)))
     usable = 0
-    with dspy.context(lm=smollm2):
-        for example in load_gsm8k("test", limit=PROBLEMS):
-            pred = solver(question=example.question)  # must not raise
-            numeric = extract_answer(pred.answer) != INVALID
-            usable += bool(pred.subquestions) and numeric
-            if not numeric:
-                # Whatever went wrong is on the prediction, not lost.
-                assert pred.parse_failures or pred.fallback
+    for pred in predictions:
+        numeric = extract_answer(pred.answer) != INVALID
+        usable += bool(pred.subquestions) and numeric
+        if not numeric:
+            # Whatever went wrong is on the prediction, not lost.
+            assert pred.parse_failures or pred.fallback
     assert usable >= 8, f"{mode}: {usable}/{PROBLEMS} problems had sub-questions and a numeric answer"

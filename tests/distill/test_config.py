@@ -278,3 +278,32 @@ def test_an_evaluate_stage_recorded_before_servers_existed_is_still_finished(tmp
     assert run.changed_settings("evaluate") == []  # how many requests a server takes decides nothing
     run.config.servers.cot = "http://127.0.0.1:8000/v1"
     assert run.changed_settings("evaluate") == ["servers.cot"]
+
+
+def test_saving_the_config_is_atomic_so_a_killed_save_leaves_the_old_file(tmp_path, monkeypatch):
+    # A dd-distill killed while writing config.json left it empty, and the next run failed on it (found by
+    # tests/distill/test_run_dir_lock.py's SIGKILL test, about 1 run in 20).
+    from pathlib import Path
+
+    from dd_prompting.distill.run.directory import saved_settings
+    from dd_prompting.distill.run.run_config import RunConfig
+
+    path = tmp_path / "config.json"
+    RunConfig().save(path)
+    before = path.read_text()
+    write_text = Path.write_text
+
+    def killed_half_way(self, text, *args, **kwargs):
+        write_text(self, text[:10], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed_half_way)
+    changed = RunConfig()
+    changed.seed = 7
+    with pytest.raises(KeyboardInterrupt):
+        changed.save(path)
+    monkeypatch.undo()
+    assert path.read_text() == before and saved_settings(tmp_path)["seed"] == RunConfig().seed
+    path.write_text("")  # a file broken some other way is named, not a bare JSON error
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON .*remove the run directory"):
+        saved_settings(tmp_path)
