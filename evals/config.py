@@ -266,8 +266,8 @@ class EvalConfig:
         for section in ("models", "strategies", "datasets"):
             if not getattr(self, section):
                 raise ConfigError(f"The config lists no {section}; add at least one [[{section}]] section.")
-        for model in self.models:  # a model called in batches: its provider has a batch API and its key is set
-            check_batchable(model, cache=True)
+        for model in self.models:  # a model called in batches: its provider has a batch API (and a run, its key)
+            check_batchable(model, cache=True, key=not (self.dry_run and not self.pilot))
 
 
 def _only(items: list, names: str | None, flag: str) -> list:

@@ -22,14 +22,15 @@ _PROVIDER_URLS = {"openai": OPENAI_URL, "anthropic": ANTHROPIC_URL}
 _PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 
-def check_batchable(config: ModelConfig, *, cache: bool) -> None:
-    """One sentence, before any call, when `config` cannot be called in batches."""
+def check_batchable(config: ModelConfig, *, cache: bool, key: bool = True) -> None:
+    """One sentence, before any call, when `config` cannot be called in batches (`key=False`: a dry run, which
+    calls nothing, needs no key)."""
     if not config.batch:
         return
     if not cache:
         raise ConfigError(f"{config.section}: batch = true needs the call cache (a round's replies wait there for "
                           "the next round); set a cache_dir instead of 'none'")
-    _place(config)
+    _place(config, need_key=key)
 
 
 def batch_api_for(config: ModelConfig, *, timeout: float = 120.0) -> OpenAIBatches | AnthropicBatches:
@@ -69,7 +70,7 @@ def _provider(config: ModelConfig) -> str:
     return config.model.split("/", 1)[0] if "/" in config.model else "openai"
 
 
-def _place(config: ModelConfig) -> tuple[str, str, str]:
+def _place(config: ModelConfig, *, need_key: bool = True) -> tuple[str, str, str]:
     """The batch API's kind, base URL and key."""
     provider = _provider(config)
     if provider == "anthropic":
@@ -83,7 +84,7 @@ def _place(config: ModelConfig) -> tuple[str, str, str]:
     url = config.api_base or _PROVIDER_URLS[api]
     variable = key_variable(config)
     key = api_key_for(config) or (os.environ.get(variable) if variable else PLACEHOLDER_KEY)
-    if not key:
+    if not key and need_key:
         raise ConfigError(f"{config.section}: batch = true calls {api}'s batch API, which needs a key: export "
                           f"{variable} (or name another variable in api_key_env)")
     return api, url, key

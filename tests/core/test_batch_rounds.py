@@ -175,6 +175,8 @@ def test_a_model_that_cannot_be_batched_is_refused_in_one_sentence(monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(ConfigError, match="needs a key: export ANTHROPIC_API_KEY"):
         check_batchable(ModelConfig(model="anthropic/claude-3-5-haiku-latest", batch=True), cache=True)
+    # A dry run calls nothing: it needs no key (what a run would need it says, a run refuses without).
+    check_batchable(ModelConfig(model="anthropic/claude-3-5-haiku-latest", batch=True), cache=True, key=False)
 
 
 def test_batch_settings_stay_out_of_a_models_public_record():

@@ -200,3 +200,30 @@ def test_a_round_that_would_pass_max_cost_is_not_submitted(tmp_path, problems_fi
         assert server.batches.batches == {} and server.requests == []
     assert rows == [] and "the next round of scripted (20 calls" in summary.stopped
     assert "so it was not submitted" in summary.stopped
+
+
+def test_a_dry_run_of_a_batched_openai_model_needs_no_key_and_a_run_says_which(
+        tmp_path, problems_file, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = tmp_path / "openai.toml"
+    config.write_text(f"""
+output_dir = "{tmp_path / 'out'}"
+
+[[models]]
+model = "openai/gpt-4o-mini"
+batch = true
+
+[[strategies]]
+kind = "cot"
+
+[[datasets]]
+kind = "file"
+name = "apples"
+path = "{problems_file}"
+question = ["body", "ask"]
+id = "id"
+""")
+    [estimate] = Harness(load_config(config, overrides={"progress": False, "dry_run": True})).run().estimates.values()
+    assert estimate.rounds == 1 and estimate.cost > 0  # litellm's batch prices for gpt-4o-mini
+    with pytest.raises(ValueError, match="needs a key: export OPENAI_API_KEY"):
+        Harness(load_config(config, overrides={"progress": False}))
