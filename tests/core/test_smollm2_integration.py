@@ -5,7 +5,7 @@ sub-questions and a numeric answer, with every parse failure recorded instead of
 
 DSPy's response cache stays on (in the test run's temporary cache directory): both modes send the
 same decomposition prompts, so the second mode reuses them, as it would in a user's program, and only
-its solving calls run the model. The problems run from 8 threads, as a user's `dspy.Evaluate` would, so the
+its solving calls run the model. The problems run from threads, as a user's `dspy.Evaluate` would, so the
 local engine decodes them in batches (greedy answers are the ones one at a time gives).
 """
 
@@ -36,7 +36,7 @@ def test_smollm2_decomposes_and_answers_most_gsm8k_problems(smollm2, mode):
         with dspy.context(lm=smollm2):
             return solver(question=example.question)  # must not raise
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=PROBLEMS) as pool:  # all at once: each step decodes as one batch
         predictions = list(pool.map(solve, load_gsm8k("test", limit=PROBLEMS)))
     usable = 0
     for pred in predictions:
