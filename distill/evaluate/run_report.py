@@ -234,14 +234,14 @@ def write_report(run_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
         lines += [
             "## Students",
             "",
-            "| role | model | parameters | steps | seconds | final training loss |",
-            "|---|---|---|---|---|---|",
+            "| role | model | parameters | steps | seconds | torch threads | final training loss |",
+            "|---|---|---|---|---|---|---|",
         ]
         for role, info in students.items():
             loss = info.get("final_train_loss")
             lines.append(
                 f"| {role} | {info.get('base_model', '')} | {_count(info.get('parameters'))} | {info.get('steps', '')} | "
-                f"{info.get('train_seconds', '')} | {'' if loss is None else f'{loss:.4f}'} |"
+                f"{info.get('train_seconds', '')} | {info.get('torch_threads', '')} | {'' if loss is None else f'{loss:.4f}'} |"
             )
         lines.append("")
         if (run_dir / "loss.png").is_file():

@@ -365,6 +365,14 @@ class RunConfig:
             "max_steps), so that the comparison is at equal training compute rather than equal steps per student."
         },
     )
+    train_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Students trained at once, each in its own process with an equal share of the torch threads. "
+            "Default: 2 on a CPU with at least 2 threads when each side has 200 steps or more, else 1 (one "
+            "after another with every thread). A student's numbers depend on its thread count, not on this."
+        },
+    )
     teacher: TeacherConfig = field(default_factory=TeacherConfig, metadata={"help": "The teacher."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training and held-out problems."})
     student: TrainConfig = field(
@@ -403,6 +411,8 @@ class RunConfig:
                 f"teacher.kind = 'generator' writes the generator's own problems; data.source must be 'generator', "
                 f"got {self.data.source!r} (use teacher.kind = 'socratic', 'api' or 'local' for other problems)"
             )
+        if self.train_workers is not None:
+            _check_min("train_workers", self.train_workers, 1)
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"name must be a plain directory name, got {self.name!r}")
         for role in ROLES:

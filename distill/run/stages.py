@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from dd_prompting.distill.run.directory import Run, write_json
@@ -93,21 +94,28 @@ def stage_build(run: Run) -> None:
 
 
 def stage_train(run: Run, *, roles: tuple[str, ...] | None = None) -> None:
-    """Train the decomposer, the solver and (unless train_cot is off) the CoT student, or just `roles`."""
-    from dd_prompting.distill.training.trainer import train_student
+    """Train the decomposer, the solver and (unless train_cot is off) the CoT student, or just `roles`.
 
+    The students learn from their rows independently; on a CPU with two threads or more they train side by
+    side, each with a share of the threads (`train_workers`; see `distill.training.schedule`).
+    """
+    import torch
+
+    from dd_prompting.distill.training.schedule import StudentJob, plan_workers
+    from dd_prompting.distill.training.workers import train_students
+
+    jobs = []
     for role in run.roles if roles is None else roles:
         rows = run.data / f"{role}.jsonl"
         _require(rows, "build")
         eval_rows = run.data / "heldout" / f"{role}.jsonl"
-        logger.info("Training the %s student", role)
-        train_student(
-            rows=rows,
-            config=run.config.train_config(role),
-            output_dir=run.student(role),
-            role=role,
-            eval_rows=eval_rows if eval_rows.is_file() else None,
-        )
+        jobs.append(StudentJob(role=role, rows=rows, config=run.config.train_config(role),
+                               output_dir=run.student(role), eval_rows=eval_rows if eval_rows.is_file() else None))
+    # Finished students are not trained again (resume); they take no worker.
+    pending = [job for job in jobs if not (job.config.resume and (job.output_dir / "student.json").is_file())]
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or torch.cuda.is_available()
+    train_students(plan_workers(pending, threads=torch.get_num_threads(), workers=run.config.train_workers,
+                                distributed=distributed))
     if is_main_process():
         from dd_prompting.distill.evaluate.run_report import plot_losses
 

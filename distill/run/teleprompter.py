@@ -63,6 +63,8 @@ class DecompositionDistillation(Teleprompter):
         train: `TrainConfig` fields for every student (`max_steps`, `learning_rate`, `lora_r`, ...);
             `decomposer`, `solver` and `cot` override them for one student.
         seed: The students' seed.
+        train_workers: Students trained at once, each with a share of the torch threads (default: 2 on a
+            CPU with two threads or more when each side has 200 steps or more; 1: one after another).
         threads, retries, cache_dir: The teacher's concurrent calls, retries of a failed call, and
             on-disk call cache (shared with `dd-distill`; "none" turns it off).
         batch_size: Problems the compiled students decode together in `batch` and evaluation.
@@ -82,6 +84,7 @@ class DecompositionDistillation(Teleprompter):
         solver: dict[str, Any] | None = None,
         cot: dict[str, Any] | None = None,
         seed: int = 0,
+        train_workers: int | None = None,
         threads: int = 8,
         retries: int = 3,
         cache_dir: str | None = "~/.cache/dd-distill/teacher",
@@ -98,6 +101,7 @@ class DecompositionDistillation(Teleprompter):
         self.train = dict(train or {})
         self.overrides = {"decomposer": dict(decomposer or {}), "solver": dict(solver or {}), "cot": dict(cot or {})}
         self.seed = seed
+        self.train_workers = train_workers
         self.threads = threads
         self.retries = retries
         self.cache_dir = cache_dir
@@ -207,6 +211,7 @@ class DecompositionDistillation(Teleprompter):
         student = {"model": self.student, "seed": self.seed, **self.train}
         return RunConfig.from_dict({
             "train_cot": self.train_cot,
+            "train_workers": self.train_workers,
             "teacher": {
                 # What the traces came from, for the record and the stage check (never an endpoint or key).
                 "kind": "program", "model": teacher_lm.model, "mode": getattr(teacher_program, "mode", "joint"),

@@ -63,6 +63,7 @@ def train_student(
     role: str,
     eval_rows=None,
     metadata: dict | None = None,
+    progress_bar: bool = True,
 ) -> Path:
     """Train a student on `rows` and save it to `output_dir`; returns `output_dir`.
 
@@ -71,6 +72,8 @@ def train_student(
     "decomposer", "solver", "cot" or "predictor" (a DSPy predictor's model) and goes into
     `student.json`, with `metadata`. With `config.resume`, a run that
     was killed continues from its last checkpoint, and a finished student is returned as it is.
+    `progress_bar=False` logs progress every tenth of the steps instead of drawing a bar (students
+    trained side by side would draw their bars over each other).
     """
     import torch
     from datasets import Dataset
@@ -134,9 +137,11 @@ def train_student(
         report_to=config.report_to,
         remove_unused_columns=False,
         dataloader_num_workers=config.dataloader_num_workers,
-        disable_tqdm=False,
+        disable_tqdm=not progress_bar,
     )
     callbacks = [_TimeLimit(config.max_train_seconds)] if config.max_train_seconds else []
+    if not progress_bar:
+        callbacks.append(_ProgressLog(role))
     trainer = _StudentTrainer(
         time_budget=config.max_train_seconds,
         warmup_ratio=config.warmup_ratio,
@@ -148,6 +153,10 @@ def train_student(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    if not progress_bar:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # it prints every loss; _ProgressLog says where training is
     initial_eval = trainer.evaluate() if eval_data is not None and last is None else None
     if last is not None:
         logger.info("Resuming %s training from %s", role, last)
@@ -168,6 +177,7 @@ def train_student(
             "steps": trainer.state.global_step,
             "epochs": trainer.state.epoch,
             "train_seconds": round(seconds, 2),
+            "torch_threads": torch.get_num_threads(),
             "final_train_loss": losses[-1] if losses else None,
             "mean_train_loss": result.training_loss if not math.isnan(result.training_loss) else None,
             "eval_losses": eval_losses,
@@ -261,6 +271,30 @@ class _StudentTrainer(Trainer):
             self.lr_scheduler = LambdaLR(self.optimizer if optimizer is None else optimizer, factor)
             self._created_lr_scheduler = True
         return self.lr_scheduler
+
+
+class _ProgressLog(TrainerCallback):
+    """Logs the step, the last loss and the steps per second at every tenth of training."""
+
+    def __init__(self, role: str):
+        self.role = role
+        self.next_tenth = 1
+        self.started = time.monotonic()
+        self.first_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.first_step = time.monotonic(), state.global_step
+        if state.max_steps:
+            self.next_tenth = state.global_step * 10 // state.max_steps + 1
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not state.max_steps or state.global_step * 10 < self.next_tenth * state.max_steps:
+            return
+        self.next_tenth = state.global_step * 10 // state.max_steps + 1
+        losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+        rate = (state.global_step - self.first_step) / max(time.monotonic() - self.started, 1e-9)
+        logger.info("%s: step %d/%d, loss %s, %.1f steps/s", self.role, state.global_step, state.max_steps,
+                    f"{losses[-1]:.4f}" if losses else "-", rate)
 
 
 class _TimeLimit(TrainerCallback):
