@@ -44,6 +44,19 @@ def test_the_compiled_pair_beats_the_untrained_students(distilled, generator_pro
     assert "student pair" in (distilled.run_dir / "report.md").read_text()
 
 
+def test_compile_trains_the_students_side_by_side_with_a_share_of_the_threads_each(distilled):
+    import torch
+
+    threads = {role: json.loads((distilled.run_dir / "students" / role / "student.json").read_text())["train_stats"][
+        "torch_threads"] for role in ("decomposer", "solver", "cot")}
+    # The solver (1,000 steps) beside the decomposer (600) then the CoT student (40): each side has 200 steps or more.
+    total = torch.get_num_threads()
+    if total >= 2:
+        assert threads == {"solver": total - total // 2, "decomposer": total // 2, "cot": total // 2}, threads
+    else:
+        assert threads == {"solver": 1, "decomposer": 1, "cot": 1}, threads
+
+
 def test_the_compiled_program_is_a_dspy_program(distilled, generator_problems, tmp_path):
     _, held_out = generator_problems
     examples = as_examples(held_out[:6])
