@@ -29,7 +29,7 @@ from dd_prompting.distill.training.train_config import TrainConfig
 
 __all__ = ["train_students", "WorkerFailed"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("dd_prompting.distill.training.workers")  # also when run as __main__ (the child)
 
 
 class WorkerFailed(RuntimeError):

@@ -165,3 +165,22 @@ def test_a_worker_dies_with_its_parent_so_nothing_trains_into_an_unlocked_run_di
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_stops_both_workers(rows_dir, tmp_path):
+    # Ctrl-C in a terminal interrupts the whole foreground process group: this process and its worker.
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(rows_dir), str(tmp_path)], start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while not _children(parent.pid):
+            assert parent.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        worker = _children(parent.pid)[0]
+        os.killpg(parent.pid, signal.SIGINT)
+        assert parent.wait(timeout=60) != 0  # KeyboardInterrupt, not a finished training
+        assert not _alive(worker)  # the parent waited for its worker to stop
+    finally:
+        if parent.poll() is None:
+            parent.kill()
