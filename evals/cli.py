@@ -15,7 +15,6 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
 __all__ = ["main", "make_parser", "print_estimate"]
 
@@ -59,19 +58,15 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _cancel_batches(output_dir: str) -> int:
-    from dd_prompting.batches import MANIFEST_FILE, BatchManifest, cancel_pending
-    from dd_prompting.run_lock import RunLock, RunLockError
+    from dd_prompting.batches import cancel_batches_in
+    from dd_prompting.run_lock import RunLockError
 
-    manifest = BatchManifest(Path(output_dir) / MANIFEST_FILE)
     try:
-        with RunLock(output_dir, command="dd-evals cancel-batches"):  # not under a run that is waiting on them
-            cancelled = cancel_pending(manifest)
+        lines = cancel_batches_in(output_dir, command="dd-evals cancel-batches")  # not under a run waiting on them
     except (ValueError, RunLockError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    for batch_id, status in cancelled.items():
-        print(f"{batch_id}: {status}")
-    print(f"{len(cancelled)} pending batch(es) cancelled" if cancelled else f"{manifest.path}: no pending batch")
+    print("\n".join(lines))
     return EXIT_OK
 
 

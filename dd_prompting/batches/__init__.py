@@ -12,10 +12,11 @@ from dd_prompting.batches.anthropic_batches import AnthropicBatches
 from dd_prompting.batches.capture import BodyCapture, CapturedCall
 from dd_prompting.batches.manifest import MANIFEST_FILE, BatchManifest
 from dd_prompting.batches.openai_batches import BatchResults, BatchStatus, OpenAIBatches
-from dd_prompting.batches.providers import batch_api_for, cancel_pending, check_batchable
+from dd_prompting.batches.providers import batch_api_for, cancel_batches_in, cancel_pending, check_batchable
 from dd_prompting.batches.round import BatchLineFailed, CallPending, Round, is_pending
 from dd_prompting.batches.rounds import DEFAULT_POLL_SECONDS, BatchRounds, RoundsSummary
 
 __all__ = ["BatchRounds", "RoundsSummary", "Round", "CallPending", "BatchLineFailed", "is_pending", "OpenAIBatches",
            "AnthropicBatches", "BatchStatus", "BatchResults", "BatchManifest", "MANIFEST_FILE", "BodyCapture",
-           "CapturedCall", "batch_api_for", "check_batchable", "cancel_pending", "DEFAULT_POLL_SECONDS"]
+           "CapturedCall", "batch_api_for", "check_batchable", "cancel_pending", "cancel_batches_in",
+           "DEFAULT_POLL_SECONDS"]

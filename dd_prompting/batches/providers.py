@@ -66,6 +66,22 @@ def cancel_pending(manifest) -> dict[str, str]:
     return cancelled
 
 
+def cancel_batches_in(directory, *, command: str) -> list[str]:
+    """What `dd-evals cancel-batches` and `dd-distill cancel-batches` do: cancel the pending batches of the run in
+    `directory` (its `batches.json`), under the run's lock so that no run waiting on them is writing it; returns
+    the lines to print. Raises `RunLockError` while a run holds the directory, `ConfigError` for a missing key."""
+    from pathlib import Path
+
+    from dd_prompting.batches.manifest import MANIFEST_FILE, BatchManifest
+    from dd_prompting.run_lock import RunLock
+
+    manifest = BatchManifest(Path(directory) / MANIFEST_FILE)
+    with RunLock(directory, command=command):
+        cancelled = cancel_pending(manifest)
+    lines = [f"{batch_id}: {status}" for batch_id, status in cancelled.items()]
+    return lines + [f"{len(cancelled)} pending batch(es) cancelled" if cancelled else f"{manifest.path}: no pending batch"]
+
+
 def _provider(config: ModelConfig) -> str:
     return config.model.split("/", 1)[0] if "/" in config.model else "openai"
 

@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "refusing to start.")
         sub.add_argument("--quiet", action="store_true", help="Only warnings and the final comparison.")
         add_config_arguments(sub)
+    cancel = commands.add_parser(
+        "cancel-batches", help="Cancel the batches a batched teacher (--teacher.batch) left pending at the provider.",
+        description="Cancel every batch RUN_DIR/batches.json lists as pending (a traces stage interrupted while it "
+                    "waited). Replies already stored stay in the teacher's call cache; the next traces stage sends "
+                    "the rest again.")
+    cancel.add_argument("--run-dir", type=Path, required=True, help="The run directory (holding batches.json).")
     return parser
 
 
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["run", *argv]  # no command: the whole pipeline
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -117,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads spin and slow training ~10x on a busy shared CPU (see distill.train).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if args.command == "cancel-batches":
+        return _cancel_batches(args.run_dir)
     run = None
     try:
         run = _open_run(args)
@@ -143,6 +151,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         leave_process_group()
+
+
+def _cancel_batches(run_dir: Path) -> int:
+    from dd_prompting.batches import cancel_batches_in
+    from dd_prompting.run_lock import RunLockError
+
+    try:
+        lines = cancel_batches_in(run_dir, command="dd-distill cancel-batches")  # not under a run waiting on them
+    except (ValueError, RunLockError) as err:
+        print(f"dd-distill: error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
 
 
 def _way_out(err: MalformedLineError) -> MalformedLineError:

@@ -402,10 +402,10 @@ class RunConfig:
                           ("servers", ServersConfig)):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, from_dict(cls, getattr(self, name), name))
-        # The old teacher.skip_malformed (warned about by TeacherConfig) still counts; the teacher's copy is what
-        # the build stage reads until it reads this one.
+        # The old teacher.skip_malformed (warned about by TeacherConfig) still counts, here; then it is cleared, so
+        # that a copy of the teacher's config (a batch round's capture config) does not warn again.
         self.skip_malformed = bool(self.skip_malformed or self.teacher.skip_malformed)
-        self.teacher.skip_malformed = self.skip_malformed
+        self.teacher.skip_malformed = None
         if self.teacher.kind == "generator" and self.data.source != "generator":
             raise ConfigError(
                 f"teacher.kind = 'generator' writes the generator's own problems; data.source must be 'generator', "

@@ -384,7 +384,7 @@ def _in_batch_rounds(teacher: DSPyTeacher, path: Path, one_pass) -> None:
     from dd_prompting.batches import MANIFEST_FILE, BatchManifest, BatchRounds
 
     rounds = BatchRounds(teacher.lm.engine, teacher.batch, BatchManifest(path.parent / MANIFEST_FILE),
-                         progress=teacher.progress, cancel_hint=f"`dd-evals cancel-batches {path.parent}`")
+                         progress=teacher.progress, cancel_hint=f"`dd-distill cancel-batches --run-dir {path.parent}`")
     summary = rounds.run(one_pass)
     logger.info("%s: %d passes, %d batch(es), %d calls sent, %d answered, %d sent again, %d failed for good; "
                 "$%.4f billed", teacher.name, summary.passes, len(summary.batches), summary.lines_sent,

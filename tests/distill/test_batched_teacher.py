@@ -71,3 +71,28 @@ def test_a_batched_teacher_without_a_call_cache_is_refused_before_any_call(teach
     assert main(flags) != 0
     assert "batch = true needs the call cache" in capsys.readouterr().err
     assert teacher_server.call_count == 0 and teacher_server.batches.lines == []
+
+
+def test_an_interrupted_batched_teacher_names_dd_distill_cancel_batches_which_cancels_and_a_rerun_resends(
+        teacher_server, tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
+    import dd_prompting.batches.rounds as rounds_module
+
+    teacher_server.batches.hold = True  # the provider is still working on the batch
+    monkeypatch.setattr(rounds_module.time, "sleep", lambda seconds: (_ for _ in ()).throw(KeyboardInterrupt))
+    flags = _flags(teacher_server, tmp_path, "held", "--teacher.batch", "--teacher.batch_poll_seconds", "0.01")
+    with caplog.at_level(logging.WARNING, logger="dd_prompting.batches.rounds"):
+        assert main(flags) == 130  # Ctrl-C while waiting
+    run_dir = tmp_path / "held"
+    assert f"dd-distill cancel-batches --run-dir {run_dir}" in caplog.text
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["cancel-batches", "--run-dir", str(run_dir)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["batch_1: cancelled", "1 pending batch(es) cancelled"]
+    assert teacher_server.batches.batches["batch_1"]["status"] == "cancelled"
+    teacher_server.batches.hold = False
+    assert main(flags) == 0  # the cancelled calls go again, in a new batch
+    assert len(_traces(run_dir / "traces.jsonl")) == 6 * 2
+    assert main(["cancel-batches", "--run-dir", str(run_dir)]) == 0
+    assert capsys.readouterr().out.strip().endswith("batches.json: no pending batch")
