@@ -101,8 +101,8 @@ def stage_train(run: Run, *, roles: tuple[str, ...] | None = None) -> None:
     """
     import torch
 
-    from dd_prompting.distill.students.artifacts import METADATA_FILE
     from dd_prompting.distill.training.schedule import StudentJob, plan_workers
+    from dd_prompting.distill.training.trainer import is_trained
     from dd_prompting.distill.training.workers import train_students
 
     jobs = []
@@ -113,7 +113,7 @@ def stage_train(run: Run, *, roles: tuple[str, ...] | None = None) -> None:
         jobs.append(StudentJob(role=role, rows=rows, config=run.config.train_config(role),
                                output_dir=run.student(role), eval_rows=eval_rows if eval_rows.is_file() else None))
     # Finished students are not trained again (resume); they take no worker.
-    pending = [job for job in jobs if not (job.config.resume and (job.output_dir / METADATA_FILE).is_file())]
+    pending = [job for job in jobs if not is_trained(job.config, job.output_dir)]
     # Under torchrun every rank trains every student; on a GPU a student has the device to itself.
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or torch.cuda.is_available()
     train_students(plan_workers(pending, threads=torch.get_num_threads(), workers=run.config.train_workers,

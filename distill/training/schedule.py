@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from dd_prompting.distill.training.train_config import TrainConfig
@@ -43,14 +44,25 @@ class StudentJob:
         """Optimizer steps this job will run (from max_steps, or epochs over the rows)."""
         if self.config.max_steps > 0:
             return self.config.max_steps
-        per_step = self.config.batch_size * self.config.gradient_accumulation_steps
-        return max(1, int(self.config.epochs * _count_lines(self.rows) / per_step))
+        return max(1, int(self.config.epochs * self._row_stats[0] / self._rows_per_step))
 
     @property
     def cost(self) -> float:
         """Work in row characters: steps x rows per step x the rows' mean length (a step's time follows its tokens)."""
-        rows_per_step = self.config.batch_size * self.config.gradient_accumulation_steps
-        return self.steps * rows_per_step * _mean_line_length(self.rows)
+        return self.steps * self._rows_per_step * self._row_stats[1]
+
+    @property
+    def _rows_per_step(self) -> int:
+        return self.config.batch_size * self.config.gradient_accumulation_steps
+
+    @cached_property
+    def _row_stats(self) -> tuple[int, float]:
+        """The rows file's row count and mean line length, read once (planning asks for a job's cost often)."""
+        if not os.path.isfile(self.rows):
+            return 0, 1.0
+        with open(self.rows, "rb") as handle:
+            sizes = [len(line) for line in handle if line.strip()]
+        return len(sizes), (sum(sizes) / len(sizes) if sizes else 1.0)
 
 
 @dataclass
@@ -103,18 +115,3 @@ def _longest_first(jobs: list[StudentJob], count: int) -> list[WorkerPlan]:
     for plan in plans:
         plan.jobs.sort(key=lambda job: order[id(job)])
     return [plan for plan in plans if plan.jobs]
-
-
-def _count_lines(path: Path) -> int:
-    if not os.path.isfile(path):
-        return 0
-    with open(path, "rb") as handle:
-        return sum(1 for line in handle if line.strip())
-
-
-def _mean_line_length(path: Path) -> float:
-    if not os.path.isfile(path):
-        return 1.0
-    with open(path, "rb") as handle:
-        sizes = [len(line) for line in handle if line.strip()]
-    return sum(sizes) / len(sizes) if sizes else 1.0

@@ -35,7 +35,7 @@ from dd_prompting.distill.training.tokenization import tokenize_rows
 from dd_prompting.distill.training.train_config import TrainConfig
 from transformers import Trainer, TrainerCallback
 
-__all__ = ["train_student"]
+__all__ = ["train_student", "is_trained"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ def _load_rows(rows) -> list[dict]:
     if hasattr(rows, "to_list"):  # a datasets.Dataset
         return rows.to_list()
     return list(rows)
+
+
+def is_trained(config: TrainConfig, output_dir: str | Path) -> bool:
+    """True when `train_student` would return `output_dir` as it is: a finished student, and `config.resume`."""
+    return config.resume and (Path(output_dir) / METADATA_FILE).is_file()
 
 
 def train_student(
@@ -82,7 +87,7 @@ def train_student(
     if role not in TRAINABLE_ROLES:
         raise ValueError(f"role must be one of {TRAINABLE_ROLES}, got {role!r}.")
     output_dir = Path(output_dir)
-    if config.resume and (output_dir / METADATA_FILE).is_file():
+    if is_trained(config, output_dir):
         logger.info("%s already holds a trained %s student; not training again.", output_dir, role)
         return output_dir
     checkpoints = output_dir / _CHECKPOINTS

@@ -17,6 +17,17 @@ SAME = ("cell", "example_id", "strategy", "prediction", "answer_text", "correct"
         "raw_outputs", "prompt_tokens", "completion_tokens", "error")
 
 
+def dataset(problems_file: Path) -> str:
+    """The [[datasets]] section every config here runs: the ten apple problems."""
+    return f"""[[datasets]]
+kind = "file"
+name = "apples"
+path = "{problems_file}"
+question = ["body", "ask"]
+id = "id"
+"""
+
+
 def write_config(path: Path, server_url: str, problems_file: Path, output_dir: Path, *, batch: bool,
                  extra: str = "", cache_dir: Path | None = None) -> Path:
     path.write_text(f"""
@@ -48,13 +59,7 @@ mode = "joint"
 kind = "decomposed"
 mode = "iterative"
 
-[[datasets]]
-kind = "file"
-name = "apples"
-path = "{problems_file}"
-question = ["body", "ask"]
-id = "id"
-""")
+{dataset(problems_file)}""")
     return path
 
 
@@ -216,13 +221,7 @@ batch = true
 [[strategies]]
 kind = "cot"
 
-[[datasets]]
-kind = "file"
-name = "apples"
-path = "{problems_file}"
-question = ["body", "ask"]
-id = "id"
-""")
+{dataset(problems_file)}""")
     [estimate] = Harness(load_config(config, overrides={"progress": False, "dry_run": True})).run().estimates.values()
     assert estimate.rounds == 1 and estimate.cost > 0  # litellm's batch prices for gpt-4o-mini
     with pytest.raises(ValueError, match="needs a key: export OPENAI_API_KEY"):
